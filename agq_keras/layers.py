@@ -1,0 +1,150 @@
+"""Quantized layers (`QConv2D`, `QDense`) and the AG adaptor (`AuxAdaptor`).
+
+`QConv2D`/`QDense` follow larq's convention: ``input_quantizer`` is applied to
+the layer input and ``kernel_quantizer`` to the kernel before the ordinary
+convolution / matmul. Each accepts anything :func:`agq_keras.quantizers.get`
+accepts. Biases are off by default (the paper uses none).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from agq_keras import quantizers
+
+
+class _QuantizedMixin:
+    """Shared quantizer handling of QConv2D and QDense."""
+
+    def _init_quantizers(self, kernel_quantizer, input_quantizer):
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
+        self.input_quantizer = quantizers.get(input_quantizer)
+
+    def _build_quantizers(self, input_shape):
+        # Build here so quantizer variables exist before weights are loaded.
+        if self.kernel_quantizer is not None and not self.kernel_quantizer.built:
+            self.kernel_quantizer.build(tuple(self.kernel.shape))
+        if self.input_quantizer is not None and not self.input_quantizer.built:
+            self.input_quantizer.build(tuple(input_shape))
+
+    def quantized_kernel(self):
+        """The kernel as the layer uses it: ``kernel_quantizer(kernel)``."""
+        if self.kernel_quantizer is None:
+            return self.kernel
+        return self.kernel_quantizer(self.kernel)
+
+    def quantized_inputs(self, inputs):
+        if self.input_quantizer is None:
+            return inputs
+        return self.input_quantizer(inputs)
+
+    def _quantizer_config(self, config):
+        config["kernel_quantizer"] = keras.saving.serialize_keras_object(self.kernel_quantizer)
+        config["input_quantizer"] = keras.saving.serialize_keras_object(self.input_quantizer)
+        return config
+
+    @property
+    def weight_bits(self) -> int:
+        return 32 if self.kernel_quantizer is None else self.kernel_quantizer.bits
+
+    @property
+    def input_bits(self) -> int:
+        return 32 if self.input_quantizer is None else self.input_quantizer.bits
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class QConv2D(_QuantizedMixin, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` computing ``conv(q_a(x), q_w(W))``.
+
+    Args:
+      filters, kernel_size, strides, padding, ...: as `keras.layers.Conv2D`.
+      kernel_quantizer: weight quantizer (name, config, instance or None).
+      input_quantizer: activation quantizer applied to the input, or None.
+      use_bias: default False.
+    """
+
+    def __init__(self, filters, kernel_size, *, kernel_quantizer=None, input_quantizer=None,
+                 use_bias=False, **kwargs):
+        super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
+        self._init_quantizers(kernel_quantizer, input_quantizer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizers(input_shape)
+
+    def call(self, inputs):
+        outputs = self.convolution_op(self.quantized_inputs(inputs), self.quantized_kernel())
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return self._quantizer_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class QDense(_QuantizedMixin, keras.layers.Dense):
+    """`keras.layers.Dense` computing ``q_a(x) @ q_w(W)``; arguments as Dense."""
+
+    def __init__(self, units, *, kernel_quantizer=None, input_quantizer=None, use_bias=False,
+                 **kwargs):
+        super().__init__(units, use_bias=use_bias, **kwargs)
+        self._init_quantizers(kernel_quantizer, input_quantizer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizers(input_shape)
+
+    def call(self, inputs, training=None):
+        outputs = ops.matmul(self.quantized_inputs(inputs), self.quantized_kernel())
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return self._quantizer_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class AuxAdaptor(keras.layers.Layer):
+    """The AG adaptor phi: full-precision 1x1 conv (no bias) + BatchNorm.
+
+    With ``strides > 1`` it is the projection that brings the aggregated
+    feature g to a new stage's shape (like a ResNet projection shortcut).
+    """
+
+    def __init__(self, filters: int, strides: int = 1, bn_momentum: float = 0.9,
+                 bn_epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"AuxAdaptor: filters must be a positive integer, got {filters!r}.")
+        if not isinstance(strides, int) or strides < 1:
+            raise ValueError(f"AuxAdaptor: strides must be a positive integer, got {strides!r}.")
+        self.filters = filters
+        self.strides = strides
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.conv = keras.layers.Conv2D(filters, 1, strides=strides, padding="same", use_bias=False,
+                                        kernel_initializer="he_normal", name="conv")
+        self.bn = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="bn")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        return self.bn(self.conv(inputs), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, strides=self.strides, bn_momentum=self.bn_momentum,
+                      bn_epsilon=self.bn_epsilon)
+        return config

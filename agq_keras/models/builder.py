@@ -1,0 +1,114 @@
+"""`build()`: F alone, or F with H inside an AG trainer."""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+
+from agq_keras import quantizers
+from agq_keras.auxiliary import PLACEMENTS, build_h
+from agq_keras.models.resnet import RESNETS, BNPersonality, ResNet
+from agq_keras.training.trainer import AGTrainer, check_lambda
+
+# arch name -> callable(**net kwargs) returning an F builder with body()/head().
+ARCHITECTURES = {name: (lambda spec: (lambda **kw: ResNet(spec, **kw)))(spec) for name, spec in RESNETS.items()}
+# arch name -> minimum input height/width (its total downsampling factor).
+MIN_INPUT_SIZE = {name: spec.downsampling for name, spec in RESNETS.items()}
+
+_EXTRA_KWARGS = {
+    "bn_momentum": 0.9,  # Keras's 0.99 evaluates badly after short runs
+    "bn_epsilon": 1e-5,
+    "first_last_bits": None,  # None: 16, or 32 for a full-precision model
+    "aux_relu": False,  # ReLU after each aggregation sum in H
+    "stem": None,  # "imagenet" or "cifar"; None: the arch's own
+}
+
+
+def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str = "dorefa",
+          w_bits: int = 2, a_bits: int = 2, num_classes: int = 1000,
+          input_shape=(224, 224, 3), aux_placement: str = "block", aux_lambda: float = 1.0,
+          **kwargs):
+    """Build F (``aux=False``, a functional `keras.Model`) or an :class:`AGTrainer`.
+
+    Args:
+      arch: one of :data:`ARCHITECTURES` (resnet18/34/50 ImageNet stems,
+        resnet20/32/56 CIFAR stems).
+      plain: remove every skip connection (F then has no ``Add`` layer).
+      aux: also build H and return a trainer holding ``.f`` and ``.h``.
+      quantizer: quantizer family (``agq_keras.quantizers.families()``).
+      w_bits, a_bits: bit widths of the block convs (32 = full precision).
+      num_classes: classifier width; the model outputs logits.
+      input_shape: (height, width, channels).
+      aux_placement: ``"block"`` (adaptor after every block) or ``"layer"``
+        (after every conv).
+      aux_lambda: lambda of eq. 2, >= 0.
+      **kwargs: ``bn_momentum`` (0.9), ``bn_epsilon`` (1e-5),
+        ``first_last_bits`` (16; 32 when w_bits = a_bits = 32),
+        ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar").
+    """
+    unknown = sorted(set(kwargs) - set(_EXTRA_KWARGS))
+    if unknown:
+        raise ValueError(f"build(): unknown argument(s) {unknown}; allowed extra arguments: "
+                         f"{sorted(_EXTRA_KWARGS)}.")
+    opts = {**_EXTRA_KWARGS, **kwargs}
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown arch {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}.")
+    if quantizer not in quantizers.families():
+        raise ValueError(f"Unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
+    if aux_placement not in PLACEMENTS:
+        raise ValueError(f"aux_placement={aux_placement!r} is not supported; allowed: {', '.join(PLACEMENTS)}.")
+    aux_lambda = check_lambda(aux_lambda)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} must be an integer >= 2.")
+    input_shape = _check_input_shape(arch, input_shape, opts["stem"])
+    first_last = opts["first_last_bits"]
+    if first_last is None:
+        first_last = 32 if (w_bits == 32 and a_bits == 32) else quantizers.base.FIXED_POINT_BITS
+    if first_last not in (16, 32):
+        raise ValueError(f"first_last_bits={first_last!r} is not supported; allowed: 16, 32.")
+
+    net = make_net(arch, plain=plain, num_classes=int(num_classes), quantizer=quantizer,
+                   w_bits=w_bits, a_bits=a_bits, first_last_bits=first_last,
+                   input_channels=input_shape[-1], stem=opts["stem"])
+    inputs = keras.Input(shape=input_shape, name="image")
+    f_bn = BNPersonality("", opts["bn_momentum"], opts["bn_epsilon"])
+    f = keras.Model(inputs, net.head(net.body(inputs, f_bn), f_bn), name=f"{arch}{'_plain' if plain else ''}")
+    f.agq_net = net  # the layer structure (blocks/fragments) for SSP and summaries
+    if not aux:
+        return f
+    h = build_h(net, inputs, placement=aux_placement, relu_after_sum=bool(opts["aux_relu"]),
+                bn_momentum=opts["bn_momentum"], bn_epsilon=opts["bn_epsilon"])
+    trainer = AGTrainer(f, h, aux_lambda=aux_lambda, name=f"{f.name}_ag")
+    trainer.agq_net = net
+    return trainer
+
+
+def make_net(arch: str, *, stem=None, **kwargs):
+    """The F builder object (layers + wiring) for ``arch``."""
+    if arch in RESNETS and stem is not None:
+        import dataclasses
+
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem={stem!r} is not supported; allowed: imagenet, cifar.")
+        return ResNet(dataclasses.replace(RESNETS[arch], stem=stem), **kwargs)
+    return ARCHITECTURES[arch](**kwargs)
+
+
+def _check_input_shape(arch, input_shape, stem):
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if (shape is None or len(shape) != 3
+            or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ValueError(f"input_shape={input_shape!r} must be (height, width, channels) with positive integers.")
+    minimum = MIN_INPUT_SIZE.get(arch, 1)
+    if arch in RESNETS and stem is not None:
+        import dataclasses
+
+        minimum = dataclasses.replace(RESNETS[arch], stem=stem).downsampling
+    if shape[0] < minimum or shape[1] < minimum:
+        raise ValueError(f"input_shape={shape} is too small for {arch!r}: height and width must be >= "
+                         f"{minimum} (the arch downsamples by {minimum}).")
+    return tuple(int(d) for d in shape)

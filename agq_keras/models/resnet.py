@@ -1,0 +1,164 @@
+"""Pre-activation ResNets (ImageNet and CIFAR stems; residual or plain).
+
+One :class:`ResNet` object creates F's *parameterised* layer objects once
+(quantized convs and the classifier). Its :meth:`body` / :meth:`head` wire
+them into a graph, taking a BatchNorm "personality" (which BN layer to use
+for a given role) and an optional ``tap`` callback. F is ``head(body(x))``
+with F's BN personality; H (see :mod:`agq_keras.auxiliary`) calls the very
+same objects with its own personality and taps the block/layer outputs.
+
+Block (pre-activation, paper §3.1.1): ``BN -> ReLU -> q(.) -> QConv``; the
+activation quantizer lives in the QConv's ``input_quantizer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import keras
+
+from agq_keras import quantizers
+from agq_keras.layers import QConv2D, QDense
+
+Tap = Optional[Callable[[str, "keras.KerasTensor", str], None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    block: str  # "basic" or "bottleneck"
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    stem: str  # "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv)
+
+    @property
+    def downsampling(self) -> int:
+        stem = 4 if self.stem == "imagenet" else 1
+        return stem * 2 ** (len(self.depths) - 1)
+
+
+RESNETS = {
+    "resnet18": ArchSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), "imagenet"),
+    "resnet34": ArchSpec("basic", (3, 4, 6, 3), (64, 128, 256, 512), "imagenet"),
+    "resnet50": ArchSpec("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), "imagenet"),
+    "resnet20": ArchSpec("basic", (3, 3, 3), (16, 32, 64), "cifar"),
+    "resnet32": ArchSpec("basic", (5, 5, 5), (16, 32, 64), "cifar"),
+    "resnet56": ArchSpec("basic", (9, 9, 9), (16, 32, 64), "cifar"),
+}
+
+
+class BNPersonality:
+    """Returns the BatchNormalization layer for a role, creating it on first use.
+
+    F and H each have one; the prefix keeps their layer names apart
+    (``stage1_block1_bn1`` in F, ``h_stage1_block1_bn1`` in H). Stateless
+    layers (ReLU, pooling, add) are named with the same prefix.
+    """
+
+    def __init__(self, prefix: str = "", momentum: float = 0.9, epsilon: float = 1e-5):
+        self.prefix = prefix
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.layers: dict[str, keras.layers.BatchNormalization] = {}
+
+    def __call__(self, role: str) -> keras.layers.BatchNormalization:
+        if role not in self.layers:
+            self.layers[role] = keras.layers.BatchNormalization(
+                momentum=self.momentum, epsilon=self.epsilon, name=self.prefix + role)
+        return self.layers[role]
+
+    def name(self, role: str) -> str:
+        return self.prefix + role
+
+    def bn_relu(self, x, role: str):
+        return keras.layers.ReLU(name=self.name(role + "_relu"))(self(role)(x))
+
+
+@dataclasses.dataclass
+class Block:
+    """The quantized convs of one block (an SSP / AG fragment)."""
+
+    name: str
+    convs: list  # main-path QConv2D, in order
+    shortcut: Optional[QConv2D]  # projection shortcut (residual nets only)
+    downsamples: bool
+
+
+class ResNet:
+    """F's layer objects for a pre-activation ResNet and the wiring of them."""
+
+    def __init__(self, spec: ArchSpec, *, plain: bool, num_classes: int, quantizer: str,
+                 w_bits: int, a_bits: int, first_last_bits: int, input_channels: int):
+        self.spec = spec
+        self.plain = plain
+        self.first_last_bits = first_last_bits
+
+        def q_conv(filters, size, strides, name):
+            wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
+            return QConv2D(filters, size, strides=strides, padding="same", kernel_quantizer=wq,
+                           input_quantizer=aq, kernel_initializer="he_normal", name=name)
+
+        edge_q = quantizers.make_pair("dorefa", first_last_bits, first_last_bits)[0]
+        stem_size, stem_stride = (7, 2) if spec.stem == "imagenet" else (3, 1)
+        self.stem_conv = QConv2D(spec.widths[0], stem_size, strides=stem_stride, padding="same",
+                                 kernel_quantizer=edge_q, kernel_initializer="he_normal",
+                                 name="stem_conv")
+        self.blocks: list[Block] = []
+        expansion = 4 if spec.block == "bottleneck" else 1
+        channels = spec.widths[0]
+        for s, (depth, width) in enumerate(zip(spec.depths, spec.widths), start=1):
+            for b in range(1, depth + 1):
+                name = f"stage{s}_block{b}"
+                strides = 2 if (b == 1 and s > 1) else 1
+                if spec.block == "basic":
+                    convs = [q_conv(width, 3, strides, f"{name}_conv1"),
+                             q_conv(width, 3, 1, f"{name}_conv2")]
+                else:
+                    convs = [q_conv(width, 1, 1, f"{name}_conv1"),
+                             q_conv(width, 3, strides, f"{name}_conv2"),
+                             q_conv(width * expansion, 1, 1, f"{name}_conv3")]
+                out_channels = width * expansion
+                needs_projection = strides != 1 or channels != out_channels
+                shortcut = None
+                if needs_projection and not plain:
+                    shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut")
+                self.blocks.append(Block(name, convs, shortcut, strides != 1))
+                channels = out_channels
+        head_q = quantizers.make_pair("dorefa", first_last_bits, first_last_bits)
+        self.classifier = QDense(num_classes, kernel_quantizer=head_q[0], input_quantizer=head_q[1],
+                                 name="classifier")
+
+    def body(self, x, bn: BNPersonality, tap: Tap = None):
+        """Stem and blocks; calls ``tap(kind, tensor, name)`` with kind
+        ``"layer"`` after every main-path conv and ``"block"`` after every block."""
+        tap = tap or (lambda kind, tensor, name: None)
+        x = self.stem_conv(x)
+        if self.spec.stem == "imagenet":
+            x = bn.bn_relu(x, "stem_bn")
+            x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=bn.name("stem_pool"))(x)
+        for block in self.blocks:
+            inputs = x
+            pre = None
+            for i, conv in enumerate(block.convs, start=1):
+                act = bn.bn_relu(x, f"{block.name}_bn{i}")
+                pre = act if pre is None else pre
+                x = conv(act)
+                tap("layer", x, conv.name)
+            if not self.plain:
+                skip = block.shortcut(pre) if block.shortcut is not None else inputs
+                x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, skip])
+            tap("block", x, block.name)
+        return x
+
+    def head(self, x, bn: BNPersonality):
+        """Final BN -> ReLU -> global average pool -> 16-bit classifier (logits)."""
+        x = bn.bn_relu(x, "final_bn")
+        x = keras.layers.GlobalAveragePooling2D(name=bn.name("pool"))(x)
+        return self.classifier(x)
+
+    def quantized_layers(self) -> list:
+        """All QConv2D/QDense objects of F (shared with H)."""
+        layers = [self.stem_conv]
+        for block in self.blocks:
+            layers += block.convs + ([block.shortcut] if block.shortcut is not None else [])
+        return layers + [self.classifier]

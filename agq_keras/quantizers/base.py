@@ -1,0 +1,183 @@
+"""Quantizer base class, the name registry and `get()`.
+
+A quantizer is a small Keras layer wrapping a pure `tf.custom_gradient`
+function. Being a layer lets a quantizer own variables (learned step sizes,
+LQ-Net bases) that are saved with the layer that uses it. Stateless quantizers
+simply have no weights.
+
+Two registries live here:
+
+* names -> quantizer classes, used by :func:`get` (``"dorefa_weight"``, ...);
+* families -> ``(weight class, activation class)``, used by model builders
+  (``quantizer="dorefa"``) through :func:`make_pair`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import threading
+
+import keras
+
+_CLASSES: dict[str, type] = {}
+_FAMILIES: dict[str, tuple[type, type]] = {}
+_STATE = threading.local()
+
+FULL_PRECISION_BITS = 32
+FIXED_POINT_BITS = 16
+
+
+def register(name: str):
+    """Class decorator: make a quantizer serializable and known to `get`."""
+
+    def decorator(cls):
+        cls = keras.saving.register_keras_serializable(package="agq_keras")(cls)
+        _CLASSES[name] = cls
+        _CLASSES[cls.__name__] = cls
+        return cls
+
+    return decorator
+
+
+def register_family(name: str, weight_cls: type, activation_cls: type) -> None:
+    """Register a quantizer family selectable as ``build(quantizer=name)``."""
+    _FAMILIES[name] = (weight_cls, activation_cls)
+
+
+def families() -> tuple[str, ...]:
+    return tuple(sorted(_FAMILIES))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_CLASSES))
+
+
+@contextlib.contextmanager
+def frozen_state():
+    """Within this context stateful quantizers must not update their state.
+
+    The AG trainer forwards F first and then H through the *same* layers; a
+    quantizer that learns statistics from the data it sees (LQ-Net's QEM
+    basis update) must update once per step, from F's pass. The flag is read
+    while tracing, so it costs nothing at run time.
+    """
+    previous = getattr(_STATE, "frozen", False)
+    _STATE.frozen = True
+    try:
+        yield
+    finally:
+        _STATE.frozen = previous
+
+
+def state_updates_enabled() -> bool:
+    """False inside :func:`frozen_state` (e.g. during H's forward pass)."""
+    return not getattr(_STATE, "frozen", False)
+
+
+def check_bits(owner: str, bits, allowed) -> int:
+    """Validate a bit width against the allowed widths; return it as int."""
+    allowed = tuple(allowed)
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise ValueError(f"{owner}: bits must be an integer, got {bits!r}; allowed: {describe_bits(allowed)}.")
+    if int(bits) not in allowed:
+        raise ValueError(f"{owner}: bits={bits} is not supported; allowed: {describe_bits(allowed)}.")
+    return int(bits)
+
+
+def describe_bits(allowed) -> str:
+    """``(1, 2, 3, 8)`` -> ``"1..3, 8"``."""
+    runs: list[list[int]] = []
+    for b in sorted(allowed):
+        if runs and b == runs[-1][-1] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
+class Quantizer(keras.layers.Layer):
+    """Base class: ``q = quantizer(x)``; subclasses implement :meth:`call`.
+
+    Attributes:
+      bits: the bit width of the quantizer's output grid.
+      precision: ``bits`` as used by summaries/export (32 means float).
+    """
+
+    allowed_bits: tuple[int, ...] = ()
+
+    def __init__(self, bits: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = check_bits(type(self).__name__, bits, self.allowed_bits)
+
+    def get_config(self):
+        config = super().get_config()
+        config["bits"] = self.bits
+        return config
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def get(identifier):
+    """Return a quantizer from a name, a config dict, an instance or None.
+
+    Mirrors `keras.activations.get`: ``None`` -> ``None`` (no quantization);
+    a :class:`Quantizer` -> itself; a name -> that class with its default bits
+    (``"dorefa_weight"``), or ``"name:bits"`` (``"dorefa_weight:3"``); a dict
+    ``{"class_name": ..., "config": {...}}`` -> deserialized.
+    """
+    if identifier is None or isinstance(identifier, Quantizer):
+        return identifier
+    if isinstance(identifier, dict):
+        class_name = identifier.get("class_name")
+        if class_name not in _CLASSES and not str(class_name).startswith("agq_keras>"):
+            raise ValueError(
+                f"Unknown quantizer class {class_name!r} in config; known: {', '.join(names())}."
+            )
+        obj = keras.saving.deserialize_keras_object(identifier, custom_objects=dict(_CLASSES))
+        if not isinstance(obj, Quantizer):
+            raise ValueError(f"Config {identifier!r} does not describe a quantizer.")
+        return obj
+    if isinstance(identifier, str):
+        name, _, bits = identifier.partition(":")
+        if name not in _CLASSES:
+            raise ValueError(f"Unknown quantizer {identifier!r}; known: {', '.join(names())}.")
+        cls = _CLASSES[name]
+        if bits:
+            try:
+                bits_value = int(bits)
+            except ValueError:
+                raise ValueError(f"Quantizer {identifier!r}: bits after ':' must be an integer.") from None
+            return cls(bits=bits_value)
+        return cls()
+    raise ValueError(
+        f"Could not interpret quantizer identifier {identifier!r}: expected None, a name "
+        f"({', '.join(names())}), a config dict or a Quantizer instance."
+    )
+
+
+def make_pair(family: str, w_bits: int, a_bits: int) -> tuple[Quantizer, Quantizer]:
+    """Fresh ``(weight_quantizer, activation_quantizer)`` for one layer.
+
+    ``bits=32`` gives the identity (full precision), ``bits=16`` the 16-bit
+    fixed-point quantizer; any other width goes to the family's classes,
+    which validate it.
+    """
+    if family not in _FAMILIES:
+        raise ValueError(f"Unknown quantizer family {family!r}; allowed: {', '.join(families())}.")
+    weight_cls, activation_cls = _FAMILIES[family]
+    return _special(w_bits, weight_cls), _special(a_bits, activation_cls)
+
+
+def _special(bits, cls) -> Quantizer:
+    from agq_keras.quantizers.fixed import FixedPoint, Identity
+
+    if bits == FULL_PRECISION_BITS and not isinstance(bits, bool):
+        return Identity()
+    if bits == FIXED_POINT_BITS and FIXED_POINT_BITS not in cls.allowed_bits and not isinstance(bits, bool):
+        return FixedPoint(FIXED_POINT_BITS)
+    try:
+        return cls(bits=bits)
+    except ValueError as err:
+        raise ValueError(f"{err} (32 = full precision and 16 = 16-bit fixed point are also accepted)") from None

@@ -1,0 +1,176 @@
+"""The joint F/H training step of the auxiliary gradient module (Algorithm 1).
+
+:class:`AGTrainer` is a `keras.Model` whose ``call`` is F: ``evaluate`` and
+``predict`` use F only. Its ``train_step`` forwards F and H separately and
+applies to each variable:
+
+* shared (in both F and H):  (dL1/dw + lambda * dL2/dw) / (1 + lambda)
+* F-only (F's BatchNorms):   dL1/dw
+* H-only (H's BNs, adaptors): dL2/dw
+
+where L1 is F's loss and L2 H's. The trainer knows nothing of ResNets: it
+receives two functional models that share layers and works out the variable
+sets by identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from agq_keras import quantizers
+
+
+def check_lambda(value) -> float:
+    """lambda must be a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"aux_lambda={value!r} is not allowed; it must be a finite number >= 0 (paper: 1.0).")
+    return float(value)
+
+
+def default_loss():
+    """Sparse cross-entropy on logits: F and H output logits."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def split_variables(f: keras.Model, h: keras.Model):
+    """(shared, f_only, h_only) trainable variables, by object identity."""
+    f_ids = {id(v) for v in f.trainable_variables}
+    h_ids = {id(v) for v in h.trainable_variables}
+    shared = [v for v in f.trainable_variables if id(v) in h_ids]
+    f_only = [v for v in f.trainable_variables if id(v) not in h_ids]
+    h_only = [v for v in h.trainable_variables if id(v) not in f_ids]
+    return shared, f_only, h_only
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class AGTrainer(keras.Model):
+    """Jointly trains F (deployed) and H (auxiliary) with shared weights.
+
+    Args:
+      f: the low-precision network F (functional `keras.Model`).
+      h: the auxiliary network H, built on F's layer objects and F's input.
+      aux_lambda: the weight lambda of H's loss (eq. 2), >= 0.
+
+    Logs: ``loss`` and compiled metrics are F's (the headline); ``h_loss``
+    and ``h_accuracy`` are H's. ``compile()`` defaults to Adam, sparse
+    cross-entropy on logits and accuracy.
+    """
+
+    def __init__(self, f: keras.Model, h: keras.Model, aux_lambda: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if [id(t) for t in f.inputs] != [id(t) for t in h.inputs]:
+            raise ValueError("AGTrainer: F and H must be built on the same Input tensor.")
+        self.f = f
+        self.h = h
+        self.aux_lambda = check_lambda(aux_lambda)
+        self.f_loss_tracker = keras.metrics.Mean(name="loss")
+        self.h_loss_tracker = keras.metrics.Mean(name="h_loss")
+        self.h_accuracy = keras.metrics.SparseCategoricalAccuracy(name="h_accuracy")
+        self._h_loss_fn = default_loss()
+        self.trace_count = 0  # python-side: how many times train_step was traced
+        self.built = True  # F and H are built functional models
+
+    # -- Keras plumbing ---------------------------------------------------
+    def call(self, inputs, training=None):
+        return self.f(inputs, training=training)
+
+    def compile(self, optimizer="adam", loss=None, metrics=("accuracy",), **kwargs):
+        loss = default_loss() if loss is None else loss
+        if isinstance(loss, keras.losses.Loss):
+            self._h_loss_fn = loss
+        else:
+            self._h_loss_fn = keras.losses.LossFunctionWrapper(keras.losses.get(loss))
+        super().compile(optimizer=optimizer, loss=loss, metrics=list(metrics or []), **kwargs)
+        # Create the optimizer's slots now, so that fit() traces the step once
+        # (creating variables inside the first trace forces a second one).
+        self.optimizer.build(self.trainable_variables)
+        if _is_sparse(loss):
+            # Likewise build the compiled metrics (Keras builds them lazily,
+            # inside the first trace) with one dummy sparse-label batch.
+            num_classes = int(self.f.outputs[0].shape[-1])
+            self.compute_metrics(None, tf.zeros((1,), "int32"), tf.zeros((1, num_classes)))
+            self.reset_metrics()
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def compile_from_config(self, config):
+        # Restores the compile state of a saved trainer (so a loaded
+        # `trainer.keras` resumes with its optimizer state).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    # -- the step -----------------------------------------------------------
+    def variable_groups(self):
+        return split_variables(self.f, self.h)
+
+    def train_step(self, data):
+        self.trace_count += 1
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        shared, f_only, h_only = self.variable_groups()
+        lam = self.aux_lambda
+        with tf.GradientTape(persistent=True) as tape:
+            y_f = self.f(x, training=True)
+            loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=True)
+            with quantizers.frozen_state():  # stateful quantizers update from F's pass only
+                y_h = self.h(x, training=True)
+            loss_h = self._h_loss_fn(y, y_h, sample_weight=sample_weight)
+        g1 = tape.gradient(loss_f, shared + f_only)
+        g2 = tape.gradient(loss_h, shared + h_only)
+        del tape
+        n = len(shared)
+        combined = [_combine(a, b, lam) for a, b in zip(g1[:n], g2[:n])]
+        grads = combined + list(g1[n:]) + list(g2[n:])
+        variables = shared + f_only + h_only
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        return self._logs(x, y, y_f, sample_weight, loss_f, y_h=y_h, loss_h=loss_h)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_f = self.f(x, training=False)
+        loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=False)
+        return self._logs(x, y, y_f, sample_weight, loss_f)
+
+    def _logs(self, x, y, y_f, sample_weight, loss_f, y_h=None, loss_h=None):
+        self.f_loss_tracker.update_state(loss_f)
+        if y_h is not None:
+            self.h_loss_tracker.update_state(loss_h)
+            self.h_accuracy.update_state(y, y_h, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_f, sample_weight=sample_weight)
+        logs["loss"] = self.f_loss_tracker.result()
+        if y_h is None:
+            logs.pop("h_loss", None)
+            logs.pop("h_accuracy", None)
+        return logs
+
+    # -- serialization ---------------------------------------------------------
+    def get_config(self):
+        # F and H share layers: serialize them as one two-output graph so the
+        # sharing survives a round trip.
+        joint = keras.Model(self.f.inputs, [self.f.outputs[0], self.h.outputs[0]], name="joint")
+        return {"joint": keras.saving.serialize_keras_object(joint), "aux_lambda": self.aux_lambda,
+                "f_name": self.f.name, "h_name": self.h.name, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        joint = keras.saving.deserialize_keras_object(config["joint"])
+        f = keras.Model(joint.inputs, joint.outputs[0], name=config.get("f_name", "F"))
+        h = keras.Model(joint.inputs, joint.outputs[1], name=config.get("h_name", "H"))
+        return cls(f, h, aux_lambda=config["aux_lambda"], name=config.get("name"))
+
+
+def _is_sparse(loss) -> bool:
+    if isinstance(loss, str):
+        return loss == "sparse_categorical_crossentropy"
+    return isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+
+
+def _combine(g1, g2, lam):
+    if g1 is None:
+        return None if g2 is None else g2 * (lam / (1.0 + lam))
+    if g2 is None:
+        return g1 / (1.0 + lam)
+    return (g1 + lam * g2) / (1.0 + lam)

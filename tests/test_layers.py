@@ -1,0 +1,74 @@
+"""QConv2D / QDense / AuxAdaptor: behaviour, config and .keras round trips."""
+
+import numpy as np
+import pytest
+import keras
+
+from agq_keras import quantizers
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense
+
+X_IMG = np.random.default_rng(1).random((2, 8, 8, 3)).astype("float32")
+X_VEC = np.random.default_rng(2).random((4, 12)).astype("float32")
+
+LAYERS = [
+    ("qconv", lambda: QConv2D(5, 3, padding="same", kernel_quantizer="dorefa_weight:2",
+                              input_quantizer="dorefa_activation:2"), X_IMG),
+    ("qconv_strided_bias", lambda: QConv2D(4, 3, strides=2, use_bias=True, bias_initializer="ones",
+                                           kernel_quantizer=quantizers.DoReFaWeight(1)), X_IMG),
+    ("qconv_float", lambda: QConv2D(4, 1), X_IMG),
+    ("qdense", lambda: QDense(7, kernel_quantizer="fixed_point", input_quantizer="fixed_point"), X_VEC),
+    ("adaptor", lambda: AuxAdaptor(6, strides=2), X_IMG),
+]
+
+
+def test_qconv_equals_conv_of_quantized_tensors():
+    layer = QConv2D(5, 3, padding="same", kernel_quantizer="dorefa_weight:2",
+                    input_quantizer="dorefa_activation:2")
+    y = layer(X_IMG).numpy()
+    ref = keras.layers.Conv2D(5, 3, padding="same", use_bias=False)
+    ref.build(X_IMG.shape)
+    ref.kernel.assign(quantizers.dorefa_weight(layer.kernel, 2))
+    expected = ref(quantizers.dorefa_activation(X_IMG, 2)).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert layer.bias is None  # no bias by default
+
+
+def test_qdense_equals_matmul_of_quantized_tensors():
+    layer = QDense(3, kernel_quantizer="dorefa_weight:3", input_quantizer="dorefa_activation:3")
+    y = layer(X_VEC).numpy()
+    expected = quantizers.dorefa_activation(X_VEC, 3).numpy() @ quantizers.dorefa_weight(layer.kernel, 3).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,factory,x", LAYERS, ids=[c[0] for c in LAYERS])
+def test_get_config_round_trip(name, factory, x):
+    layer = factory()
+    y = layer(x).numpy()
+    clone = type(layer).from_config(layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), y)
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("name,factory,x", LAYERS, ids=[c[0] for c in LAYERS])
+def test_keras_file_round_trip_is_bit_identical(name, factory, x, tmp_path):
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, factory()(inputs))
+    y = model.predict(x, verbose=0)
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), y)
+
+
+def test_adaptor_validates_arguments():
+    with pytest.raises(ValueError, match="filters must be a positive integer, got 0"):
+        AuxAdaptor(0)
+    with pytest.raises(ValueError, match="strides must be a positive integer"):
+        AuxAdaptor(4, strides=0)
+
+
+def test_bad_quantizer_in_layer_is_clear():
+    with pytest.raises(ValueError, match="Unknown quantizer 'dorefa9'"):
+        QConv2D(3, 3, kernel_quantizer="dorefa9")

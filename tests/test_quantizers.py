@@ -1,0 +1,128 @@
+"""Quantizers: forward vs NumPy, STE gradients vs analytic references, serialization."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from agq_keras import quantizers
+
+RNG = np.random.default_rng(0)
+X = (RNG.standard_normal((6, 5, 4)) * 1.2).astype("float32")
+
+
+def np_round(x):  # TF rounds half to even, as NumPy does
+    return np.round(x)
+
+
+def ref_dorefa_weight(w, k):
+    if k == 1:
+        s = np.mean(np.abs(w))
+        return np.where(w >= 0, s, -s), np.ones_like(w)
+    t = np.tanh(w)
+    m = np.max(np.abs(t))
+    n = 2**k - 1
+    q = 2 * np_round((t / (2 * m) + 0.5) * n) / n - 1
+    return q, (1 - t**2) / m
+
+
+def ref_dorefa_activation(x, k):
+    n = 2**k - 1
+    q = np_round(np.clip(x, 0, 1) * n) / n
+    return q, ((x >= 0) & (x <= 1)).astype(x.dtype)
+
+
+def ref_fixed(x, k):
+    s = np.max(np.abs(x)) / (2 ** (k - 1) - 1)
+    return np_round(x / s) * s, np.ones_like(x)
+
+
+def ref_identity(x, k):
+    return x, np.ones_like(x)
+
+
+CASES = (
+    [(quantizers.DoReFaWeight, b, ref_dorefa_weight, X) for b in range(1, 9)]
+    + [(quantizers.DoReFaActivation, b, ref_dorefa_activation, X * 0.6 + 0.4) for b in range(1, 9)]
+    + [(quantizers.FixedPoint, b, ref_fixed, X) for b in (4, 8, 16)]
+    + [(quantizers.Identity, 32, ref_identity, X)]
+)
+IDS = [f"{c[0].__name__}-{c[1]}" for c in CASES]
+
+
+def forward_and_grad(q, x, upstream):
+    xv = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xv)
+        y = q(xv)
+        loss = tf.reduce_sum(y * upstream)
+    return y.numpy(), tape.gradient(loss, xv).numpy()
+
+
+@pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)
+def test_forward_matches_numpy_and_levels(cls, bits, ref, x):
+    q = cls(bits)
+    y, _ = forward_and_grad(q, x, np.ones_like(x))
+    expected, _ = ref(x.astype("float64"), bits)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    if bits <= 8:
+        assert len(np.unique(y)) <= 2**bits
+
+
+@pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)
+def test_gradient_matches_analytic_ste(cls, bits, ref, x):
+    upstream = RNG.standard_normal(x.shape).astype("float32")
+    _, grad = forward_and_grad(cls(bits), x, upstream)
+    _, local = ref(x.astype("float64"), bits)
+    np.testing.assert_allclose(grad, upstream * local, rtol=1e-5, atol=1e-6)
+
+
+def test_dorefa_levels_are_the_k_bit_grid():
+    w = RNG.standard_normal(10000).astype("float32")
+    for k in range(2, 9):
+        y = quantizers.DoReFaWeight(k)(w).numpy()
+        n = 2**k - 1
+        codes = (y + 1) * n / 2
+        np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)
+    a = quantizers.DoReFaActivation(2)(np.linspace(-1, 2, 301).astype("float32")).numpy()
+    np.testing.assert_allclose(sorted(set(np.round(a, 6))), [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)
+def test_get_config_round_trip(cls, bits, ref, x):
+    q = cls(bits)
+    clone = quantizers.get(keras.saving.serialize_keras_object(q))
+    assert type(clone) is cls and clone.bits == bits
+    np.testing.assert_array_equal(clone(x).numpy(), q(x).numpy())
+    assert cls.from_config(q.get_config()).bits == bits
+
+
+def test_get_accepts_names_instances_and_none():
+    assert quantizers.get(None) is None
+    q = quantizers.DoReFaWeight(3)
+    assert quantizers.get(q) is q
+    assert isinstance(quantizers.get("dorefa_activation"), quantizers.DoReFaActivation)
+    assert quantizers.get("dorefa_weight:3").bits == 3
+    assert quantizers.get({"class_name": "DoReFaWeight", "config": {"bits": 4}}).bits == 4
+
+
+@pytest.mark.parametrize("bad", [0, 9, 16, -1, 2.5, "2", True])
+def test_bad_bits_are_rejected_with_the_allowed_range(bad):
+    with pytest.raises(ValueError, match=r"allowed: 1\.\.8"):
+        quantizers.DoReFaWeight(bad)
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="Unknown quantizer 'nope'"):
+        quantizers.get("nope")
+    with pytest.raises(ValueError, match="Unknown quantizer family 'nope'"):
+        quantizers.make_pair("nope", 2, 2)
+    with pytest.raises(ValueError, match="interpret"):
+        quantizers.get(3.0)
+
+
+def test_make_pair_special_widths():
+    w, a = quantizers.make_pair("dorefa", 32, 16)
+    assert isinstance(w, quantizers.Identity) and isinstance(a, quantizers.FixedPoint) and a.bits == 16
+    with pytest.raises(ValueError, match="bits=12.*32 = full precision"):
+        quantizers.make_pair("dorefa", 12, 2)
