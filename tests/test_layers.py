@@ -72,3 +72,23 @@ def test_adaptor_validates_arguments():
 def test_bad_quantizer_in_layer_is_clear():
     with pytest.raises(ValueError, match="Unknown quantizer 'dorefa9'"):
         QConv2D(3, 3, kernel_quantizer="dorefa9")
+
+
+QUANTIZER_FACTORIES = [
+    lambda: quantizers.DoReFaWeight(1), lambda: quantizers.DoReFaWeight(4),
+    lambda: quantizers.DoReFaActivation(3), lambda: quantizers.FixedPoint(16), lambda: quantizers.Identity(),
+]
+
+
+@pytest.mark.parametrize("make", QUANTIZER_FACTORIES)
+def test_every_quantizer_round_trips_through_a_keras_file(make, tmp_path):
+    inputs = keras.Input(X_IMG.shape[1:])
+    model = keras.Model(inputs, QConv2D(3, 3, kernel_quantizer=make(), input_quantizer=make())(inputs))
+    y = model.predict(X_IMG, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    layer = loaded.layers[-1]
+    assert type(layer.kernel_quantizer) is type(model.layers[-1].kernel_quantizer)
+    assert layer.kernel_quantizer.bits == model.layers[-1].kernel_quantizer.bits
+    np.testing.assert_array_equal(loaded.predict(X_IMG, verbose=0), y)
