@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 
-from benchmarks import train_step  # noqa: E402
+from benchmarks import memory, train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["resnet20"], "Architectures to time.")
@@ -40,11 +40,17 @@ def main(argv):
             keras.backend.clear_session()
         row["ratio quantized/float (time)"] = row["float F"]["images_per_s"] / row["2-bit F"]["images_per_s"]
         row["ratio AG/F-only (time)"] = row["2-bit F"]["images_per_s"] / row["2-bit AG"]["images_per_s"]
+        baseline = memory.peak_rss_bytes("", arch, FLAGS.batch_size)
+        row["peak RSS above import, MiB"] = {
+            name: (memory.peak_rss_bytes(name, arch, FLAGS.batch_size) - baseline) / 2**20
+            for name in ("2-bit F", "2-bit AG")}
         results["train_step"][arch] = row
         print(f"\n{arch} (plain, batch {FLAGS.batch_size}, median of {FLAGS.steps} steps)")
         for name, value in row.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and "images_per_s" in value:
                 print(f"  {name:<12} {value['images_per_s']:8.1f} img/s")
+            elif isinstance(value, dict):
+                print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in value.items()))
             else:
                 print(f"  {name:<30} {value:.2f}")
     if FLAGS.output:
