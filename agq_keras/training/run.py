@@ -173,8 +173,10 @@ def stage1_config(config):
     return c
 
 
-def run(config, workdir: str) -> dict:
-    """Train one config; returns the metrics dict also written to ``metrics.json``."""
+def run(config, workdir: str, extra_callbacks=()) -> dict:
+    """Train one config; returns the metrics dict also written to ``metrics.json``.
+
+    ``extra_callbacks`` are appended to the run's own (tests use them to interrupt a run)."""
     validate(config)
     check_workdir(workdir)
     if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
@@ -229,6 +231,7 @@ def run(config, workdir: str) -> dict:
     ]
     if trainer.ssp is not None:
         callbacks.insert(0, DeltaSchedule(trainer.ssp))
+    callbacks += list(extra_callbacks)
     history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
                           verbose=config.verbose, shuffle=False)
     if guard.diverged_at is not None:

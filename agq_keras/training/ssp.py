@@ -167,7 +167,9 @@ class SSP:
     def draw(self, step):
         """Assign the gates for this step (inside the traced train step)."""
         b = self.indicator(step)
-        return [self.weight_gates.assign(b[:, 0]), self.activation_gates.assign(b[:, 1])]
+        self.weight_gates.assign(b[:, 0])
+        self.activation_gates.assign(b[:, 1])
+        return b[:, 0], b[:, 1]
 
     def reset(self):
         """All gates to 1: F fully quantized (after every train step)."""

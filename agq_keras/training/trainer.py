@@ -157,7 +157,7 @@ class AGTrainer(keras.Model):
         self.trace_count += 1
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self.ssp is not None:
-            self.ssp.draw(self.optimizer.iterations)
+            gates = self.ssp.draw(self.optimizer.iterations)
         shared, f_only, h_only = self.variable_groups()
         lam = self.aux_lambda
         with tf.GradientTape(persistent=True) as tape:
@@ -174,7 +174,11 @@ class AGTrainer(keras.Model):
         if self.ssp is not None:
             with tf.control_dependencies([tf.convert_to_tensor(loss_f)]):
                 self.ssp.reset()
-        return self._logs(x, y, y_f, sample_weight, loss_f, y_h=y_h, loss_h=loss_h)
+        logs = self._logs(x, y, y_f, sample_weight, loss_f, y_h=y_h, loss_h=loss_h)
+        if self.ssp is not None:  # this step's fraction of quantized (weight, activation) gates
+            logs["ssp_w_quantized"] = tf.reduce_mean(gates[0])
+            logs["ssp_a_quantized"] = tf.reduce_mean(gates[1])
+        return logs
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
