@@ -35,7 +35,7 @@ class KillAt(keras.callbacks.Callback):
 
 def config():
     c = get_config()
-    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 96, 32, 3, 32, 0
+    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 64, 32, 3, 32, 0
     c.ssp, c.ssp_decay_epoch, c.ssp_wa = True, 2, True  # AG + SSP: the draws must resume too
     c.deterministic, c.seed = True, 5
     return c
@@ -49,7 +49,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     run.run(config(), full)
     with pytest.raises(Killed):
-        run.run(config(), resumed, extra_callbacks=[KillAt(epoch=2, batch=1)])
+        run.run(config(), resumed, extra_callbacks=[KillAt(epoch=2, batch=0)])
     assert not os.path.exists(os.path.join(resumed, "f.keras"))
     assert os.path.isfile(os.path.join(resumed, "backup", "latest.weights.h5"))
     metrics = run.run(config(), resumed)  # the same command again

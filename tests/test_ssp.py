@@ -153,3 +153,15 @@ def test_f_saves_without_gates(tmp_path):
     trainer.save(tmp_path / "t.keras")
     t2 = keras.models.load_model(tmp_path / "t.keras")
     assert t2.ssp.get_config() == trainer.ssp.get_config() and t2.ssp.num_fragments == 18
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_build_ssp_option(aux):
+    t = agq_keras.build("resnet20", plain=True, aux=aux, num_classes=4, input_shape=SHAPE,
+                        ssp={"fragments": "layer", "wa": True, "delta0": 0.25, "decay_epoch": 3})
+    assert isinstance(t, AGTrainer) and (t.h is not None) == aux
+    assert t.ssp.num_fragments == 18 and t.ssp.wa and t.ssp.delta0 == 0.25
+    with pytest.raises(ValueError, match="delta0"):
+        agq_keras.build("resnet20", num_classes=4, input_shape=SHAPE, ssp={"delta0": 2})
+    with pytest.raises(ValueError, match="ssp="):
+        agq_keras.build("resnet20", num_classes=4, input_shape=SHAPE, ssp="block")

@@ -126,16 +126,17 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
         ssp = SSP(config.ssp_fragments, wa=config.ssp_wa, delta0=config.ssp_delta0,
                   decay_epoch=config.ssp_decay_epoch, seed=config.seed)
     if config.aux:
-        t = build(config.arch, aux=True, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
-                  **kwargs)
-        return AGTrainer(t.f, t.h, aux_lambda=t.aux_lambda, ssp=ssp, name=t.name) if ssp else t
+        return build(config.arch, aux=True, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
+                     ssp=ssp, **kwargs)
+    if config.baseline == "none":
+        return build(config.arch, ssp=ssp, **kwargs) if ssp else AGTrainer(build(config.arch, **kwargs), None)
     f = build(config.arch, **kwargs)
     if config.baseline == "additional_losses":
         return baselines.additional_losses_trainer(f, alpha=config.aux_alpha, ssp=ssp)
     if config.baseline == "kd":
         teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32})
         return baselines.kd_trainer(f, teacher, beta=config.kd_beta, ssp=ssp)
-    return AGTrainer(f, None, ssp=ssp, name=f"{f.name}_trainer")
+    raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
 
 def load_by_name(source: keras.Model, target: keras.Model) -> int:
