@@ -29,6 +29,7 @@ import tensorflow as tf
 from agq_keras.data import pipeline
 from agq_keras.models.builder import build
 from agq_keras.training import baselines, callbacks as cb
+from agq_keras.training.recipe import load_by_name, stage1_config
 from agq_keras.training.ssp import SSP, DeltaSchedule, check_decay_epoch, check_delta
 from agq_keras.training.trainer import AGTrainer, default_loss
 
@@ -139,20 +140,6 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
     raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
 
-def load_by_name(source: keras.Model, target: keras.Model) -> int:
-    """Copy variables from ``source`` to ``target`` layers with the same name
-    (variable names and shapes must agree); returns how many were copied."""
-    src = {layer.name: {v.name: v for v in layer.weights} for layer in source.layers}
-    copied = 0
-    for layer in target.layers:
-        for v in layer.weights:
-            s = src.get(layer.name, {}).get(v.name)
-            if s is not None and tuple(s.shape) == tuple(v.shape):
-                v.assign(s)
-                copied += 1
-    return copied
-
-
 def load_checkpoint(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
@@ -161,17 +148,6 @@ def load_checkpoint(path: str) -> keras.Model:
     except Exception as err:  # noqa: BLE001 - any failure means an unusable file
         raise ValueError(f"checkpoint {path!r} is corrupt or not a Keras model file: "
                          f"{type(err).__name__}: {str(err)[:200]}") from None
-
-
-def stage1_config(config):
-    """Stage 1 of section 4.1: the full-precision counterpart, plain F, SGD."""
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-        c.w_bits, c.a_bits, c.aux, c.ssp, c.baseline = 32, 32, False, False, "none"
-        c.epochs, c.optimizer = config.pretrain_epochs, config.pretrain_optimizer
-        c.learning_rate, c.lr_decay_epochs = config.pretrain_learning_rate, config.pretrain_lr_decay_epochs
-        c.pretrain_epochs, c.init_checkpoint = 0, ""
-    return c
 
 
 def run(config, workdir: str, extra_callbacks=()) -> dict:
