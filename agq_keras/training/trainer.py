@@ -60,8 +60,9 @@ class AGTrainer(keras.Model):
     or without SSP (``ssp=``, an :class:`agq_keras.training.ssp.SSP`).
 
     Logs: ``loss`` (F's objective) and compiled metrics are F's (the
-    headline); ``h_loss`` and ``h_accuracy`` are H's (or the teacher's). ``compile()`` defaults to Adam, sparse
-    cross-entropy on logits and accuracy.
+    headline); ``h_loss`` and ``h_accuracy`` are H's (or the teacher's).
+    ``compile()`` defaults to Adam, sparse cross-entropy on logits and
+    accuracy.
     """
 
     def __init__(self, f: keras.Model, h: keras.Model | None = None, aux_lambda: float = 1.0, *,
