@@ -28,16 +28,30 @@ class _QuantizedMixin:
         if self.input_quantizer is not None and not self.input_quantizer.built:
             self.input_quantizer.build(tuple(input_shape))
 
+    # Stochastic structured precision (agq_keras.training.ssp) attaches a gate
+    # holder here; it is a plain Python object, so the gates never become
+    # weights of the layer and F saves/exports exactly as without SSP.
+    ssp_gate = None
+
     def quantized_kernel(self):
-        """The kernel as the layer uses it: ``kernel_quantizer(kernel)``."""
+        """The kernel as the layer uses it: ``kernel_quantizer(kernel)``.
+
+        Under SSP: ``q(W)`` where the weight gate is 1, ``W`` where it is 0.
+        """
         if self.kernel_quantizer is None:
             return self.kernel
-        return self.kernel_quantizer(self.kernel)
+        q = self.kernel_quantizer(self.kernel)
+        if self.ssp_gate is not None:
+            q = ops.where(self.ssp_gate.weights_on(), q, self.kernel)
+        return q
 
     def quantized_inputs(self, inputs):
         if self.input_quantizer is None:
             return inputs
-        return self.input_quantizer(inputs)
+        q = self.input_quantizer(inputs)
+        if self.ssp_gate is not None:
+            q = ops.where(self.ssp_gate.activations_on(), q, inputs)
+        return q
 
     def _quantizer_config(self, config):
         config["kernel_quantizer"] = keras.saving.serialize_keras_object(self.kernel_quantizer)

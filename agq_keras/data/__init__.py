@@ -1,5 +1,5 @@
 """Datasets."""
 
-from agq_keras.data import fashion_mnist
+from agq_keras.data import fashion_mnist, pipeline
 
-__all__ = ["fashion_mnist"]
+__all__ = ["fashion_mnist", "pipeline"]

@@ -27,7 +27,7 @@ _EXTRA_KWARGS = {
 
 def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str = "dorefa",
           w_bits: int = 2, a_bits: int = 2, num_classes: int = 1000,
-          input_shape=(224, 224, 3), aux_placement: str = "block", aux_lambda: float = 1.0,
+          input_shape=(224, 224, 3), aux_placement: str = "block", aux_lambda: float = 1.0, ssp=None,
           **kwargs):
     """Build F (``aux=False``, a functional `keras.Model`) or an :class:`AGTrainer`.
 
@@ -43,6 +43,11 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
       aux_placement: ``"block"`` (adaptor after every block) or ``"layer"``
         (after every conv).
       aux_lambda: lambda of eq. 2, >= 0.
+      ssp: stochastic structured precision: an
+        :class:`agq_keras.training.ssp.SSP` or a dict of its arguments
+        (``{"fragments": "block", "wa": False, "delta0": 0.5, "decay_epoch": 20}``).
+        Returns a trainer (with H when ``aux``); add
+        ``agq_keras.training.ssp.DeltaSchedule(trainer.ssp)`` to ``fit``'s callbacks.
       **kwargs: ``bn_momentum`` (0.9), ``bn_epsilon`` (1e-5),
         ``first_last_bits`` (16; 32 when w_bits = a_bits = 32),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar").
@@ -75,11 +80,22 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     f_bn = BNPersonality("", opts["bn_momentum"], opts["bn_epsilon"])
     f = keras.Model(inputs, net.head(net.body(inputs, f_bn), f_bn), name=f"{arch}{'_plain' if plain else ''}")
     f.agq_net = net  # the layer structure (blocks/fragments) for SSP and summaries
+    if ssp is not None:
+        from agq_keras.training.ssp import SSP
+
+        if isinstance(ssp, dict):
+            ssp = SSP(**ssp)
+        if not isinstance(ssp, SSP):
+            raise ValueError(f"ssp={ssp!r} must be an agq_keras.training.ssp.SSP, a dict of its arguments or None.")
     if not aux:
-        return f
+        if ssp is None:
+            return f
+        trainer = AGTrainer(f, None, ssp=ssp, name=f"{f.name}_ssp")
+        trainer.agq_net = net
+        return trainer
     h = build_h(net, inputs, placement=aux_placement, relu_after_sum=bool(opts["aux_relu"]),
                 bn_momentum=opts["bn_momentum"], bn_epsilon=opts["bn_epsilon"])
-    trainer = AGTrainer(f, h, aux_lambda=aux_lambda, name=f"{f.name}_ag")
+    trainer = AGTrainer(f, h, aux_lambda=aux_lambda, ssp=ssp, name=f"{f.name}_ag")
     trainer.agq_net = net
     return trainer
 

@@ -54,17 +54,37 @@ class AGTrainer(keras.Model):
       h: the auxiliary network H, built on F's layer objects and F's input.
       aux_lambda: the weight lambda of H's loss (eq. 2), >= 0.
 
-    Logs: ``loss`` and compiled metrics are F's (the headline); ``h_loss``
-    and ``h_accuracy`` are H's. ``compile()`` defaults to Adam, sparse
-    cross-entropy on logits and accuracy.
+    The same step also trains F alone (``h=None``), F with auxiliary
+    classifiers (``f_train``, the "additional losses" baseline), F with a
+    jointly trained teacher (``kd_weight > 0``, the KD baseline), each with
+    or without SSP (``ssp=``, an :class:`agq_keras.training.ssp.SSP`).
+
+    Logs: ``loss`` (F's objective) and compiled metrics are F's (the
+    headline); ``h_loss`` and ``h_accuracy`` are H's (or the teacher's).
+    ``compile()`` defaults to Adam, sparse cross-entropy on logits and
+    accuracy.
     """
 
-    def __init__(self, f: keras.Model, h: keras.Model, aux_lambda: float = 1.0, **kwargs):
+    def __init__(self, f: keras.Model, h: keras.Model | None = None, aux_lambda: float = 1.0, *,
+                 f_train: keras.Model | None = None, aux_alpha: float = 0.01, kd_weight: float = 0.0,
+                 ssp=None, **kwargs):
         super().__init__(**kwargs)
-        if [id(t) for t in f.inputs] != [id(t) for t in h.inputs]:
+        if h is not None and [id(t) for t in f.inputs] != [id(t) for t in h.inputs]:
             raise ValueError("AGTrainer: F and H must be built on the same Input tensor.")
+        if f_train is not None and (f_train.outputs[0] is not f.outputs[0] or len(f_train.outputs) < 2):
+            raise ValueError("AGTrainer: f_train must output F's logits first, then the auxiliary logits.")
+        if kd_weight and h is None:
+            raise ValueError("AGTrainer: kd_weight > 0 needs a teacher network as h.")
         self.f = f
         self.h = h
+        # Optional variants sharing this one step (see agq_keras.training.baselines):
+        # f_train: F plus auxiliary classifiers ("additional losses", eq. 3);
+        # kd_weight: h is a full-precision teacher, mutual distillation (eq. 4);
+        # ssp: stochastic structured precision controller (Algorithm 2).
+        self.f_train = f_train
+        self.aux_alpha = check_lambda(aux_alpha)
+        self.kd_weight = check_lambda(kd_weight)
+        self.ssp = ssp.attach(f) if ssp is not None and ssp.weight_gates is None else ssp
         self.aux_lambda = check_lambda(aux_lambda)
         self.f_loss_tracker = keras.metrics.Mean(name="loss")
         self.h_loss_tracker = keras.metrics.Mean(name="h_loss")
@@ -104,21 +124,47 @@ class AGTrainer(keras.Model):
 
     # -- the step -----------------------------------------------------------
     def variable_groups(self):
-        return split_variables(self.f, self.h)
+        f = self.f_train if self.f_train is not None else self.f
+        if self.h is None:
+            return [], list(f.trainable_variables), []
+        return split_variables(f, self.h)
+
+    def objectives(self, x, y, sample_weight=None, training=True):
+        """``(loss_f, loss_h, y_f, y_h)`` of one batch (``loss_h``/``y_h`` None without h).
+
+        loss_f = CE(F) [+ alpha * sum_i CE(aux_i)] [+ beta * l_d];
+        loss_h = CE(H or teacher) [+ beta * l_d], with the distillation loss
+        l_d = 1/2 mean_j (z_F,j - z_T,j)^2 on the logits (KD only).
+        """
+        if self.f_train is not None:
+            y_f, *y_aux = self.f_train(x, training=training)
+        else:
+            y_f, y_aux = self.f(x, training=training), []
+        loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=training)
+        for y_a in y_aux:
+            loss_f = loss_f + self.aux_alpha * self._h_loss_fn(y, y_a, sample_weight=sample_weight)
+        if self.h is None:
+            return loss_f, None, y_f, None
+        with quantizers.frozen_state():  # stateful quantizers update from F's pass only
+            y_h = self.h(x, training=training)
+        loss_h = self._h_loss_fn(y, y_h, sample_weight=sample_weight)
+        if self.kd_weight:
+            distill = 0.5 * tf.reduce_mean(tf.square(tf.cast(y_f, "float32") - tf.cast(y_h, "float32")))
+            loss_f = loss_f + self.kd_weight * distill
+            loss_h = loss_h + self.kd_weight * distill
+        return loss_f, loss_h, y_f, y_h
 
     def train_step(self, data):
         self.trace_count += 1
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self.ssp is not None:
+            gates = self.ssp.draw(self.optimizer.iterations)
         shared, f_only, h_only = self.variable_groups()
         lam = self.aux_lambda
         with tf.GradientTape(persistent=True) as tape:
-            y_f = self.f(x, training=True)
-            loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=True)
-            with quantizers.frozen_state():  # stateful quantizers update from F's pass only
-                y_h = self.h(x, training=True)
-            loss_h = self._h_loss_fn(y, y_h, sample_weight=sample_weight)
+            loss_f, loss_h, y_f, y_h = self.objectives(x, y, sample_weight, training=True)
         g1 = tape.gradient(loss_f, shared + f_only)
-        g2 = tape.gradient(loss_h, shared + h_only)
+        g2 = tape.gradient(loss_h, shared + h_only) if loss_h is not None else [None] * len(shared)
         del tape
         n = len(shared)
         combined = [_combine(a, b, lam) for a, b in zip(g1[:n], g2[:n])]
@@ -126,7 +172,14 @@ class AGTrainer(keras.Model):
         variables = shared + f_only + h_only
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
-        return self._logs(x, y, y_f, sample_weight, loss_f, y_h=y_h, loss_h=loss_h)
+        if self.ssp is not None:
+            with tf.control_dependencies([tf.convert_to_tensor(loss_f)]):
+                self.ssp.reset()
+        logs = self._logs(x, y, y_f, sample_weight, loss_f, y_h=y_h, loss_h=loss_h)
+        if self.ssp is not None:  # this step's fraction of quantized (weight, activation) gates
+            logs["ssp_w_quantized"] = tf.reduce_mean(gates[0])
+            logs["ssp_a_quantized"] = tf.reduce_mean(gates[1])
+        return logs
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -148,18 +201,33 @@ class AGTrainer(keras.Model):
 
     # -- serialization ---------------------------------------------------------
     def get_config(self):
-        # F and H share layers: serialize them as one two-output graph so the
-        # sharing survives a round trip.
-        joint = keras.Model(self.f.inputs, [self.f.outputs[0], self.h.outputs[0]], name="joint")
+        # F and H share layers: serialize them as one multi-output graph so the
+        # sharing survives a round trip: [F, aux_1..aux_k, H].
+        aux = list(self.f_train.outputs[1:]) if self.f_train is not None else []
+        outputs = [self.f.outputs[0]] + aux + ([self.h.outputs[0]] if self.h is not None else [])
+        joint = keras.Model(self.f.inputs, outputs, name="joint")
         return {"joint": keras.saving.serialize_keras_object(joint), "aux_lambda": self.aux_lambda,
-                "f_name": self.f.name, "h_name": self.h.name, "name": self.name}
+                "f_name": self.f.name, "h_name": self.h.name if self.h is not None else None,
+                "name": self.name, "num_aux": len(aux), "has_h": self.h is not None,
+                "aux_alpha": self.aux_alpha, "kd_weight": self.kd_weight,
+                "ssp": self.ssp.get_config() if self.ssp is not None else None}
 
     @classmethod
     def from_config(cls, config):
         joint = keras.saving.deserialize_keras_object(config["joint"])
-        f = keras.Model(joint.inputs, joint.outputs[0], name=config.get("f_name", "F"))
-        h = keras.Model(joint.inputs, joint.outputs[1], name=config.get("h_name", "H"))
-        return cls(f, h, aux_lambda=config["aux_lambda"], name=config.get("name"))
+        outs = list(joint.outputs) if isinstance(joint.outputs, (list, tuple)) else [joint.outputs]
+        num_aux, has_h = config.get("num_aux", 0), config.get("has_h", True)
+        f = keras.Model(joint.inputs, outs[0], name=config.get("f_name", "F"))
+        h = keras.Model(joint.inputs, outs[-1], name=config.get("h_name") or "H") if has_h else None
+        f_train = keras.Model(joint.inputs, outs[:1 + num_aux], name="f_train") if num_aux else None
+        ssp = None
+        if config.get("ssp"):
+            from agq_keras.training.ssp import SSP
+
+            ssp = SSP(**config["ssp"])
+        return cls(f, h, aux_lambda=config["aux_lambda"], f_train=f_train,
+                   aux_alpha=config.get("aux_alpha", 0.01), kd_weight=config.get("kd_weight", 0.0),
+                   ssp=ssp, name=config.get("name"))
 
 
 def _is_sparse(loss) -> bool:

@@ -1,0 +1,253 @@
+"""One training run from an ml_collections config (what ``scripts/train.py`` calls).
+
+``run(config, workdir)``:
+
+1. validates the config and the workdir (nothing is written on bad input);
+2. builds the input pipelines (:mod:`agq_keras.data.pipeline`);
+3. optionally runs stage 1 (section 4.1): the full-precision counterpart,
+   SGD, in ``workdir/stage1`` (skipped when ``stage1/f.keras`` exists), and
+   loads its weights into the quantized model by layer name;
+4. builds the trainer (AG / plain F / additional losses / KD, with or
+   without SSP) under the ``tf.distribute`` strategy and fits it with
+   BackupAndRestore (``workdir/backup``), TerminateOnNaN, TensorBoard
+   (``workdir/logs``), the step learning rate and the SSP delta schedule;
+5. writes ``f.keras``, ``trainer.keras``, ``metrics.json`` and
+   ``convergence.png`` atomically, then removes the backup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from agq_keras.data import pipeline
+from agq_keras.models.builder import build
+from agq_keras.training import baselines, callbacks as cb
+from agq_keras.training.recipe import load_by_name, stage1_config
+from agq_keras.training.ssp import SSP, DeltaSchedule, check_decay_epoch, check_delta
+from agq_keras.training.trainer import AGTrainer, default_loss
+
+BASELINES = ("none", "additional_losses", "kd")
+STRATEGIES = ("none", "mirrored", "multi_worker", "tpu")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN/inf; the backup keeps the last good epoch."""
+
+
+def _int(config, key, minimum):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"config.{key}={value!r} must be an integer >= {minimum}.")
+
+
+def _choice(config, key, allowed):
+    if config[key] not in allowed:
+        raise ValueError(f"config.{key}={config[key]!r} is not supported; allowed: {', '.join(allowed)}.")
+
+
+def _epochs_list(config, key):
+    value = tuple(config[key])
+    if any(isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 1 for e in value):
+        raise ValueError(f"config.{key}={value!r} must be positive integer epochs.")
+
+
+def validate(config) -> None:
+    """Check every value before anything is built or written."""
+    for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
+                         ("pretrain_epochs", 0), ("seed", 0), ("num_classes", 0), ("image_size", 8)):
+        _int(config, key, minimum)
+    _choice(config, "baseline", BASELINES)
+    _choice(config, "strategy", STRATEGIES)
+    _choice(config, "optimizer", OPTIMIZERS)
+    _choice(config, "pretrain_optimizer", OPTIMIZERS)
+    _choice(config, "dataset", pipeline.DATASETS)
+    _choice(config, "ssp_fragments", ("block", "layer"))
+    _epochs_list(config, "lr_decay_epochs")
+    _epochs_list(config, "pretrain_lr_decay_epochs")
+    for key in ("learning_rate", "pretrain_learning_rate"):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"config.{key}={v!r} must be a positive finite number.")
+    if config.ssp:
+        check_delta(config.ssp_delta0)
+        check_decay_epoch(config.ssp_decay_epoch)
+        if config.ssp_decay_epoch > config.epochs:
+            raise ValueError(f"config.ssp_decay_epoch={config.ssp_decay_epoch} is beyond the run "
+                             f"(epochs={config.epochs}); allowed: 1..{config.epochs}.")
+    if config.baseline != "none" and config.aux:
+        raise ValueError(f"config.baseline={config.baseline!r} is a baseline to AG: set config.aux=False.")
+    if config.baseline == "kd" and not (config.kd_beta > 0):
+        raise ValueError(f"config.kd_beta={config.kd_beta!r} must be > 0 for KD.")
+    if config.baseline == "additional_losses" and not (config.aux_alpha >= 0):
+        raise ValueError(f"config.aux_alpha={config.aux_alpha!r} must be >= 0.")
+
+
+def check_workdir(workdir: str) -> None:
+    if not workdir:
+        raise ValueError("--workdir is required.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} exists and is a file; give a folder (new or existing).")
+
+
+def make_strategy(name: str, tpu: str = ""):
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_optimizer(name: str, lr: float, weight_decay: float = 0.0):
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=False, weight_decay=weight_decay or None)
+    return keras.optimizers.Adam(lr, weight_decay=weight_decay or None)
+
+
+def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
+    """The trainer for a config: AG, plain F, additional losses or KD; SSP optional."""
+    kwargs = dict(plain=config.plain, quantizer=config.quantizer, w_bits=config.w_bits, a_bits=config.a_bits,
+                  num_classes=num_classes, input_shape=tuple(input_shape), bn_momentum=config.bn_momentum)
+    if config.stem:
+        kwargs["stem"] = config.stem
+    ssp = None
+    if config.ssp:
+        ssp = SSP(config.ssp_fragments, wa=config.ssp_wa, delta0=config.ssp_delta0,
+                  decay_epoch=config.ssp_decay_epoch, seed=config.seed)
+    if config.aux:
+        return build(config.arch, aux=True, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
+                     ssp=ssp, **kwargs)
+    if config.baseline == "none":
+        return build(config.arch, ssp=ssp, **kwargs) if ssp else AGTrainer(build(config.arch, **kwargs), None)
+    f = build(config.arch, **kwargs)
+    if config.baseline == "additional_losses":
+        return baselines.additional_losses_trainer(f, alpha=config.aux_alpha, ssp=ssp)
+    if config.baseline == "kd":
+        teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32})
+        return baselines.kd_trainer(f, teacher, beta=config.kd_beta, ssp=ssp)
+    raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
+
+
+def load_checkpoint(path: str) -> keras.Model:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any failure means an unusable file
+        raise ValueError(f"checkpoint {path!r} is corrupt or not a Keras model file: "
+                         f"{type(err).__name__}: {str(err)[:200]}") from None
+
+
+def run(config, workdir: str, extra_callbacks=()) -> dict:
+    """Train one config; returns the metrics dict also written to ``metrics.json``.
+
+    ``extra_callbacks`` are appended to the run's own (tests use them to interrupt a run)."""
+    validate(config)
+    check_workdir(workdir)
+    if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
+        raise FileNotFoundError(f"config.init_checkpoint {config.init_checkpoint!r} does not exist.")
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.strategy, config.tpu)
+    epoch_counter = pipeline.EpochCounter()
+    data_kw = dict(batch_size=config.batch_size, data_dir=config.data_dir, seed=config.seed,
+                   image_size=config.image_size, num_classes=config.num_classes)
+    train_ds, num_classes, input_shape = pipeline.make(config.dataset, "train", subset=config.train_subset,
+                                                       epoch=epoch_counter.epoch, **data_kw)
+    test_ds, _, _ = pipeline.make(config.dataset, "test", subset=config.test_subset, **data_kw)
+    if config.num_classes:
+        num_classes = config.num_classes
+    init = load_checkpoint(config.init_checkpoint) if config.init_checkpoint else None
+
+    stage1_f = None
+    if config.pretrain_epochs:
+        stage1_dir = os.path.join(workdir, "stage1")
+        stage1_path = os.path.join(stage1_dir, "f.keras")
+        if not os.path.isfile(stage1_path):
+            print(f"Stage 1: pre-training the full-precision {config.arch} for {config.pretrain_epochs} epoch(s)")
+            run(stage1_config(config), stage1_dir)
+        stage1_f = load_checkpoint(stage1_path)
+
+    with strategy.scope():
+        trainer = make_trainer(config, num_classes, input_shape)
+        for source in (stage1_f, init):
+            if source is not None:
+                copied = 0
+                for part in ("f", "h", "f_train"):
+                    sub = getattr(trainer, part)
+                    if sub is not None:  # a trainer.keras source gives its own part, else its F
+                        src = getattr(source, part, None) or getattr(source, "f", source)
+                        copied += load_by_name(src, sub)
+                if copied == 0:
+                    raise ValueError(f"no layer of {source.name!r} matches {trainer.name!r} by name.")
+        trainer.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate, config.weight_decay),
+                        loss=default_loss(),
+                        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
+
+    os.makedirs(workdir, exist_ok=True)
+    guard = cb.NaNGuard()
+    callbacks = [
+        epoch_counter,
+        keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),
+        guard,
+        cb.SafeBackup(os.path.join(workdir, "backup"), guard),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False, profile_batch=0),
+    ]
+    if trainer.ssp is not None:
+        callbacks.insert(0, DeltaSchedule(trainer.ssp))
+    callbacks += list(extra_callbacks)
+    history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
+                          verbose=config.verbose, shuffle=False)
+    if guard.diverged_at is not None:
+        epoch, batch = guard.diverged_at
+        raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
+                            f"written, the last good state is kept in {os.path.join(workdir, 'backup')}.")
+
+    f_eval = dict(zip(["loss", "top1", "top5"], _evaluate(trainer, test_ds)))
+    metrics = {"f": {"top1": f_eval["top1"], "top5": f_eval["top5"], "loss": f_eval["loss"]},
+               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+               "epochs": config.epochs, "config": config.to_dict()}
+    if trainer.h is not None:
+        with strategy.scope():
+            h = keras.Model(trainer.h.inputs, trainer.h.outputs, name="h_eval")
+            h.compile(loss=default_loss(),
+                      metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
+        loss, top1, top5 = h.evaluate(test_ds, verbose=0)
+        metrics["h" if config.baseline == "none" else "teacher"] = {"top1": top1, "top5": top5, "loss": loss}
+
+    cb.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
+    cb.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
+    cb.atomic_write(os.path.join(workdir, "metrics.json"),
+                    lambda p: open(p, "w").write(json.dumps(metrics, indent=2, default=_jsonable)))
+    cb.plot_convergence(metrics["history"], os.path.join(workdir, "convergence.png"),
+                        f"{config.arch} {config.w_bits}/{config.a_bits}-bit {config.dataset}")
+    shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
+    print(f"F test top-1: {100 * f_eval['top1']:.2f}%  top-5: {100 * f_eval['top5']:.2f}%"
+          + (f"  ({'H' if config.baseline == 'none' else 'teacher'} top-1: "
+             f"{100 * metrics.get('h', metrics.get('teacher', {})).get('top1', 0):.2f}%)"
+             if trainer.h is not None else ""))
+    return metrics
+
+
+def _evaluate(trainer, test_ds):
+    logs = trainer.evaluate(test_ds, verbose=0, return_dict=True)
+    return float(logs["loss"]), float(logs["accuracy"]), float(logs["top5"])
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return float(value) if isinstance(value, numbers.Real) else str(value)

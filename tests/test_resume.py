@@ -1,0 +1,61 @@
+"""A run killed mid-way and restarted with the same command ends with the same weights."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs.default import get_config  # noqa: E402
+from agq_keras.training import run  # noqa: E402
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(keras.callbacks.Callback):
+    """Simulates a kill in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise Killed()
+
+
+def config():
+    c = get_config()
+    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 64, 32, 3, 32, 0
+    c.ssp, c.ssp_decay_epoch, c.ssp_wa = True, 2, True  # AG + SSP: the draws must resume too
+    c.deterministic, c.seed = True, 5
+    return c
+
+
+def weights(path):
+    return [v.numpy() for v in keras.models.load_model(path).weights]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    run.run(config(), full)
+    with pytest.raises(Killed):
+        run.run(config(), resumed, extra_callbacks=[KillAt(epoch=2, batch=0)])
+    assert not os.path.exists(os.path.join(resumed, "f.keras"))
+    assert os.path.isfile(os.path.join(resumed, "backup", "latest.weights.h5"))
+    metrics = run.run(config(), resumed)  # the same command again
+    assert len(metrics["history"]["loss"]) == 1  # only the remaining epoch ran
+    a, b = weights(os.path.join(full, "trainer.keras")), weights(os.path.join(resumed, "trainer.keras"))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not os.path.exists(os.path.join(resumed, "backup"))  # removed after a finished run

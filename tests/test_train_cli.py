@@ -1,0 +1,143 @@
+"""End-to-end runs: outputs in the workdir, the CLI, bad input gives a clear error and no outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs.default import get_config  # noqa: E402
+from agq_keras.training import run  # noqa: E402
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def tiny(**overrides):
+    c = get_config()
+    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 64, 64, 1, 32, 0
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def test_run_writes_all_outputs(tmp_path):
+    wd = str(tmp_path / "run")
+    metrics = run.run(tiny(ssp=True, ssp_decay_epoch=1), wd)
+    assert sorted(os.listdir(wd)) == ["convergence.png", "f.keras", "logs", "metrics.json", "trainer.keras"]
+    saved = json.load(open(os.path.join(wd, "metrics.json")))
+    assert saved["f"] == metrics["f"] and 0 <= saved["f"]["top1"] <= saved["f"]["top5"] <= 1
+    assert "h" in saved and len(saved["history"]["val_accuracy"]) == 1
+    assert open(os.path.join(wd, "convergence.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert any(f.startswith("events") for _, _, fs in os.walk(os.path.join(wd, "logs")) for f in fs)
+    f = keras.models.load_model(os.path.join(wd, "f.keras"))
+    assert not any(l.name.startswith("h_") for l in f.layers)
+    t = keras.models.load_model(os.path.join(wd, "trainer.keras"))
+    assert t.h is not None and t.ssp is not None
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(t.f(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_two_stage_recipe_loads_stage1_by_name(tmp_path):
+    wd = str(tmp_path / "run")
+    run.run(tiny(aux=False, pretrain_epochs=1, pretrain_learning_rate=0.05), wd)
+    assert os.path.isfile(os.path.join(wd, "stage1", "f.keras"))
+    stage1 = keras.models.load_model(os.path.join(wd, "stage1", "f.keras"))
+    assert all(l.weight_bits == 32 for l in stage1.layers if hasattr(l, "weight_bits"))
+    # stage 2 started from stage 1: run stage 2 for 0 steps by loading the same weights by name
+    c = tiny(aux=False)
+    t = run.make_trainer(c, 10, (28, 28, 1))
+    copied = run.load_by_name(stage1, t.f)
+    assert copied == len(t.f.weights)
+    np.testing.assert_array_equal(t.f.get_layer("stage2_block1_conv1").kernel.numpy(),
+                                  stage1.get_layer("stage2_block1_conv1").kernel.numpy())
+
+
+BAD = [
+    ({"ssp": True, "ssp_delta0": 1.5, "ssp_decay_epoch": 1}, "delta0"),
+    ({"ssp": True, "ssp_delta0": -0.5, "ssp_decay_epoch": 1}, "delta0"),
+    ({"ssp": True, "ssp_decay_epoch": 5}, "beyond the run"),
+    ({"baseline": "kd"}, "aux=False"),
+    ({"strategy": "gpu"}, "strategy"),
+    ({"batch_size": 0}, "batch_size"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD)
+def test_bad_config_values(tmp_path, overrides, match):
+    wd = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        run.run(tiny(**overrides), str(wd))
+    assert not wd.exists()
+
+
+def test_bad_workdir_and_checkpoint(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run.run(tiny(), str(file))
+    corrupt = tmp_path / "trainer.keras"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    wd = tmp_path / "run"
+    with pytest.raises(ValueError, match="corrupt"):
+        run.run(tiny(init_checkpoint=str(corrupt)), str(wd))
+    assert not wd.exists()
+
+
+@pytest.mark.parametrize("kind", ["labels", "nan"])
+def test_bad_custom_dataset(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    if kind == "labels":
+        y[3] = 7
+    else:
+        x[2, 1, 1, 0] = np.nan
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    wd = tmp_path / "run"
+    with pytest.raises(ValueError, match="0..2" if kind == "labels" else "NaN"):
+        run.run(tiny(dataset="npz", data_dir=str(path), num_classes=3), str(wd))
+    assert not wd.exists()
+
+
+class Explode(keras.callbacks.Callback):
+    """Makes the run diverge in its second epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            self.model.optimizer.learning_rate.assign(1e38)
+
+
+def test_diverged_run_says_so_and_keeps_last_good_backup(tmp_path):
+    wd = tmp_path / "run"
+    with pytest.raises(run.DivergedError, match="diverged"):
+        run.run(tiny(epochs=3, aux=False, train_subset=128), str(wd), extra_callbacks=[Explode()])
+    assert not (wd / "f.keras").exists() and not (wd / "metrics.json").exists()
+    meta = json.load(open(wd / "backup" / "training_metadata.json"))
+    assert meta["epoch"] == 1  # the last good state: after epoch 1
+    f = run.make_trainer(tiny(aux=False), 10, (28, 28, 1))
+    f.load_weights(str(wd / "backup" / "latest.weights.h5"))
+    assert all(np.all(np.isfinite(v.numpy())) for v in f.weights)
+
+
+def test_cli_default_config_and_unknown_key(tmp_path):
+    script = os.path.join(ROOT, "scripts", "train.py")
+    wd = tmp_path / "cli"
+    bad = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={wd}",
+                          "--config.no_such_key=1"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no_such_key" in bad.stderr and not wd.exists()
+    ok = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={wd}",
+                         "--config.train_subset=64", "--config.test_subset=64", "--config.epochs=1",
+                         "--config.verbose=0"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "F test top-1:" in ok.stdout and (wd / "f.keras").exists()
+    bad_value = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={tmp_path / 'x'}",
+                                "--config.ssp=True", "--config.ssp_delta0=2.0", "--config.ssp_decay_epoch=1"],
+                               cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert bad_value.returncode == 1 and "delta0" in bad_value.stderr and "Traceback" not in bad_value.stderr
