@@ -13,6 +13,8 @@ MINIMUM/MUL/ROUND/MUL), as the size/latency/numerics baseline.
 
 from __future__ import annotations
 
+import math
+
 import flatbuffers
 import numpy as np
 
@@ -54,49 +56,86 @@ def int8_params(tensor: Tensor) -> tuple[float, int]:
 MAX_SEARCH_LEVELS = 15
 
 
-def exact_thresholds(codes, steps, bias, s_in, grid, limit):
-    """Per output channel, pick the code multiplier m and the integer bias so that
-    the int32 accumulator crosses every rounding threshold of the output grid at
-    exactly the integers where the real-valued ``acc * s_in * s_w + bias`` does.
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's (M0, shift) with m = M0 * 2^(shift - 31), M0 in [2^30, 2^31)."""
+    if m <= 0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    q_fixed = int(round(q * (1 << 31)))
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    return q_fixed, shift
 
-    The real pre-activation is ``q (acc + beta)`` with ``q = s_in * s_w`` and a real
-    ``beta = bias / q``; int8 uses an integer bias B. Output code j+1 is reached
-    iff ``acc >= theta_j - beta``, ``theta_j = (j + 1/2) step / q``; with B the
-    integer threshold is ``ceil(theta_j - B)``. Scanning m (q shrinks as 1/m) and
-    B in {floor(beta), ceil(beta)} finds a choice where all thresholds agree
-    (kept 1e-3 away from integers for the fixed-point multiplier); if none exists
-    the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias_int).
+
+def fixed_point_multiply(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
+    """TFLite's reference MultiplyByQuantizedMultiplier (double rounding), int64 in and out."""
+    x = x.astype(np.int64) * (1 << max(shift, 0))
+    ab = x * m0
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    total = ab + nudge
+    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> exponent) + (remainder > threshold)
+
+
+def exact_thresholds(codes, steps, bias, s_in, grid, limit):
+    """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
+    output equals ``round(clip(real, 0, levels))`` for every accumulator value.
+
+    The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
+    and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
+    fixed-point multiplier. Both are monotone step functions of the integer acc, so they agree
+    everywhere iff they agree on the two integers around each of the ``levels`` real thresholds
+    ``(j + 1/2) / M - beta``. Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
+    finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
+    from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
+    exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
     """
     step_out, levels = grid
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(step_out))
     codes = codes.copy()
     steps = steps.astype(np.float64).copy()
     out_bias = np.zeros(len(steps))
-    j = np.arange(levels) + 0.5
+    half = np.arange(levels) + 0.5
+    ranks = []
     for c in range(len(steps)):
         row = codes[c].astype(np.int64)
         g = int(np.gcd.reduce(np.abs(row.ravel()))) or 1
         base, base_step = row // g, steps[c] * g
         top = int(np.abs(base).max(initial=0)) or 1
-        chosen = None
+        best = None
         for m in range(limit // top, 0, -1):
-            q = s_in * base_step / m
-            beta = bias[c] / q
-            u = j * step_out / q - beta
+            s_w = float(np.float32(base_step / m))
+            mult = s_in32 * s_w / s_out32
+            beta = bias[c] / (s_in32 * s_w)
+            t = half / mult - beta
+            acc = np.concatenate([np.ceil(t) - 1, np.ceil(t)])
+            real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
+            m0, shift = quantize_multiplier(mult)
             for b_int in (np.floor(beta), np.ceil(beta)):
-                v = u + beta - b_int
-                if np.all(np.ceil(u) == np.ceil(v)) and np.all(np.abs(v - np.round(v)) > 1e-3):
-                    chosen = (m, b_int)
-                    break
-            if chosen:
+                fixed = np.clip(fixed_point_multiply(acc + b_int, m0, shift), 0, levels)
+                if np.array_equal(fixed, real):
+                    ties = np.abs((acc + b_int) * mult - np.round((acc + b_int) * mult - 0.5) - 0.5)
+                    rank = 0 if ties.min() >= 1e-4 else 1
+                    if best is None or rank < best[0]:
+                        best = (rank, m, b_int)
+                    if rank == 0:
+                        break
+            if best is not None and best[0] == 0:
                 break
-        if chosen is None:
+        if best is None:
             m = limit // top
-            chosen = (m, np.round(bias[c] / (s_in * base_step / m)))
-        m, b_int = chosen
+            best = (2, m, np.round(bias[c] / (s_in32 * float(np.float32(base_step / m)))))
+        _, m, b_int = best
         codes[c] = base * m
-        steps[c] = base_step / m
+        steps[c] = float(np.float32(base_step / m))
         out_bias[c] = b_int
-    return codes, steps, out_bias
+        ranks.append(best[0])
+    return codes, steps, out_bias, np.asarray(ranks)
 
 
 def split_codes(codes: np.ndarray, replicas: int) -> np.ndarray:
@@ -196,9 +235,10 @@ class _Writer:
         s_in = self.scale_of(in_name)
         codes, steps, grid = op.codes, op.steps, self.graph.tensors[op.output].grid
         if grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
-            flat, steps, bias = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
+            flat, steps, bias, ranks = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
                                                  127 * op.replicas)
             codes = flat.reshape(codes.shape)
+            op.threshold_ranks = ranks  # per channel: 0 exact (also float32), 1 exact, 2 closest
         else:
             bias = np.round(op.bias / (s_in * steps))
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
@@ -214,19 +254,34 @@ class _Writer:
         return w, b
 
     def replicate(self, op: Op) -> int:
-        """The op's input, concatenated ``op.replicas`` times on the channel axis (int8: exact)."""
+        """The op's input repeated ``op.replicas`` times on the channel axis (int8 CONCATENATION with
+        equal in/out quantization: exact). Built by doubling (x, x2, x4, ...) and one final
+        concatenation of the powers of two in ``replicas``, so no concatenation has more than
+        10 inputs (TensorFlow Lite Micro's limit)."""
         x = self.activation(op.inputs[0])
         if self.mode == "float32" or op.replicas == 1:
             return x
         src = self.graph.tensors[op.inputs[0]]
-        name = f"{op.output}/input_x{op.replicas}"
-        self.graph.tensors[name] = Tensor(name, src.shape[:-1] + (src.shape[-1] * op.replicas,), grid=src.grid,
-                                          lo=src.lo, hi=src.hi)
-        y = self.activation(name)
-        opt = schema.ConcatenationOptionsT()
-        opt.axis = len(src.shape)
-        self.op("CONCATENATION", [x] * op.replicas, [y], schema.BuiltinOptions.ConcatenationOptions, opt)
-        return y
+        axis = len(src.shape)
+
+        def concat(inputs, copies):
+            name = f"{op.inputs[0]}/x{copies}"
+            if name not in self.index:
+                self.graph.tensors[name] = Tensor(name, src.shape[:-1] + (src.shape[-1] * copies,), grid=src.grid,
+                                                  lo=src.lo, hi=src.hi)
+                opt = schema.ConcatenationOptionsT()
+                opt.axis = axis
+                self.op("CONCATENATION", inputs, [self.activation(name)], schema.BuiltinOptions.ConcatenationOptions,
+                        opt)
+            return self.index[name]
+
+        powers, copies, t = {1: x}, 1, x
+        while copies * 2 <= op.replicas:
+            t = concat([t, t], copies * 2)
+            copies *= 2
+            powers[copies] = t
+        parts = [powers[p] for p in sorted(powers, reverse=True) if op.replicas & p]
+        return parts[0] if len(parts) == 1 else concat(parts, op.replicas)
 
     def emit(self, op: Op):
         x = self.replicate(op) if op.kind in ("conv", "dense") else self.activation(op.inputs[0])

@@ -12,12 +12,20 @@ FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.Tens
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def _interpreter(model_bytes: bytes):
+KERNELS = ("builtin", "xnnpack")
+
+
+def _interpreter(model_bytes: bytes, kernels: str = "builtin"):
+    """A LiteRT interpreter; ``kernels="builtin"`` runs TFLite's own kernels (the reference
+    fixed-point arithmetic, as TensorFlow Lite Micro), ``"xnnpack"`` adds the XNNPACK delegate."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as err:  # pragma: no cover
         raise ImportError("Running exported models needs LiteRT: pip install 'agq-keras[export]'") from err
-    return Interpreter(model_content=model_bytes)
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r} is not supported; allowed: {', '.join(KERNELS)}.")
+    resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if kernels == "builtin" else OpResolverType.AUTO)
+    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
 
 
 class Runner:
@@ -27,8 +35,8 @@ class Runner:
     the model's input scale/zero point, an int8 output dequantized.
     """
 
-    def __init__(self, model_bytes: bytes, batch_size: int = 250):
-        self.interpreter = _interpreter(model_bytes)
+    def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin"):
+        self.interpreter = _interpreter(model_bytes, kernels)
         self.batch_size = batch_size
         inp = self.interpreter.get_input_details()[0]
         self.interpreter.resize_tensor_input(inp["index"], [batch_size] + list(inp["shape"][1:]))
@@ -115,15 +123,18 @@ def grid_check(model_bytes: bytes, graph) -> list:
         levels = max(len(np.unique(row)) for row in codes.reshape(codes.shape[0], -1))
         allowed = 2 ** op.weight_bits if op.weight_bits <= 16 else None
         exact = rel < 1e-5 and (allowed is None or levels <= allowed)
+        ranks = getattr(op, "threshold_ranks", None)
         rows.append({"layer": op.layer, "weight_bits": op.weight_bits, "replicas": op.replicas,
+                     "threshold_exact_channels": None if ranks is None else int(np.sum(ranks < 2)),
+                     "channels": int(codes.shape[0]),
                      "levels_max": int(levels), "allowed": allowed, "max_rel_error": rel,
                      "on_grid": bool(exact), "note": op.weight_note})
     return rows
 
 
-def latency_ms(model_bytes: bytes, shape, runs: int = 50) -> float:
+def latency_ms(model_bytes: bytes, shape, runs: int = 50, kernels: str = "builtin") -> float:
     """Median single-image latency (ms) with LiteRT on this CPU."""
-    interpreter = _interpreter(model_bytes)
+    interpreter = _interpreter(model_bytes, kernels)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     interpreter.set_tensor(inp["index"], np.zeros([1] + list(shape), inp["dtype"]))
@@ -147,12 +158,14 @@ def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_byte
     """
     images = np.asarray(images, np.float32)
     ref = np.asarray(f.predict(images, batch_size=250, verbose=0))
-    out = Runner(model_bytes)(images)
-    runner_out = out
+    runner_out = Runner(model_bytes)(images)
     win = ref.argmax(axis=1)
     report = {
         "images": int(len(images)),
+        "kernels": "builtin (TFLite reference kernels, as TensorFlow Lite Micro)",
         "argmax_agreement": float(np.mean(runner_out.argmax(axis=1) == win)),
+        "argmax_agreement_xnnpack": float(np.mean(Runner(model_bytes, kernels="xnnpack")(images).argmax(axis=1)
+                                                  == win)),
         "max_abs_logit_diff": float(np.abs(runner_out - ref).max()),
         "max_abs_winning_logit_diff": float(np.abs(runner_out[np.arange(len(win)), win] - ref.max(axis=1)).max()),
         "ops": model_ops(model_bytes),
@@ -174,6 +187,7 @@ def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_byte
         report["size_ratio"] = len(model_bytes) / len(float_bytes)
         if latency_runs:
             shape = images.shape[1:]
-            report["latency_ms_int8"] = latency_ms(model_bytes, shape, latency_runs)
-            report["latency_ms_float32"] = latency_ms(float_bytes, shape, latency_runs)
+            for kernels in KERNELS:
+                report[f"latency_ms_int8_{kernels}"] = latency_ms(model_bytes, shape, latency_runs, kernels)
+                report[f"latency_ms_float32_{kernels}"] = latency_ms(float_bytes, shape, latency_runs, kernels)
     return report
