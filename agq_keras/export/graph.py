@@ -180,6 +180,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     uses[out_ref] = uses.get(out_ref, 0) + 1
 
     graph = Graph({}, [], "", "", [])
+    graph.max_replicas = max_replicas
     value: dict = {}  # keras ref -> IR tensor name
 
     def new_tensor(name, shape, ref):

@@ -54,6 +54,7 @@ def int8_params(tensor: Tensor) -> tuple[float, int]:
 
 
 MAX_SEARCH_LEVELS = 15
+THRESHOLD_REPLICAS = 16
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -88,9 +89,9 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit):
 
     The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
     and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
-    fixed-point multiplier. Both are monotone step functions of the integer acc, so they agree
-    everywhere iff they agree on the two integers around each of the ``levels`` real thresholds
-    ``(j + 1/2) / M - beta``. Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
+    fixed-point multiplier. Both are monotone step functions of acc, which only takes multiples
+    of m (every code is m times a base code), so they agree everywhere iff they agree on the two
+    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``. Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
     finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
     from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
     exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
@@ -113,7 +114,8 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit):
             mult = s_in32 * s_w / s_out32
             beta = bias[c] / (s_in32 * s_w)
             t = half / mult - beta
-            acc = np.concatenate([np.ceil(t) - 1, np.ceil(t)])
+            # every weight code is a multiple of m, so the accumulator only takes multiples of m
+            acc = m * np.concatenate([np.ceil(t / m) - 1, np.ceil(t / m)])
             real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
             m0, shift = quantize_multiplier(mult)
             for b_int in (np.floor(beta), np.ceil(beta)):
@@ -235,9 +237,18 @@ class _Writer:
         s_in = self.scale_of(in_name)
         codes, steps, grid = op.codes, op.steps, self.graph.tensors[op.output].grid
         if grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
-            flat, steps, bias, ranks = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
-                                                 127 * op.replicas)
-            codes = flat.reshape(codes.shape)
+            # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
+            # repeats (up to THRESHOLD_REPLICAS and graph.max_replicas) until every channel is exact
+            cap = max(op.replicas, min(THRESHOLD_REPLICAS, getattr(self.graph, "max_replicas", 1)))
+            if op.kind == "affine":
+                cap = 1
+            for replicas in range(op.replicas, cap + 1):
+                flat, new_steps, bias, ranks = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in,
+                                                                grid, 127 * replicas)
+                if ranks.max(initial=0) < 2:
+                    break
+            op.replicas = replicas
+            codes, steps = flat.reshape(codes.shape), new_steps
             op.threshold_ranks = ranks  # per channel: 0 exact (also float32), 1 exact, 2 closest
         else:
             bias = np.round(op.bias / (s_in * steps))
@@ -284,6 +295,8 @@ class _Writer:
         return parts[0] if len(parts) == 1 else concat(parts, op.replicas)
 
     def emit(self, op: Op):
+        params = self.weights(op, op.inputs[0], axis=3 if op.kind == "affine" else 0) \
+            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
         x = self.replicate(op) if op.kind in ("conv", "dense") else self.activation(op.inputs[0])
         out_name = op.output
         grid = self.graph.tensors[out_name].grid
@@ -294,7 +307,7 @@ class _Writer:
         y = self.activation(y_name)
         act = schema.ActivationFunctionType.RELU if op.relu else schema.ActivationFunctionType.NONE
         if op.kind == "conv":
-            w, b = self.weights(op, op.inputs[0], axis=0)
+            w, b = params
             opt = schema.Conv2DOptionsT()
             opt.padding = getattr(schema.Padding, op.padding)
             opt.strideH, opt.strideW = op.strides
@@ -302,7 +315,7 @@ class _Writer:
             opt.fusedActivationFunction = act
             self.op("CONV_2D", [x, w, b], [y], schema.BuiltinOptions.Conv2DOptions, opt)
         elif op.kind == "affine":
-            w, b = self.weights(op, op.inputs[0], axis=3)
+            w, b = params
             opt = schema.DepthwiseConv2DOptionsT()
             opt.padding = schema.Padding.VALID
             opt.strideH = opt.strideW = 1
@@ -311,7 +324,7 @@ class _Writer:
             opt.fusedActivationFunction = act
             self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], schema.BuiltinOptions.DepthwiseConv2DOptions, opt)
         elif op.kind == "dense":
-            w, b = self.weights(op, op.inputs[0], axis=0)
+            w, b = params
             opt = schema.FullyConnectedOptionsT()
             opt.fusedActivationFunction = act
             opt.weightsFormat = schema.FullyConnectedOptionsWeightsFormat.DEFAULT
