@@ -201,7 +201,10 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 continue
             srcs = [value[r] for r in _history(node)]
             src = graph.tensors[srcs[0]]
-            out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]
+            if cls == "Add":
+                out_shape = src.shape
+            elif cls in SUPPORTED_LAYERS:
+                out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]
             if isinstance(layer, keras.layers.Conv2D) and cls in ("QConv2D", "Conv2D"):
                 cfg = layer.get_config()
                 if tuple(cfg["dilation_rate"]) != (1, 1) or cfg.get("groups", 1) != 1:
@@ -231,7 +234,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                                     codes=codes, steps=steps, bias=bias, relu=act == "relu",
                                     exact_weights=exact, weight_bits=bits, weight_note=note))
             elif cls == "BatchNormalization":
-                _batchnorm(layer, src, graph, ref, out_shape, new_tensor, value)
+                _batchnorm(layer, src, graph, ref, out_shape, new_tensor, value, lambda r: uses.get(r, 0))
             elif cls == "ReLU":
                 cfg = layer.get_config()
                 if cfg.get("max_value") is not None or cfg.get("negative_slope") or cfg.get("threshold"):
@@ -243,6 +246,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 prod.relu = True
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
+                src.consumers = uses.get(ref, 0)
             elif cls == "Add":
                 if len(srcs) != 2:
                     raise unsupported(layer, f"Add of {len(srcs)} inputs (allowed: 2)")
@@ -304,7 +308,7 @@ def _want_input_grid(layer, src: Tensor, graph: Graph):
         src.wanted_grids.append((tuple(float(g) for g in grid), layer.name))
 
 
-def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, value):
+def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, value, _uses):
     if layer.axis not in (-1, len(src.shape)) and list(np.atleast_1d(layer.axis)) not in ([-1], [len(src.shape)]):
         raise unsupported(layer, f"BatchNormalization on axis {layer.axis} (allowed: the channel axis)")
     mean = np.asarray(layer.moving_mean, np.float64)
@@ -325,6 +329,7 @@ def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, val
         prod.folded.append(layer.name)
         prod.layer += f"+{layer.name}"
         value[ref] = src.name
+        src.consumers = graph.tensors[src.name].consumers = _uses(ref)
         return
     if len(src.shape) != 3:
         raise unsupported(layer, "an unfoldable BatchNorm on a non-image tensor")
