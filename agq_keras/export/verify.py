@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from agq_keras.export.tflite import schema, split_codes  # noqa: F401  (schema: one home for the bindings)
+from agq_keras.export.tflite import schema  # one home for the schema bindings
 
 FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.TensorType.FLOAT64)
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
