@@ -10,7 +10,18 @@ from agq_keras import layers, quantizers
 from agq_keras.layers import AuxAdaptor, QConv2D, QDense
 from agq_keras.models import build
 from agq_keras.training import AGTrainer
+from agq_keras.summary import summary
 
 __version__ = "0.1.0"
 
-__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "build", "layers", "quantizers", "__version__"]
+__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "build", "export", "layers", "quantizers", "summary",
+           "__version__"]
+
+
+def __getattr__(name):
+    # agq_keras.export needs LiteRT (the `export` extra): import it on first use.
+    if name == "export":
+        import importlib
+
+        return importlib.import_module("agq_keras.export")
+    raise AttributeError(f"module 'agq_keras' has no attribute {name!r}")

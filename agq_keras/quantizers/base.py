@@ -19,6 +19,7 @@ import numbers
 import threading
 
 import keras
+import numpy as np
 
 _CLASSES: dict[str, type] = {}
 _FAMILIES: dict[str, tuple[type, type]] = {}
@@ -117,6 +118,46 @@ class Quantizer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    # -- integer export protocol (agq_keras.export) -----------------------
+    def export_weight_grid(self, q_kernel, max_code: int = 127):
+        """Integer form of an already-quantized kernel, or None.
+
+        Args:
+          q_kernel: NumPy array, ``self(kernel)``; output channels on the last axis.
+          max_code: the largest |code| the exporter can take (127 for one int8
+            weight; r * 127 when it repeats the layer input r times).
+        Returns:
+          ``(codes, steps)``: integer ``codes`` (same shape, |code| <= max_code) and a
+          positive per-output-channel ``steps`` vector with
+          ``q_kernel == codes * steps`` exactly (up to float rounding); or None
+          when the grid cannot be written as int8 codes (the exporter then
+          re-quantizes the kernel at max|w|/127 per channel and says so).
+        """
+        return None
+
+    def export_activation_grid(self):
+        """``(step, levels)`` when outputs are always ``{0, step, ..., levels*step}``
+        (``levels <= 255``) and the quantizer computes ``step*round(clip(x, 0,
+        levels*step)/step)``; else None (the exporter then uses a calibrated
+        int8 tensor and says so)."""
+        return None
+
+
+def uniform_codes(q_kernel, step=None, max_code: int = 127):
+    """``(codes, steps)`` with ``q_kernel == codes * step`` and |codes| <= max_code, or None.
+
+    ``step=None`` takes the smallest nonzero |value| of the whole tensor
+    (binary ±alpha kernels). Shared helper of :meth:`Quantizer.export_weight_grid`.
+    """
+    q = np.asarray(q_kernel, dtype=np.float64)
+    if step is None:
+        nonzero = np.abs(q[q != 0])
+        step = float(nonzero.min()) if nonzero.size else 1.0
+    codes = np.round(q / step)
+    if np.abs(codes).max(initial=0) > max_code or not np.allclose(codes * step, q, rtol=1e-5, atol=1e-7):
+        return None
+    return codes.astype(np.int32), np.full(q.shape[-1], step)
 
 
 def get(identifier):

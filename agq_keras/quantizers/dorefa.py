@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family
+from agq_keras.quantizers.base import Quantizer, register, register_family, uniform_codes
 
 
 def round_k(x, bits: int):
@@ -82,6 +82,11 @@ class DoReFaWeight(Quantizer):
     def call(self, w):
         return dorefa_weight(w, self.bits)
 
+    def export_weight_grid(self, q_kernel, max_code: int = 127):
+        """k = 1: codes ±1, step mean|w|; k >= 2: odd codes 2i - (2^k-1), step
+        1/(2^k-1) (|code| <= 2^k - 1: one int8 weight for k <= 7, k = 8 needs 255)."""
+        return uniform_codes(q_kernel, None if self.bits == 1 else 1.0 / (2**self.bits - 1), max_code)
+
 
 @register("dorefa_activation")
 class DoReFaActivation(Quantizer):
@@ -94,6 +99,10 @@ class DoReFaActivation(Quantizer):
 
     def call(self, x):
         return dorefa_activation(x, self.bits)
+
+    def export_activation_grid(self):
+        n = 2**self.bits - 1
+        return 1.0 / n, n
 
 
 register_family("dorefa", DoReFaWeight, DoReFaActivation)

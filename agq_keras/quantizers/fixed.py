@@ -7,9 +7,10 @@ The paper keeps the first convolution and the last dense layer at 16 bits
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register
+from agq_keras.quantizers.base import Quantizer, register, uniform_codes
 
 
 def fixed_point(x, bits: int):
@@ -45,6 +46,11 @@ class FixedPoint(Quantizer):
 
     def call(self, x):
         return fixed_point(x, self.bits)
+
+    def export_weight_grid(self, q_kernel, max_code: int = 127):
+        """Codes round(w/s), |code| <= 2^{b-1} - 1, one step s = max|w|/(2^{b-1}-1) per tensor."""
+        top = float(np.abs(q_kernel).max(initial=0.0))
+        return uniform_codes(q_kernel, top / (2 ** (self.bits - 1) - 1) if top > 0 else 1.0, max_code)
 
 
 @register("identity")

@@ -1,0 +1,474 @@
+"""Writing the IR (:mod:`agq_keras.export.graph`) as a TFLite flatbuffer.
+
+The model is written directly with the flatbuffer schema bindings that ship
+with LiteRT (``ai_edge_litert.schema_py_generated``): every scale, zero point
+and weight code is chosen here, none is left to a converter, so the k-bit
+grids survive and the output is byte-for-byte deterministic.
+
+``int8`` mode: int8 input/output and activations, int8 weights (per output
+channel, zero point 0), int32 biases at scale ``s_in * s_w``. ``float32``
+mode writes the same graph in float (the exact activation rounding as
+MINIMUM/MUL/ROUND/MUL), as the size/latency/numerics baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flatbuffers
+import numpy as np
+
+from agq_keras.export.graph import Graph, Op, Tensor
+
+try:
+    from ai_edge_litert import schema_py_generated as schema
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("agq_keras.export needs LiteRT: pip install 'agq-keras[export]' (ai-edge-litert)") from err
+
+MODES = ("int8", "float32")
+# (builtin, version) per op and mode: the versions the TFLite converter gives these kernels.
+_VERSIONS = {
+    "CONV_2D": {"int8": 3, "float32": 1},
+    "DEPTHWISE_CONV_2D": {"int8": 3, "float32": 1},
+    "FULLY_CONNECTED": {"int8": 4, "float32": 1},
+    "ADD": {"int8": 2, "float32": 1},
+    "MEAN": {"int8": 2, "float32": 1},
+    "MAX_POOL_2D": {"int8": 2, "float32": 1},
+    "CONCATENATION": {"int8": 2, "float32": 1},
+    "MINIMUM": {"float32": 1},
+    "MUL": {"float32": 1},
+    "ROUND": {"float32": 1},
+}
+
+
+def int8_params(tensor: Tensor) -> tuple[float, int]:
+    """(scale, zero_point) of an activation tensor in the int8 model."""
+    if tensor.grid is not None:
+        step, levels = tensor.grid
+        return float(step), int(127 - levels)
+    lo, hi = min(tensor.lo, 0.0), max(tensor.hi, 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    return float(scale), int(np.clip(np.round(-128 - lo / scale), -128, 127))
+
+
+MAX_SEARCH_LEVELS = 15
+THRESHOLD_REPLICAS = 16
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's (M0, shift) with m = M0 * 2^(shift - 31), M0 in [2^30, 2^31)."""
+    if m <= 0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    q_fixed = int(round(q * (1 << 31)))
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    return q_fixed, shift
+
+
+def fixed_point_multiply(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
+    """TFLite's reference MultiplyByQuantizedMultiplier (double rounding), int64 in and out."""
+    x = x.astype(np.int64) * (1 << max(shift, 0))
+    ab = x * m0
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    total = ab + nudge
+    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> exponent) + (remainder > threshold)
+
+
+def exact_thresholds(codes, steps, bias, s_in, grid, limit):
+    """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
+    output equals ``round(clip(real, 0, levels))`` for every accumulator value.
+
+    The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
+    and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
+    fixed-point multiplier. Both are monotone step functions of acc, which only takes multiples
+    of m (every code is m times a base code), so they agree everywhere iff they agree on the two
+    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``. Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
+    finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
+    from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
+    exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
+    """
+    step_out, levels = grid
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(step_out))
+    codes = codes.copy()
+    steps = steps.astype(np.float64).copy()
+    out_bias = np.zeros(len(steps))
+    half = np.arange(levels) + 0.5
+    ranks = []
+    for c in range(len(steps)):
+        row = codes[c].astype(np.int64)
+        g = int(np.gcd.reduce(np.abs(row.ravel()))) or 1
+        base, base_step = row // g, steps[c] * g
+        top = int(np.abs(base).max(initial=0)) or 1
+        best = None
+        for m in range(limit // top, 0, -1):
+            s_w = float(np.float32(base_step / m))
+            mult = s_in32 * s_w / s_out32
+            beta = bias[c] / (s_in32 * s_w)
+            t = half / mult - beta
+            # every weight code is a multiple of m, so the accumulator only takes multiples of m
+            acc = m * np.concatenate([np.ceil(t / m) - 1, np.ceil(t / m)])
+            real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
+            m0, shift = quantize_multiplier(mult)
+            for b_int in (np.floor(beta), np.ceil(beta)):
+                fixed = np.clip(fixed_point_multiply(acc + b_int, m0, shift), 0, levels)
+                if np.array_equal(fixed, real):
+                    ties = np.abs((acc + b_int) * mult - np.round((acc + b_int) * mult - 0.5) - 0.5)
+                    rank = 0 if ties.min() >= 1e-4 else 1
+                    if best is None or rank < best[0]:
+                        best = (rank, m, b_int)
+                    if rank == 0:
+                        break
+            if best is not None and best[0] == 0:
+                break
+        if best is None:
+            m = limit // top
+            best = (2, m, np.round(bias[c] / (s_in32 * float(np.float32(base_step / m)))))
+        _, m, b_int = best
+        codes[c] = base * m
+        steps[c] = float(np.float32(base_step / m))
+        out_bias[c] = b_int
+        ranks.append(best[0])
+    return codes, steps, out_bias, np.asarray(ranks)
+
+
+def split_codes(codes: np.ndarray, replicas: int) -> np.ndarray:
+    """Split integer codes with |code| <= 127 r into r int8 parts along the last
+    (input) axis: ``sum_k parts[..., k*I + j] == codes[..., j]``."""
+    if replicas == 1:
+        return codes
+    mag, sign = np.abs(codes), np.sign(codes)
+    base, rest = mag // replicas, mag % replicas
+    parts = [sign * (base + (k < rest)) for k in range(replicas)]
+    return np.concatenate(parts, axis=-1)
+
+
+class _Writer:
+    def __init__(self, graph: Graph, mode: str, description: str):
+        self.graph, self.mode = graph, mode
+        self.model = schema.ModelT()
+        self.model.version = 3
+        self.model.description = description
+        self.model.buffers = [schema.BufferT()]  # buffer 0: the empty sentinel
+        self.model.operatorCodes = []
+        self.sub = schema.SubGraphT()
+        self.sub.name = "main"
+        self.sub.tensors, self.sub.operators = [], []
+        self.index: dict = {}
+        self.opcodes: dict = {}
+
+    # -- tensors -------------------------------------------------------
+    def tensor(self, name, shape, dtype, data=None, scale=None, zero_point=None, axis=0, batch=False):
+        t = schema.TensorT()
+        t.name = name
+        t.shape = np.asarray(([1] if batch else []) + list(shape), np.int32)
+        if batch:
+            t.shapeSignature = np.asarray([-1] + list(shape), np.int32)
+        t.type = dtype
+        if data is None:
+            t.buffer = 0
+        else:
+            buf = schema.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+            self.model.buffers.append(buf)
+            t.buffer = len(self.model.buffers) - 1
+        if scale is not None:
+            q = schema.QuantizationParametersT()
+            q.scale = [float(s) for s in np.atleast_1d(scale)]
+            q.zeroPoint = [int(z) for z in np.atleast_1d(zero_point)]
+            q.quantizedDimension = axis
+            t.quantization = q
+        self.sub.tensors.append(t)
+        return len(self.sub.tensors) - 1
+
+    def activation(self, name: str) -> int:
+        if name in self.index:
+            return self.index[name]
+        tensor = self.graph.tensors[name]
+        if self.mode == "int8":
+            scale, zp = int8_params(tensor)
+            idx = self.tensor(name, tensor.shape, schema.TensorType.INT8, scale=scale, zero_point=zp, batch=True)
+        else:
+            idx = self.tensor(name, tensor.shape, schema.TensorType.FLOAT32, batch=True)
+        self.index[name] = idx
+        return idx
+
+    def scale_of(self, name):
+        return int8_params(self.graph.tensors[name])[0]
+
+    def const(self, name, array, dtype, **quant):
+        return self.tensor(name, array.shape, dtype, data=array, **quant)
+
+    # -- ops -----------------------------------------------------------
+    def op(self, builtin: str, inputs, outputs, options_type=0, options=None):
+        code = getattr(schema.BuiltinOperator, builtin)
+        key = (code, _VERSIONS[builtin][self.mode])
+        if key not in self.opcodes:
+            oc = schema.OperatorCodeT()
+            oc.builtinCode = code
+            oc.deprecatedBuiltinCode = min(code, 127)
+            oc.version = key[1]
+            self.model.operatorCodes.append(oc)
+            self.opcodes[key] = len(self.model.operatorCodes) - 1
+        o = schema.OperatorT()
+        o.opcodeIndex = self.opcodes[key]
+        o.inputs = np.asarray(inputs, np.int32)
+        o.outputs = np.asarray(outputs, np.int32)
+        o.builtinOptionsType = options_type
+        o.builtinOptions = options
+        self.sub.operators.append(o)
+
+    def weights(self, op: Op, in_name: str, axis: int):
+        """(weight tensor, bias tensor) indices."""
+        real = op.float_weights if op.float_weights is not None else op.real_weights()
+        layout = real.reshape(1, 1, 1, -1) if op.kind == "affine" else real  # depthwise filter: (1, 1, 1, C)
+        if self.mode == "float32":
+            w = self.const(f"{op.output}/weights", layout.astype(np.float32), schema.TensorType.FLOAT32)
+            b = self.const(f"{op.output}/bias", op.bias.astype(np.float32), schema.TensorType.FLOAT32)
+            return w, b
+        s_in = self.scale_of(in_name)
+        codes, steps, grid = op.codes, op.steps, self.graph.tensors[op.output].grid
+        if grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
+            # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
+            # repeats (up to THRESHOLD_REPLICAS and graph.max_replicas) until every channel is exact
+            cap = max(op.replicas, min(THRESHOLD_REPLICAS, getattr(self.graph, "max_replicas", 1)))
+            if op.kind == "affine":
+                cap = 1
+            for replicas in range(op.replicas, cap + 1):
+                flat, new_steps, bias, ranks = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in,
+                                                                grid, 127 * replicas)
+                if ranks.max(initial=0) < 2:
+                    break
+            op.replicas = replicas
+            codes, steps = flat.reshape(codes.shape), new_steps
+            op.threshold_ranks = ranks  # per channel: 0 exact (also float32), 1 exact, 2 closest
+        else:
+            bias = np.round(op.bias / (s_in * steps))
+        if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
+            steps = steps[:1]  # per-tensor when the grid step is uniform
+        layout = codes.reshape(1, 1, 1, -1) if op.kind == "affine" else split_codes(codes, op.replicas)
+        w = self.const(f"{op.output}/weights", layout.astype(np.int8), schema.TensorType.INT8, scale=steps,
+                       zero_point=np.zeros(len(steps), np.int64), axis=axis)
+        bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
+        if np.abs(bias).max(initial=0) >= 2**31 - 1:
+            raise ValueError(f"Layer {op.layer!r}: its bias does not fit int32 at scale s_in*s_w; cannot export.")
+        b = self.const(f"{op.output}/bias", bias.astype(np.int32), schema.TensorType.INT32, scale=bias_scale,
+                       zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
+        return w, b
+
+    def replicate(self, op: Op) -> int:
+        """The op's input repeated ``op.replicas`` times on the channel axis (int8 CONCATENATION with
+        equal in/out quantization: exact). Built by doubling (x, x2, x4, ...) and one final
+        concatenation of the powers of two in ``replicas``, so no concatenation has more than
+        10 inputs (TensorFlow Lite Micro's limit)."""
+        x = self.activation(op.inputs[0])
+        if self.mode == "float32" or op.replicas == 1:
+            return x
+        src = self.graph.tensors[op.inputs[0]]
+        axis = len(src.shape)
+
+        def concat(inputs, copies):
+            name = f"{op.inputs[0]}/x{copies}"
+            if name not in self.index:
+                self.graph.tensors[name] = Tensor(name, src.shape[:-1] + (src.shape[-1] * copies,), grid=src.grid,
+                                                  lo=src.lo, hi=src.hi)
+                opt = schema.ConcatenationOptionsT()
+                opt.axis = axis
+                self.op("CONCATENATION", inputs, [self.activation(name)], schema.BuiltinOptions.ConcatenationOptions,
+                        opt)
+            return self.index[name]
+
+        powers, copies, t = {1: x}, 1, x
+        while copies * 2 <= op.replicas:
+            t = concat([t, t], copies * 2)
+            copies *= 2
+            powers[copies] = t
+        parts = [powers[p] for p in sorted(powers, reverse=True) if op.replicas & p]
+        return parts[0] if len(parts) == 1 else concat(parts, op.replicas)
+
+    def emit(self, op: Op):
+        params = self.weights(op, op.inputs[0], axis=3 if op.kind == "affine" else 0) \
+            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
+        x = self.replicate(op) if op.kind in ("conv", "dense") else self.activation(op.inputs[0])
+        out_name = op.output
+        grid = self.graph.tensors[out_name].grid
+        rounding = self.mode == "float32" and grid is not None
+        y_name = f"{out_name}/preround" if rounding else out_name
+        if rounding:
+            self.graph.tensors[y_name] = Tensor(y_name, self.graph.tensors[out_name].shape)
+        y = self.activation(y_name)
+        act = schema.ActivationFunctionType.RELU if op.relu else schema.ActivationFunctionType.NONE
+        if op.kind == "conv":
+            w, b = params
+            opt = schema.Conv2DOptionsT()
+            opt.padding = getattr(schema.Padding, op.padding)
+            opt.strideH, opt.strideW = op.strides
+            opt.dilationHFactor = opt.dilationWFactor = 1
+            opt.fusedActivationFunction = act
+            self.op("CONV_2D", [x, w, b], [y], schema.BuiltinOptions.Conv2DOptions, opt)
+        elif op.kind == "affine":
+            w, b = params
+            opt = schema.DepthwiseConv2DOptionsT()
+            opt.padding = schema.Padding.VALID
+            opt.strideH = opt.strideW = 1
+            opt.depthMultiplier = 1
+            opt.dilationHFactor = opt.dilationWFactor = 1
+            opt.fusedActivationFunction = act
+            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], schema.BuiltinOptions.DepthwiseConv2DOptions, opt)
+        elif op.kind == "dense":
+            w, b = params
+            opt = schema.FullyConnectedOptionsT()
+            opt.fusedActivationFunction = act
+            opt.weightsFormat = schema.FullyConnectedOptionsWeightsFormat.DEFAULT
+            opt.keepNumDims = False
+            self.op("FULLY_CONNECTED", [x, w, b], [y], schema.BuiltinOptions.FullyConnectedOptions, opt)
+        elif op.kind == "add":
+            opt = schema.AddOptionsT()
+            opt.fusedActivationFunction = act
+            self.op("ADD", [x, self.activation(op.inputs[1])], [y], schema.BuiltinOptions.AddOptions, opt)
+        elif op.kind == "mean":
+            axes = self.const(f"{out_name}/axes", np.asarray([1, 2], np.int32), schema.TensorType.INT32)
+            opt = schema.ReducerOptionsT()
+            opt.keepDims = False
+            self.op("MEAN", [x, axes], [y], schema.BuiltinOptions.ReducerOptions, opt)
+        elif op.kind == "maxpool":
+            opt = schema.Pool2DOptionsT()
+            opt.padding = getattr(schema.Padding, op.padding)
+            opt.strideH, opt.strideW = op.strides
+            opt.filterHeight, opt.filterWidth = op.pool
+            opt.fusedActivationFunction = act
+            self.op("MAX_POOL_2D", [x], [y], schema.BuiltinOptions.Pool2DOptions, opt)
+        if rounding:
+            self.float_rounding(y_name, out_name, grid)
+
+    def float_rounding(self, src: str, dst: str, grid):
+        """float32 twin of the exact int8 tensor: step * round(min(x, levels*step) / step)."""
+        step, levels = grid
+        shape = self.graph.tensors[dst].shape
+        names = [f"{dst}/clipped", f"{dst}/scaled", f"{dst}/rounded"]
+        for n in names:
+            self.graph.tensors[n] = Tensor(n, shape)
+        top = self.const(f"{dst}/top", np.asarray([levels * step], np.float32), schema.TensorType.FLOAT32)
+        inv = self.const(f"{dst}/inv_step", np.asarray([1.0 / step], np.float32), schema.TensorType.FLOAT32)
+        stp = self.const(f"{dst}/step", np.asarray([step], np.float32), schema.TensorType.FLOAT32)
+        c, s, r, out = (self.activation(n) for n in names + [dst])
+        self.op("MINIMUM", [self.activation(src), top], [c])
+        mul = schema.MulOptionsT()
+        self.op("MUL", [c, inv], [s], schema.BuiltinOptions.MulOptions, mul)
+        self.op("ROUND", [s], [r])
+        self.op("MUL", [r, stp], [out], schema.BuiltinOptions.MulOptions, schema.MulOptionsT())
+
+    def finish(self) -> bytes:
+        self.sub.inputs = np.asarray([self.activation(self.graph.input)], np.int32)
+        for op in self.graph.ops:
+            self.emit(op)
+        self.sub.outputs = np.asarray([self.index[self.graph.output]], np.int32)
+        self.model.subgraphs = [self.sub]
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(self.model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
+def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export") -> bytes:
+    """The flatbuffer bytes of ``graph`` (calibrated with :func:`graph.calibrate`) in ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
+    saved = dict(graph.tensors)
+    try:
+        return _Writer(graph, mode, description).finish()
+    finally:
+        graph.tensors.clear()
+        graph.tensors.update(saved)
+
+
+# -- public API ---------------------------------------------------------------
+def resolve_model(model):
+    """F from a keras.Model, an AGTrainer (its ``.f``) or a ``.keras`` path; returns (F, notes)."""
+    import os
+
+    import keras
+
+    notes = []
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Model file {path!r} does not exist.")
+        if not path.endswith(".keras"):
+            raise ValueError(f"{path!r} is not a Keras model file: expected a '.keras' file saved with model.save().")
+        try:
+            model = keras.saving.load_model(path)
+        except Exception as err:  # a zip that is not a model, a corrupt file, ...
+            raise ValueError(f"{path!r} could not be loaded as a Keras model: {type(err).__name__}: {err}") from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected a keras.Model (F or an AGTrainer) or a .keras path, got {type(model).__name__}.")
+    f = getattr(model, "f", None)
+    if isinstance(f, keras.Model) and f is not model:
+        notes.append(f"{model.name!r} is a trainer; exported its deployable network F ({f.name!r}), not H.")
+        model = f
+    return model, notes
+
+
+def check_images(model, images, what: str = "representative dataset"):
+    """float32 images matching the model input shape, else a ValueError naming both shapes."""
+    images = np.asarray(images)
+    expected = tuple(model.input_shape[1:])
+    if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected or len(images) == 0:
+        raise ValueError(f"The {what} has shape {images.shape}; the model expects (N,) + {expected} with N >= 1.")
+    if not np.issubdtype(images.dtype, np.number) or not np.all(np.isfinite(images)):
+        raise ValueError(f"The {what} must hold finite numbers (got dtype {images.dtype}).")
+    return images.astype(np.float32)
+
+
+def convert(model, representative_data, *, mode: str = "int8", max_replicas: int = 259,
+            output_range: str = "top"):
+    """Convert F to TFLite bytes. Returns ``(bytes, graph, notes)``.
+
+    Args:
+      model: F, an AGTrainer (F is exported) or a ``.keras`` path.
+      representative_data: images (N, H, W, C) as F receives them; they set the
+        int8 ranges of the tensors that are not on a quantizer grid (the input,
+        residual sums, the head) and are not otherwise stored.
+      mode: ``"int8"`` (full integer) or ``"float32"``.
+      max_replicas: the most times a layer's input may be repeated to hold
+        weight codes wider than int8 (259 makes 16-bit first/last layers exact;
+        1 gives plain int8 weights everywhere).
+      output_range: ``"top"`` or ``"full"`` (see :func:`graph.calibrate`).
+    """
+    from agq_keras.export import graph as graph_lib
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
+    if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or not 1 <= max_replicas <= 1024:
+        raise ValueError(f"max_replicas={max_replicas!r} must be an integer in 1..1024.")
+    f, notes = resolve_model(model)
+    images = check_images(f, representative_data)
+    graph = graph_lib.lower(f, max_replicas=max_replicas)
+    graph_lib.calibrate(graph, images, output_range=output_range)
+    return write(graph, mode, description=f"agq_keras {mode} export of {f.name}"), graph, notes + graph.notes
+
+
+def save_atomic(data: bytes, path: str):
+    """Write ``data`` to ``path`` through a temporary file in the same folder (no partial file)."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Output directory {folder!r} does not exist; create it first.")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

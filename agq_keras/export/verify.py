@@ -1,0 +1,193 @@
+"""Verification report of an exported model against the Keras F (LiteRT runtime)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from agq_keras.export.tflite import schema  # one home for the schema bindings
+
+FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.TensorType.FLOAT64)
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+KERNELS = ("builtin", "xnnpack")
+
+
+def _interpreter(model_bytes: bytes, kernels: str = "builtin"):
+    """A LiteRT interpreter; ``kernels="builtin"`` runs TFLite's own kernels (the reference
+    fixed-point arithmetic, as TensorFlow Lite Micro), ``"xnnpack"`` adds the XNNPACK delegate."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("Running exported models needs LiteRT: pip install 'agq-keras[export]'") from err
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r} is not supported; allowed: {', '.join(KERNELS)}.")
+    resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if kernels == "builtin" else OpResolverType.AUTO)
+    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
+
+
+class Runner:
+    """Batch inference of a one-input/one-output TFLite model with LiteRT.
+
+    Float images go in, float outputs come out: an int8 input is quantized with
+    the model's input scale/zero point, an int8 output dequantized.
+    """
+
+    def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin"):
+        self.interpreter = _interpreter(model_bytes, kernels)
+        self.batch_size = batch_size
+        inp = self.interpreter.get_input_details()[0]
+        self.interpreter.resize_tensor_input(inp["index"], [batch_size] + list(inp["shape"][1:]))
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def quantize(self, x):
+        if self.input["dtype"] != np.int8:
+            return x.astype(self.input["dtype"])
+        scale, zp = self.input["quantization"]
+        return np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
+
+    def raw(self, images):
+        """The raw output tensor (int8 codes for an int8 model)."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size]
+            n = len(batch)
+            if n < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
+            self.interpreter.set_tensor(self.input["index"], self.quantize(batch))
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
+        return np.concatenate(out)
+
+    def __call__(self, images):
+        raw = self.raw(np.asarray(images, np.float32))
+        if self.output["dtype"] != np.int8:
+            return raw.astype(np.float32)
+        scale, zp = self.output["quantization"]
+        return (raw.astype(np.float32) - zp) * scale
+
+
+def _model(model_bytes: bytes):
+    return schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+
+
+def model_ops(model_bytes: bytes) -> list:
+    """Builtin op names used by the model, sorted."""
+    m = _model(model_bytes)
+    return sorted({_OP_NAMES.get(oc.builtinCode, str(oc.builtinCode)) for oc in m.operatorCodes})
+
+
+def float_tensors(model_bytes: bytes) -> list:
+    """Names of float tensors in the model body (should be empty for a full-int8 model)."""
+    m = _model(model_bytes)
+    return [t.name.decode() if isinstance(t.name, bytes) else t.name
+            for t in m.subgraphs[0].tensors if t.type in FLOAT_TYPES]
+
+
+def io_types(model_bytes: bytes) -> dict:
+    m = _model(model_bytes)
+    sub = m.subgraphs[0]
+    name = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return {"input": name[sub.tensors[sub.inputs[0]].type], "output": name[sub.tensors[sub.outputs[0]].type]}
+
+
+def grid_check(model_bytes: bytes, graph) -> list:
+    """Per quantized conv/dense: the int8 weight codes read back from the flatbuffer.
+
+    For each layer: ``levels_max`` (most distinct codes in one output channel,
+    the repeated-input parts summed back), ``allowed`` (2^bits), whether
+    ``codes * scale`` reproduces F's (BN-folded) weights (``max_rel_error``),
+    and ``on_grid`` = both hold.
+    """
+    m = _model(model_bytes)
+    sub = m.subgraphs[0]
+    tensors = {(t.name.decode() if isinstance(t.name, bytes) else t.name): t for t in sub.tensors}
+    rows = []
+    for op in graph.ops:
+        if op.kind not in ("conv", "dense") or op.float_weights is None:
+            continue
+        t = tensors.get(f"{op.output}/weights")
+        if t is None:
+            continue
+        codes = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int8).reshape(t.shape).astype(np.int64)
+        if op.replicas > 1:  # sum the repeated-input parts back
+            codes = codes.reshape(codes.shape[:-1] + (op.replicas, -1)).sum(axis=-2)
+        scale = np.asarray(t.quantization.scale, np.float64)
+        real = codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1))
+        ref = op.float_weights
+        rel = float(np.abs(real - ref).max() / max(np.abs(ref).max(), 1e-12))
+        levels = max(len(np.unique(row)) for row in codes.reshape(codes.shape[0], -1))
+        allowed = 2 ** op.weight_bits if op.weight_bits <= 16 else None
+        exact = rel < 1e-5 and (allowed is None or levels <= allowed)
+        ranks = getattr(op, "threshold_ranks", None)
+        rows.append({"layer": op.layer, "weight_bits": op.weight_bits, "replicas": op.replicas,
+                     "threshold_exact_channels": None if ranks is None else int(np.sum(ranks < 2)),
+                     "channels": int(codes.shape[0]),
+                     "levels_max": int(levels), "allowed": allowed, "max_rel_error": rel,
+                     "on_grid": bool(exact), "note": op.weight_note})
+    return rows
+
+
+def latency_ms(model_bytes: bytes, shape, runs: int = 50, kernels: str = "builtin") -> float:
+    """Median single-image latency (ms) with LiteRT on this CPU."""
+    interpreter = _interpreter(model_bytes, kernels)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], np.zeros([1] + list(shape), inp["dtype"]))
+    interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_bytes: bytes | None = None,
+           latency_runs: int = 50) -> dict:
+    """Compare the TFLite model with the Keras F on ``images`` (float, as F takes them).
+
+    Returns a JSON-able dict: argmax agreement, top-1 of both (with labels),
+    max |logit difference| (all logits and the winning logit), ops, float
+    tensors, I/O types, the per-layer grid check (with ``graph``), sizes and
+    latencies (with ``float_bytes``, the float32 TFLite of the same F).
+    """
+    images = np.asarray(images, np.float32)
+    ref = np.asarray(f.predict(images, batch_size=250, verbose=0))
+    runner_out = Runner(model_bytes)(images)
+    win = ref.argmax(axis=1)
+    report = {
+        "images": int(len(images)),
+        "kernels": "builtin (TFLite reference kernels, as TensorFlow Lite Micro)",
+        "argmax_agreement": float(np.mean(runner_out.argmax(axis=1) == win)),
+        "argmax_agreement_xnnpack": float(np.mean(Runner(model_bytes, kernels="xnnpack")(images).argmax(axis=1)
+                                                  == win)),
+        "max_abs_logit_diff": float(np.abs(runner_out - ref).max()),
+        "max_abs_winning_logit_diff": float(np.abs(runner_out[np.arange(len(win)), win] - ref.max(axis=1)).max()),
+        "ops": model_ops(model_bytes),
+        "float_tensors": float_tensors(model_bytes),
+        "io_types": io_types(model_bytes),
+        "size_bytes": len(model_bytes),
+    }
+    if labels is not None:
+        labels = np.asarray(labels)
+        report["top1_tflite"] = float(np.mean(runner_out.argmax(axis=1) == labels))
+        report["top1_keras"] = float(np.mean(win == labels))
+        report["top1_diff_pt"] = 100.0 * (report["top1_tflite"] - report["top1_keras"])
+    if graph is not None:
+        report["grid_check"] = grid_check(model_bytes, graph)
+        report["exact_activation_tensors"] = sum(t.grid is not None for t in graph.tensors.values())
+        report["notes"] = list(graph.notes)
+    if float_bytes is not None:
+        report["float32_size_bytes"] = len(float_bytes)
+        report["size_ratio"] = len(model_bytes) / len(float_bytes)
+        if latency_runs:
+            shape = images.shape[1:]
+            for kernels in KERNELS:
+                report[f"latency_ms_int8_{kernels}"] = latency_ms(model_bytes, shape, latency_runs, kernels)
+                report[f"latency_ms_float32_{kernels}"] = latency_ms(float_bytes, shape, latency_runs, kernels)
+    return report

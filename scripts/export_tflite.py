@@ -1,0 +1,88 @@
+"""Export F to a full-integer TFLite model (and verify it against the Keras F).
+
+    python scripts/export_tflite.py --model=f.keras --output=f.tflite [--dataset=fashion_mnist] [--verify]
+        [--c_array] [--max_replicas=259] [--output_range=top]
+
+Writes ``f.tflite`` (int8 in/out, builtin int8 ops), with ``--verify`` also
+``f.json`` (agreement, top-1, grid check, ops, Edge TPU check, sizes, latency),
+with ``--c_array`` ``f.cc`` + ``f.h`` for TensorFlow Lite Micro. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "F (or an AG trainer) saved as .keras.")
+flags.DEFINE_string("output", None, "Path of the .tflite to write (its folder must exist).")
+flags.DEFINE_enum("dataset", "fashion_mnist", ["fashion_mnist"], "Calibration / verification data.")
+flags.DEFINE_string("data_dir", None, "Folder of the dataset files (default: the dataset's own).")
+flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.")
+flags.DEFINE_bool("verify", False, "Compare with the Keras F on the test set; write <output>.json.")
+flags.DEFINE_integer("verify_images", 10000, "Test images for --verify.")
+flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array for TFLite Micro).")
+flags.DEFINE_integer("max_replicas", 259, "Most input repeats for wide weight codes (1: plain int8 weights).")
+flags.DEFINE_enum("output_range", "top", ["top", "full"], "int8 range of the logits (see docs/export.md).")
+flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
+flags.mark_flags_as_required(["model", "output"])
+
+
+def load_images(split: str, count: int):
+    from agq_keras.data import fashion_mnist
+
+    x, y = fashion_mnist.load(split, data_dir=FLAGS.data_dir, subset=count)
+    return x.astype("float32") / 255.0, y
+
+
+def main(argv):
+    del argv
+    from agq_keras import export
+
+    out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"Output directory {out_dir!r} does not exist; create it first.")
+    f, notes = export.resolve_model(FLAGS.model)
+    calib, _ = load_images("train", FLAGS.calibration_images)
+    data, graph, notes2 = export.convert(f, calib, max_replicas=FLAGS.max_replicas,
+                                         output_range=FLAGS.output_range)
+    for note in notes + notes2:
+        print("note:", note)
+    export.save_atomic(data, FLAGS.output)
+    print(f"wrote {FLAGS.output} ({len(data)} bytes)")
+    stem = os.path.splitext(FLAGS.output)[0]
+    if FLAGS.c_array:
+        name = os.path.basename(stem).replace("-", "_").replace(".", "_")
+        name = name if name[:1].isalpha() else "model_" + name
+        source, header = export.c_array(data, name)
+        export.save_atomic(header.encode(), stem + ".h")
+        export.save_atomic(source.encode(), stem + ".cc")
+        print(f"wrote {stem}.cc / {stem}.h")
+    if FLAGS.verify:
+        float_bytes = export.convert(f, calib, mode="float32", max_replicas=FLAGS.max_replicas,
+                                     output_range=FLAGS.output_range)[0]
+        x, y = load_images("test", FLAGS.verify_images)
+        report = export.verify(data, f, x, y, graph=graph, float_bytes=float_bytes,
+                               latency_runs=FLAGS.latency_runs)
+        report["edgetpu"] = export.edgetpu_report(data)
+        report["notes"] = notes + notes2
+        report["deterministic"] = data == export.convert(f, calib, max_replicas=FLAGS.max_replicas,
+                                                         output_range=FLAGS.output_range)[0]
+        export.save_atomic(json.dumps(report, indent=2).encode(), stem + ".json")
+        brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes")}
+        print(json.dumps(brief, indent=2))
+        off = [r["layer"] for r in report["grid_check"] if not r["on_grid"]]
+        print(f"grid check: {len(report['grid_check']) - len(off)}/{len(report['grid_check'])} layers exact"
+              + (f"; not exact: {off}" if off else ""))
+        print(f"wrote {stem}.json")
+
+
+if __name__ == "__main__":
+    app.run(main)
