@@ -1,0 +1,1 @@
+"""Experiment drivers (reproduction of the paper's tables at CPU scale)."""
