@@ -21,7 +21,7 @@ import numpy as np, keras, agq_keras
 from benchmarks import train_step
 variant, arch, batch = {variant!r}, {arch!r}, {batch}
 if variant:
-    model = train_step.compiled(train_step.variants(arch, (28, 28, 1), 10, plain=True)[variant]())
+    model = train_step.compiled(arch, variant)
     train_step.images_per_second(model, batch, warmup=1, steps=3)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
 print(json.dumps(int(hwm.split()[1]) * 1024))

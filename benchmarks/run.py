@@ -1,7 +1,18 @@
 """Benchmarks, measured side by side in one run: `python benchmarks/run.py`.
 
-Prints a table and writes JSON (``--output``). Targets are goals, reported here,
-never asserted in unit tests.
+Prints a table and writes JSON (``--output``, atomically). Targets are goals, reported here,
+never asserted in unit tests (docs/benchmarks.md).
+
+* training step images/s (median of ``--steps`` timed steps after warm-up, batch 128) for
+  each arch of ``--archs``: float F, 2-bit DoReFa F, AG, AG+SSP, KD, additional losses (the
+  trainers ``agq_keras.training.run.make_trainer`` builds), with the ratios;
+* int8 vs float32 TFLite of the same 2-bit F (``agq_keras.export``) under LiteRT: latency per
+  image (batch 1) and file size;
+* the Fashion-MNIST input pipeline's images/s vs the fastest training step's consumption;
+* peak RSS of a training step, 2-bit F vs AG (fresh process each).
+
+Smoke mode (seconds, not a measurement): ``--archs=resnet20 --variants="float F,AG" --steps=2
+--warmup=1 --tflite_runs=5 --pipeline_batches=5 --nomemory``.
 """
 
 from __future__ import annotations
@@ -16,48 +27,202 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
-
-from benchmarks import memory, train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("archs", ["resnet20"], "Architectures to time.")
+flags.DEFINE_list("archs", ["resnet20", "resnet18"], "Architectures to time (resnet18 is CIFAR-style).")
+flags.DEFINE_list("variants", ["float F", "2-bit F", "AG", "AG+SSP", "KD", "additional losses"],
+                  "Training variants to time.")
+flags.DEFINE_boolean("plain", True, "Plain nets (no float shortcuts); --noplain for residual.")
 flags.DEFINE_integer("batch_size", 128, "Batch size of the timed steps.")
 flags.DEFINE_integer("steps", 20, "Timed steps per variant (after warm-up).")
-flags.DEFINE_string("output", "", "Write the results as JSON here.")
+flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps per variant.")
+flags.DEFINE_string("tflite_arch", "resnet20", "Architecture of the exported F ('' = skip the TFLite part).")
+flags.DEFINE_integer("tflite_runs", 200, "Timed single-image invocations per TFLite model.")
+flags.DEFINE_integer("pipeline_batches", 200, "Timed batches of the input pipeline (0 = skip).")
+flags.DEFINE_boolean("memory", True, "Measure peak RSS of 2-bit F vs AG steps (fresh processes).")
+flags.DEFINE_string("output", "runs/benchmarks.json", "Write the results as JSON here.")
+
+INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
+TARGETS = {  # name: (value key, comparison, bound)
+    "quantized/float step time": ("<=", 1.10),
+    "AG/F-only step time": ("<=", 2.05),
+    "AG/KD step time": ("<=", 1.0),
+    "int8/float32 latency": ("<=", 0.5),
+    "int8/float32 size": ("<=", 0.26),
+    "pipeline/step images/s": (">=", 5.0),
+}
+
+
+def _check_flags():
+    from benchmarks.train_step import VARIANTS
+    from agq_keras.models.builder import ARCHITECTURES
+
+    for arch in FLAGS.archs + ([FLAGS.tflite_arch] if FLAGS.tflite_arch else []):
+        if arch not in ARCHITECTURES:
+            raise app.UsageError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}.")
+    for v in FLAGS.variants:
+        if v not in VARIANTS:
+            raise app.UsageError(f"unknown variant {v!r}; allowed: {', '.join(VARIANTS)}.")
+    for name in ("batch_size", "steps", "warmup", "tflite_runs", "pipeline_batches"):
+        if getattr(FLAGS, name) < (0 if name in ("warmup", "pipeline_batches") else 1):
+            raise app.UsageError(f"--{name}={getattr(FLAGS, name)} is out of range.")
+
+
+def _ratio(row, a, b):
+    """Step time of ``a`` over step time of ``b`` (None when one was not timed)."""
+    return row[a]["median_step_s"] / row[b]["median_step_s"] if a in row and b in row else None
+
+
+def train_steps(arch: str) -> dict:
+    import keras
+    from benchmarks import train_step
+
+    row = {}
+    for name in FLAGS.variants:
+        keras.utils.set_random_seed(0)
+        model = train_step.compiled(arch, name, INPUT_SHAPE, NUM_CLASSES, plain=FLAGS.plain)
+        row[name] = train_step.images_per_second(model, FLAGS.batch_size, INPUT_SHAPE, NUM_CLASSES,
+                                                 warmup=FLAGS.warmup, steps=FLAGS.steps)
+        del model
+        keras.backend.clear_session()
+    ratios = {"quantized/float step time": _ratio(row, "2-bit F", "float F"),
+              "AG/F-only step time": _ratio(row, "AG", "2-bit F"),
+              "AG+SSP/F-only step time": _ratio(row, "AG+SSP", "2-bit F"),
+              "KD/F-only step time": _ratio(row, "KD", "2-bit F"),
+              "additional losses/F-only step time": _ratio(row, "additional losses", "2-bit F"),
+              "AG/KD step time": _ratio(row, "AG", "KD")}
+    return {"steps": row, "ratios": {k: v for k, v in ratios.items() if v is not None}}
+
+
+def tflite(arch: str) -> dict:
+    import keras
+    import numpy as np
+    import agq_keras
+    from agq_keras import export
+    from agq_keras.data import fashion_mnist
+    from agq_keras.export.verify import KERNELS, latency_ms
+
+    keras.utils.set_random_seed(0)
+    f = agq_keras.build(arch, plain=FLAGS.plain, w_bits=2, a_bits=2, num_classes=NUM_CLASSES,
+                        input_shape=INPUT_SHAPE, **({"stem": "cifar"} if arch == "resnet18" else {}))
+    images = fashion_mnist.load("test", None, 500)[0].astype(np.float32) / 255.0
+    out = {"arch": arch, "model": "untrained 2-bit DoReFa F (size and latency do not depend on the weights)"}
+    float_bytes = export.convert(f, images, mode="float32")[0]
+    out["float32"] = {"size_bytes": len(float_bytes)}
+    for kernels in KERNELS:
+        out["float32"][f"latency_ms_{kernels}"] = latency_ms(float_bytes, INPUT_SHAPE, FLAGS.tflite_runs, kernels)
+    for label, replicas in (("int8 exact (default export)", 259), ("int8, max_replicas=1", 1)):
+        data = export.convert(f, images, max_replicas=replicas)[0]
+        entry = {"size_bytes": len(data), "size_ratio": len(data) / len(float_bytes)}
+        for kernels in KERNELS:
+            ms = latency_ms(data, INPUT_SHAPE, FLAGS.tflite_runs, kernels)
+            entry[f"latency_ms_{kernels}"] = ms
+            entry[f"latency_ratio_{kernels}"] = ms / out["float32"][f"latency_ms_{kernels}"]
+        out[label] = entry
+    return out
+
+
+def input_pipeline() -> dict:
+    from agq_keras.data import pipeline
+
+    ds, _, _ = pipeline.make("fashion_mnist", "train", batch_size=FLAGS.batch_size)
+    it = iter(ds.repeat())
+    for _ in range(5):
+        next(it)
+    start = time.perf_counter()
+    n = 0
+    for _ in range(FLAGS.pipeline_batches):
+        n += int(next(it)[0].shape[0])
+    wall = time.perf_counter() - start
+    return {"images_per_s": n / wall, "batches": FLAGS.pipeline_batches}
+
+
+def memory_rows(arch: str) -> dict:
+    from benchmarks import memory
+
+    baseline = memory.peak_rss_bytes("", arch, FLAGS.batch_size)
+    return {name: (memory.peak_rss_bytes(name, arch, FLAGS.batch_size) - baseline) / 2**20
+            for name in ("2-bit F", "AG")}
+
+
+def _target(name, value):
+    if name not in TARGETS or value is None:
+        return ""
+    op, bound = TARGETS[name]
+    ok = value <= bound if op == "<=" else value >= bound
+    return f"target {op} {bound}: {'met' if ok else 'MISSED'}"
+
+
+def report(results: dict) -> str:
+    lines = [f"{results['date']} — {results['machine']}, {results['cpus']} CPU(s); batch {results['batch_size']}, "
+             f"median of {results['steps']} steps after {results['warmup']} warm-up, "
+             f"{'plain' if results['plain'] else 'residual'} nets, input {INPUT_SHAPE}"]
+    for arch, r in results["train_step"].items():
+        lines.append(f"\n{arch}: training step")
+        for name, v in r["steps"].items():
+            lines.append(f"  {name:<20} {v['images_per_s']:9.1f} img/s  ({1e3 * v['median_step_s']:.0f} ms/step)")
+        for name, v in r["ratios"].items():
+            lines.append(f"  {name:<36} {v:6.2f}  {_target(name, v)}")
+        if "pipeline/step images/s" in r:
+            v = r["pipeline/step images/s"]
+            lines.append(f"  {'pipeline/step images/s':<36} {v:6.1f}  {_target('pipeline/step images/s', v)}")
+        if "peak_rss_mib" in r:
+            m = r["peak_rss_mib"]
+            lines.append("  peak RSS above import: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in m.items())
+                         + f"  (AG/F {m['AG'] / m['2-bit F']:.2f})")
+    if "input_pipeline" in results:
+        lines.append(f"\nFashion-MNIST input pipeline: {results['input_pipeline']['images_per_s']:.0f} img/s")
+    if "tflite" in results:
+        t = results["tflite"]
+        lines.append(f"\nTFLite ({t['arch']}, batch 1, LiteRT): float32 {t['float32']['size_bytes'] / 1024:.0f} KiB, "
+                     + ", ".join(f"{k} {v:.3f} ms" for k, v in t["float32"].items() if k.startswith("latency")))
+        for label, e in t.items():
+            if label.startswith("int8"):
+                lines.append(f"  {label}: {e['size_bytes'] / 1024:.0f} KiB (int8/float32 size {e['size_ratio']:.2f}; "
+                             f"{_target('int8/float32 size', e['size_ratio'])})")
+                for k in ("builtin", "xnnpack"):
+                    lines.append(f"    {k:<8} {e[f'latency_ms_{k}']:.3f} ms, int8/float32 latency "
+                                 f"{e[f'latency_ratio_{k}']:.2f}  {_target('int8/float32 latency', e[f'latency_ratio_{k}'])}")
+    return "\n".join(lines)
 
 
 def main(argv):
-    del argv
-    keras.utils.set_random_seed(0)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _check_flags()
+    started = time.time()
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-               "cpus": os.cpu_count(), "batch_size": FLAGS.batch_size, "train_step": {}}
+               "processor": _processor(), "cpus": os.cpu_count(), "batch_size": FLAGS.batch_size,
+               "steps": FLAGS.steps, "warmup": FLAGS.warmup, "plain": FLAGS.plain, "targets": TARGETS,
+               "train_step": {}}
+    if FLAGS.pipeline_batches:
+        results["input_pipeline"] = input_pipeline()
     for arch in FLAGS.archs:
-        row = {}
-        for name, factory in train_step.variants(arch, (28, 28, 1), 10, plain=True).items():
-            model = train_step.compiled(factory())
-            row[name] = train_step.images_per_second(model, FLAGS.batch_size, steps=FLAGS.steps)
-            keras.backend.clear_session()
-        row["ratio quantized/float (time)"] = row["float F"]["images_per_s"] / row["2-bit F"]["images_per_s"]
-        row["ratio AG/F-only (time)"] = row["2-bit F"]["images_per_s"] / row["2-bit AG"]["images_per_s"]
-        baseline = memory.peak_rss_bytes("", arch, FLAGS.batch_size)
-        row["peak RSS above import, MiB"] = {
-            name: (memory.peak_rss_bytes(name, arch, FLAGS.batch_size) - baseline) / 2**20
-            for name in ("2-bit F", "2-bit AG")}
-        results["train_step"][arch] = row
-        print(f"\n{arch} (plain, batch {FLAGS.batch_size}, median of {FLAGS.steps} steps)")
-        for name, value in row.items():
-            if isinstance(value, dict) and "images_per_s" in value:
-                print(f"  {name:<12} {value['images_per_s']:8.1f} img/s")
-            elif isinstance(value, dict):
-                print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in value.items()))
-            else:
-                print(f"  {name:<30} {value:.2f}")
+        results["train_step"][arch] = r = train_steps(arch)
+        if "input_pipeline" in results:
+            fastest = max(v["images_per_s"] for v in r["steps"].values())
+            r["pipeline/step images/s"] = results["input_pipeline"]["images_per_s"] / fastest
+        if FLAGS.memory:
+            r["peak_rss_mib"] = memory_rows(arch)
+    if FLAGS.tflite_arch:
+        results["tflite"] = tflite(FLAGS.tflite_arch)
+    results["wall_s"] = time.time() - started
+    print(report(results))
+    print(f"\nwall time {results['wall_s']:.0f} s")
     if FLAGS.output:
-        tmp = FLAGS.output + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=2)
-        os.replace(tmp, FLAGS.output)
+        folder = os.path.dirname(os.path.abspath(FLAGS.output))
+        os.makedirs(folder, exist_ok=True)
+        from agq_keras.training.callbacks import atomic_write
+
+        atomic_write(FLAGS.output, lambda p: open(p, "w").write(json.dumps(results, indent=2)))
+        print(f"wrote {FLAGS.output}")
+
+
+def _processor() -> str:
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Training-step throughput: images/s of one optimizer step, median of timed steps."""
+"""Training-step throughput: images/s of one optimizer step, median of timed steps.
+
+The variants are built from configs exactly as training builds them
+(:func:`agq_keras.training.run.make_trainer`), so the timed step is the trained one.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-import agq_keras
+# name -> configs.base.apply_method method (the plain/residual token is added) and bit widths
+VARIANTS = {
+    "float F": ("base", 32),
+    "2-bit F": ("base", 2),
+    "AG": ("ag", 2),
+    "AG+SSP": ("ag_ssp", 2),
+    "KD": ("kd", 2),
+    "additional losses": ("additional_losses", 2),
+}
 
 
 def images_per_second(model: keras.Model, batch_size: int = 128, input_shape=(28, 28, 1),
@@ -29,19 +41,27 @@ def images_per_second(model: keras.Model, batch_size: int = 128, input_shape=(28
     return {"images_per_s": batch_size / median, "median_step_s": median, "steps": steps}
 
 
-def compiled(model: keras.Model) -> keras.Model:
-    if isinstance(model, agq_keras.AGTrainer):
-        model.compile()
-    else:
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+def config(arch: str, variant: str, plain: bool = True):
+    """The training config of a variant (``configs/base.py`` schema)."""
+    from configs.base import apply_method, get_base_config
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}.")
+    method, bits = VARIANTS[variant]
+    c = get_base_config()
+    c.arch, c.w_bits, c.a_bits, c.seed = arch, bits, bits, 0
+    if arch in ("resnet18", "resnet34", "resnet50"):
+        c.stem = "cifar"  # CIFAR-style: 3x3 stride-1 first conv, no max-pool
+    return apply_method(c, f"{'plain' if plain else 'residual'}_{method}")
 
 
-def variants(arch: str, input_shape, num_classes: int, **build_kwargs) -> dict:
-    """The model variants compared side by side: float F, 2-bit F, AG trainer."""
-    common = dict(num_classes=num_classes, input_shape=input_shape, **build_kwargs)
-    return {
-        "float F": lambda: agq_keras.build(arch, w_bits=32, a_bits=32, **common),
-        "2-bit F": lambda: agq_keras.build(arch, w_bits=2, a_bits=2, **common),
-        "2-bit AG": lambda: agq_keras.build(arch, w_bits=2, a_bits=2, aux=True, **common),
-    }
+def compiled(arch: str, variant: str, input_shape=(28, 28, 1), num_classes: int = 10,
+             plain: bool = True) -> keras.Model:
+    """The compiled trainer of a variant (Adam, cross-entropy on logits), as ``run.run`` compiles it."""
+    from agq_keras.training.run import make_optimizer, make_trainer
+    from agq_keras.training.trainer import default_loss
+
+    c = config(arch, variant, plain)
+    trainer = make_trainer(c, num_classes, input_shape)
+    trainer.compile(optimizer=make_optimizer(c.optimizer, c.learning_rate), loss=default_loss())
+    return trainer

@@ -1,0 +1,39 @@
+"""Smoke test of `python benchmarks/run.py` in its tiny mode: it runs end to end and writes every
+figure to its JSON (no speed is asserted: targets belong to the benchmark report, not to tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(tmp_path, *flags):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), *flags],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path))
+
+
+def test_smoke_mode_writes_every_figure(tmp_path):
+    out = tmp_path / "b.json"
+    res = _run(tmp_path, "--archs=resnet20", "--variants=float F,2-bit F", "--steps=1", "--warmup=1",
+               "--tflite_runs=2", "--pipeline_batches=2", "--nomemory", f"--output={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    steps = r["train_step"]["resnet20"]
+    assert set(steps["steps"]) == {"float F", "2-bit F"}
+    assert all(v["images_per_s"] > 0 for v in steps["steps"].values())
+    ratio = steps["steps"]["2-bit F"]["median_step_s"] / steps["steps"]["float F"]["median_step_s"]
+    assert steps["ratios"] == {"quantized/float step time": ratio}
+    assert steps["pipeline/step images/s"] > 0 and r["input_pipeline"]["images_per_s"] > 0
+    t = r["tflite"]
+    assert t["float32"]["size_bytes"] > t["int8, max_replicas=1"]["size_bytes"] > 0
+    assert t["int8 exact (default export)"]["latency_ms_builtin"] > 0
+    assert "quantized/float step time" in res.stdout and "int8/float32 size" in res.stdout
+    assert not list(tmp_path.glob(".tmp_*"))
+
+
+def test_bad_flag_is_a_usage_error(tmp_path):
+    res = _run(tmp_path, "--variants=float F,nope", "--output=")
+    assert res.returncode != 0 and "unknown variant 'nope'" in res.stderr and "Traceback" not in res.stderr
