@@ -78,7 +78,7 @@ def test_deltas_and_spread():
     rows = {d["comparison"]: d for d in reproduce.deltas(groups)}
     ag = rows["plain+AG − plain"]
     assert ag["delta"] == pytest.approx(4.0) and ag["spread"] == pytest.approx(1.0)
-    assert ag["verdict"] == "larger by more than the seed spread" and ag["paper"] == 3.3
+    assert ag["verdict"] == "higher by more than the seed spread" and ag["paper"] == 3.3
     assert ag["train_loss_change"] == pytest.approx(-0.2)
     ssp = rows["plain+AG+SSP − plain+AG"]
     assert ssp["delta"] == pytest.approx(0.5) and ssp["verdict"] == "within the seed spread"

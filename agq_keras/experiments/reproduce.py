@@ -135,6 +135,8 @@ def make_config(run: Run, workdir: str, *, train_subset: int = 15000, test_subse
 
 def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
     """Train every run not finished yet; returns ``{name: "trained" | "skipped"}``."""
+    import keras
+
     from agq_keras.training import callbacks as cb
     from agq_keras.training import run as runner
 
@@ -157,6 +159,7 @@ def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
         start = time.time()
         runner.run(c, out)
         wall = time.time() - start
+        keras.backend.clear_session()  # 18 runs in one process: drop the finished run's graphs
         cb.atomic_write(os.path.join(out, "reproduce.json"),
                         lambda p: open(p, "w").write(json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)})))
         status[r.name] = "trained"
@@ -222,7 +225,7 @@ def deltas(groups: dict) -> list[dict]:
             if spread is None:
                 verdict = "no seed spread measured (one seed each)"
             elif abs(delta) > spread:
-                verdict = f"{'larger' if delta > 0 else 'lower'} by more than the seed spread"
+                verdict = f"{'higher' if delta > 0 else 'lower'} by more than the seed spread"
             else:
                 verdict = "within the seed spread"
             rows.append({"arch": arch, "comparison": name, "delta": delta, "spread": spread,
