@@ -181,8 +181,9 @@ def report(results: dict) -> str:
                 lines.append(f"  {label}: {e['size_bytes'] / 1024:.0f} KiB (int8/float32 size {e['size_ratio']:.2f}; "
                              f"{_target('int8/float32 size', e['size_ratio'])})")
                 for k in ("builtin", "xnnpack"):
+                    ratio = e[f"latency_ratio_{k}"]
                     lines.append(f"    {k:<8} {e[f'latency_ms_{k}']:.3f} ms, int8/float32 latency "
-                                 f"{e[f'latency_ratio_{k}']:.2f}  {_target('int8/float32 latency', e[f'latency_ratio_{k}'])}")
+                                 f"{ratio:.2f}  {_target('int8/float32 latency', ratio)}")
     return "\n".join(lines)
 
 

@@ -243,7 +243,8 @@ def _hardware() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     return (f"{model or platform.processor() or 'unknown CPU'}, {os.cpu_count()} CPU core(s), "
-            f"{len(gpus)} GPU(s); {platform.platform()}; Python {platform.python_version()}, TensorFlow {tf.__version__}")
+            f"{len(gpus)} GPU(s); {platform.platform()}; Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}")
 
 
 def plot(groups: dict, path: str) -> None:
@@ -315,7 +316,8 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
         lines += ["", "## Deltas (top-1 points) against the paper's Table 6 (ResNet-18, CIFAR-100)", "",
                   "Seed spread = the larger sample std of the two sides. The paper's deltas are quoted, not "
                   "measured here.", "",
-                  "| Network | Comparison | Δ top-1 | Seed spread | Verdict | F train loss change (relative) | Paper Δ |",
+                  "| Network | Comparison | Δ top-1 | Seed spread | Verdict | F train loss change (relative) "
+                  "| Paper Δ |",
                   "|---|---|---|---|---|---|---|"]
         for d in rows:
             spread = f"{d['spread']:.2f}" if d["spread"] is not None else "n/a"
