@@ -43,7 +43,7 @@ flags.DEFINE_boolean("memory", True, "Measure peak RSS of 2-bit F vs AG steps (f
 flags.DEFINE_string("output", "runs/benchmarks.json", "Write the results as JSON here.")
 
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
-TARGETS = {  # name: (value key, comparison, bound)
+TARGETS = {  # ratio name: (comparison, bound)
     "quantized/float step time": ("<=", 1.10),
     "AG/F-only step time": ("<=", 2.05),
     "AG/KD step time": ("<=", 1.0),
