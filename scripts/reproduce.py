@@ -40,6 +40,7 @@ def main(argv):
 
     try:
         runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch)
+        reproduce.check_results_path(FLAGS.results)
         if not FLAGS.report_only:
             reproduce.run_all(reproduce.select(runs, FLAGS.only), FLAGS.workdir, train_subset=FLAGS.train_subset,
                               test_subset=FLAGS.test_subset, epochs=FLAGS.epochs, verbose=FLAGS.verbose)

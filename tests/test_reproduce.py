@@ -84,6 +84,12 @@ def test_deltas_and_spread():
     assert ssp["delta"] == pytest.approx(0.5) and ssp["verdict"] == "within the seed spread"
 
 
+@pytest.mark.parametrize("path, err", [("out.txt", ValueError), ("no/such/folder/results.md", FileNotFoundError)])
+def test_bad_results_path(tmp_path, path, err):
+    with pytest.raises(err, match="results"):
+        reproduce.check_results_path(str(tmp_path / path))
+
+
 def test_missing_init_checkpoint_is_a_clear_error(tmp_path):
     runs = reproduce.select(reproduce.plan(), ["resnet20_plain_s0"])
     with pytest.raises(FileNotFoundError, match="resnet20_fp_plain_s0"):

@@ -328,15 +328,20 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
     return "\n".join(lines)
 
 
+def check_results_path(results_path: str) -> None:
+    """Checked before any training, so a bad path does not waste the runs."""
+    if not results_path.endswith(".md"):
+        raise ValueError(f"results={results_path!r} must be a .md file.")
+    folder = os.path.dirname(os.path.abspath(results_path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder of results {results_path!r} does not exist; create it first.")
+
+
 def write_results(runs: list[Run], workdir: str, results_path: str, *, command: str) -> dict:
     """Write ``results_path`` (Markdown) and the convergence PNG next to it, atomically."""
     from agq_keras.training.callbacks import atomic_write
 
-    folder = os.path.dirname(os.path.abspath(results_path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"the folder of results {results_path!r} does not exist; create it first.")
-    if not results_path.endswith(".md"):
-        raise ValueError(f"results={results_path!r} must be a .md file.")
+    check_results_path(results_path)
     groups = load_results(runs, workdir)
     png = os.path.splitext(results_path)[0] + "_convergence.png"
     text = render(groups, command=command, hardware=_hardware(), png_name=os.path.basename(png))
