@@ -29,6 +29,32 @@ def ref_lq(q, x):
     return out, grad
 
 
+def np_qem_step(x, basis, signed, momentum=0.9):
+    """NumPy QEM: codes B of the nearest levels, v* = (B^T B + 1e-4 N I)^-1 B^T x per channel."""
+    bits = basis.shape[1]
+    codes = np.array(list(itertools.product((-1.0, 1.0) if signed else (0.0, 1.0), repeat=bits)))
+    xs = x.reshape(-1, basis.shape[0]).astype("float64")
+    new = basis.astype("float64").copy()
+    for c in range(basis.shape[0]):
+        levels = codes @ basis[c]
+        b = codes[np.abs(xs[:, c, None] - levels).argmin(-1)]
+        btb = b.T @ b
+        solved = np.linalg.solve(btb + 1e-4 * len(xs) * np.eye(bits), b.T @ xs[:, c])
+        new[c] = np.where(np.diag(btb) > 0, solved, basis[c])
+    return momentum * basis + (1 - momentum) * new
+
+
+@pytest.mark.parametrize("cls,bits", [(quantizers.LQNetWeight, 2), (quantizers.LQNetWeight, 3),
+                                      (quantizers.LQNetActivation, 2), (quantizers.LQNetActivation, 4)])
+def test_qem_step_matches_numpy_least_squares(cls, bits):
+    x = W if cls is quantizers.LQNetWeight else A
+    q = cls(bits)
+    q.build(x.shape)
+    basis = q.basis.numpy()
+    q(x, training=True)
+    np.testing.assert_allclose(q.basis.numpy(), np_qem_step(x, basis, q.signed), rtol=1e-4, atol=1e-6)
+
+
 def ref_magnitude_sign(q, w):
     alpha = np.mean(np.abs(w), axis=(0, 1, 2))
     return alpha * np.where(w >= 0, 1.0, -1.0), (np.abs(w) <= 1).astype(w.dtype)
@@ -217,8 +243,7 @@ def test_lqnet_basis_updates_once_per_ag_step_from_f():
     kernel, basis, act_basis = conv.kernel.numpy(), wq.basis.numpy(), aq.basis.numpy()
     t.fit(x, y, batch_size=8, epochs=1, verbose=0)
     # The weight basis saw the pre-step kernel exactly once: one QEM step from the old basis.
-    expected = lqnet.qem_step(kernel, basis, tf.constant(wq.codes), 0.9).numpy()
-    np.testing.assert_allclose(wq.basis.numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(wq.basis.numpy(), np_qem_step(kernel, basis, True), rtol=1e-4, atol=1e-7)
     assert not np.allclose(aq.basis.numpy(), act_basis)
     # Traced once for F's pass; H's pass (frozen state) built no update.
     assert t.trace_count == 1 and wq.qem_updates_traced == 1 and aq.qem_updates_traced == 1
@@ -239,26 +264,6 @@ def test_lqnet_basis_survives_keras_round_trip(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.layers[-1].kernel_quantizer.basis.numpy(), layer.kernel_quantizer.basis.numpy())
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
-
-
-# -- LSQ / PACT parameters learn ----------------------------------------------------------------------
-
-def test_lsq_step_and_pact_alpha_move_in_training():
-    data_x = RNG.random((16, 8, 8, 1)).astype("float32")
-    data_y = RNG.integers(0, 4, 16).astype("int32")
-    for family, param in (("lsq", "step"), ("pact", "alpha")):
-        keras.utils.set_random_seed(3)
-        t = agq_keras.build("resnet20", plain=True, aux=True, quantizer=family, num_classes=4,
-                            input_shape=(8, 8, 1))
-        t.compile(optimizer=keras.optimizers.Adam(1e-2))
-        variables = [v for v in t.f.trainable_variables if v.path.endswith("/" + param)]
-        assert len(variables) >= 18  # one per quantizer: 18 convs' activations (+ LSQ weights)
-        shared, _, _ = t.variable_groups()
-        assert {id(v) for v in variables} <= {id(v) for v in shared}
-        before = [v.numpy() for v in variables]
-        t.fit(data_x, data_y, batch_size=8, epochs=2, verbose=0)
-        moved = [not np.isclose(v.numpy(), b) for v, b in zip(variables, before)]
-        assert all(moved), f"{family}: {param} did not move in {moved.count(False)} quantizers"
 
 
 # -- every family trains inside QConv2D inside an AG trainer --------------------------------------------
@@ -284,8 +289,17 @@ def test_each_family_trains_in_an_ag_trainer(family):
     t.compile(optimizer=keras.optimizers.Adam(1e-3))
     x = RNG.random((16, 8, 8, 1)).astype("float32")
     y = RNG.integers(0, 4, 16).astype("int32")
+    learned = {"lsq": "step", "pact": "alpha"}.get(family)
+    variables = [v for v in t.f.trainable_variables if learned and v.path.endswith("/" + learned)]
+    before = [v.numpy() for v in variables]
     history = t.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all() and np.isfinite(history.history["h_loss"]).all()
+    if learned:  # LSQ's step sizes / PACT's clip values are shared F/H weights that train
+        assert len(variables) >= 18  # one per quantized conv's activations (+ LSQ's weights)
+        shared, _, _ = t.variable_groups()
+        assert {id(v) for v in variables} <= {id(v) for v in shared}
+        unmoved = [v.path for v, b in zip(variables, before) if np.isclose(v.numpy(), b)]
+        assert not unmoved, f"{learned} did not move: {unmoved}"
 
 
 # -- bad input ------------------------------------------------------------------------------------------

@@ -45,20 +45,40 @@ def lq_levels(basis, codes):
     return tf.matmul(basis, codes, transpose_b=True)
 
 
-def nearest_level(x, levels):
-    """One-hot (..., C, 2^K) of the nearest level to each value of ``x`` (..., C).
+def sorted_levels(basis, codes):
+    """Levels sorted ascending per row and their codes: ``(C, L)`` and ``(C, L, K)``."""
+    levels = lq_levels(basis, codes)
+    order = tf.argsort(levels, axis=-1, stable=True)
+    return tf.gather(levels, order, batch_dims=1), tf.gather(codes, order)
 
-    ``levels`` is (C, 2^K) (per channel, last axis of ``x``) or (1, 2^K)
-    (per tensor). Nearest level = thresholds at the midpoints of sorted levels.
+
+def level_index(x, levels):
+    """Index (int32, shape of ``x``) of the nearest of the sorted ``levels``.
+
+    ``levels`` is (C, L), sorted per row: per channel (last axis of ``x``) or
+    (1, L) per tensor. Index = number of midpoints between consecutive levels
+    that ``x`` exceeds (the LQ-Net thresholds); O(size of x) memory per level.
     """
-    distance = tf.abs(tf.expand_dims(x, -1) - levels)
-    return tf.one_hot(tf.argmin(distance, axis=-1), int(levels.shape[-1]), dtype=x.dtype)
+    index = tf.zeros_like(x, dtype=tf.int32)
+    for j in range(int(levels.shape[-1]) - 1):
+        index += tf.cast(x > 0.5 * (levels[:, j] + levels[:, j + 1]), tf.int32)
+    return index
+
+
+def nearest(x, levels):
+    """The nearest of the sorted ``levels`` (C, L) to every value of ``x``."""
+    q = tf.zeros_like(x) + levels[:, 0]
+    for j in range(int(levels.shape[-1]) - 1):
+        step = levels[:, j + 1] - levels[:, j]
+        q += tf.cast(x > levels[:, j] + 0.5 * step, x.dtype) * step
+    return q
 
 
 def lq_quantize(x, levels, clip_gradient: bool):
     r"""Map ``x`` to its nearest level, straight-through gradient.
 
-    Forward:  q = argmin_{l in levels} |x - l|       (levels per channel or per tensor)
+    Forward:  q = argmin_{l in levels} |x - l|       (levels (C, L) sorted per row:
+              per output channel = last axis of x, or (1, L) per tensor)
     Gradient: dq/dx = 1                                (clip_gradient=False: weights)
               dq/dx = 1 if 0 <= x <= max(levels) else 0  (clip_gradient=True: activations)
     ``levels`` gets no gradient (it is fit by QEM, not by back-propagation).
@@ -68,35 +88,39 @@ def lq_quantize(x, levels, clip_gradient: bool):
 
     @tf.custom_gradient
     def _quantize(x):
-        q = tf.reduce_sum(nearest_level(x, levels) * levels, axis=-1)
-
         def grad(dy):
             if not clip_gradient:
                 return dy
-            top = tf.reduce_max(levels, axis=-1)
-            inside = tf.logical_and(x >= 0.0, x <= top)
+            inside = tf.logical_and(x >= 0.0, x <= levels[:, -1])
             return dy * tf.cast(inside, dy.dtype)
 
-        return q, grad
+        return nearest(x, levels), grad
 
     return _quantize(x)
 
 
 def qem_solution(x, basis, codes):
     """One QEM least-squares fit: the basis minimising ||B v - x||^2 for the
-    current codes of ``x`` (..., C) under ``basis`` (C, K).
+    current codes B of ``x`` (..., C) under ``basis`` (C, K), plus a ridge
+    ``RIDGE * N``. ``B^T B`` and ``B^T x`` are accumulated per level (counts
+    and sums of the values at each level), never materialising B.
 
     Where a basis element's code column is all zero (an activation bit never
     set) the old element is kept.
     """
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     channels = int(basis.shape[0])
-    onehot = nearest_level(x, lq_levels(basis, codes))
-    b = tf.matmul(tf.reshape(onehot, (-1, channels, int(codes.shape[0]))), codes)  # (N, C, K)
-    xs = tf.reshape(x, (-1, channels))
-    n = tf.cast(tf.shape(xs)[0], x.dtype)
-    btb = tf.einsum("nck,ncj->ckj", b, b)
-    btx = tf.einsum("nck,nc->ck", b, xs)
+    levels, level_codes = sorted_levels(basis, codes)  # (C, L), (C, L, K)
+    num_levels = int(levels.shape[-1])
+    index = level_index(x, levels)
+    segment = index * channels + tf.broadcast_to(tf.range(channels, dtype=tf.int32), tf.shape(index))
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(x), segment, num_levels * channels)
+    sums = tf.math.unsorted_segment_sum(x, segment, num_levels * channels)
+    counts = tf.transpose(tf.reshape(counts, (num_levels, channels)))  # (C, L)
+    sums = tf.transpose(tf.reshape(sums, (num_levels, channels)))
+    btb = tf.einsum("cl,clk,clj->ckj", counts, level_codes, level_codes)
+    btx = tf.einsum("cl,clk->ck", sums, level_codes)
+    n = tf.reduce_sum(counts, axis=-1)[:, None, None]  # values per basis
     k = int(codes.shape[1])
     solved = tf.linalg.solve(btb + RIDGE * n * tf.eye(k, dtype=x.dtype), btx[..., None])[..., 0]
     used = tf.linalg.diag_part(btb) > 0
@@ -105,14 +129,14 @@ def qem_solution(x, basis, codes):
 
 def qem_step(x, basis, codes, momentum: float):
     """``momentum * basis + (1 - momentum) * qem_solution(x, basis, codes)``."""
-    return momentum * basis + (1.0 - momentum) * qem_solution(x, basis, codes)
+    basis = tf.convert_to_tensor(basis)
+    return momentum * basis + (1.0 - momentum) * qem_solution(x, basis, tf.convert_to_tensor(codes))
 
 
 def quantization_error(x, basis, codes):
     """Mean squared error of quantizing ``x`` with ``basis``."""
-    levels = lq_levels(basis, codes)
-    q = tf.reduce_sum(nearest_level(x, levels) * levels, axis=-1)
-    return tf.reduce_mean(tf.square(q - x))
+    levels, _ = sorted_levels(tf.convert_to_tensor(basis), tf.convert_to_tensor(codes))
+    return tf.reduce_mean(tf.square(nearest(x, levels) - x))
 
 
 class _LQNet(Quantizer):
@@ -144,7 +168,7 @@ class _LQNet(Quantizer):
     def call(self, x, training=None):
         basis = tf.convert_to_tensor(self.basis)
         codes = tf.constant(self.codes)
-        q = lq_quantize(x, lq_levels(basis, codes), clip_gradient=not self.signed)
+        q = lq_quantize(x, sorted_levels(basis, codes)[0], clip_gradient=not self.signed)
         if training and state_updates_enabled():
             self.qem_updates_traced += 1
             self.basis.assign(qem_step(x, basis, codes, self.momentum))
