@@ -103,6 +103,8 @@ def test_groupnet_with_ag_shares_bases_and_scalars(placement, tmp_path):
     adaptors = layers_of(t.h, agq_keras.AuxAdaptor)
     blocks = len(t.agq_net.blocks)
     assert len([a for a in adaptors if "adaptor" in a.name]) == (blocks if placement == "block" else 2 * blocks)
+    if placement == "layer":
+        return  # building H is the point; one training run (below) is enough
     t.compile()
     x = RNG.random((16,) + SHAPE).astype("float32")
     y = RNG.integers(0, 4, 16).astype("int32")
