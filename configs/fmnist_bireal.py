@@ -1,4 +1,4 @@
-"""Fashion-MNIST twin for the bireal quantizer: birealnet20 (residual, CIFAR stem, widths 16/32/64), W1/A1, + AG."""
+"""Fashion-MNIST twin for the bireal quantizer: birealnet20 (residual, CIFAR stem), W1/A1, + AG."""
 
 from configs.table1_common import fmnist_twin
 
