@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import numbers
 
 import keras
 
 from agq_keras import quantizers
 from agq_keras.auxiliary import PLACEMENTS, build_h
+from agq_keras.models.bireal import BiRealNet
+from agq_keras.models.groupnet import GroupNet
 from agq_keras.models.resnet import RESNETS, BNPersonality, ResNet
 from agq_keras.training.trainer import AGTrainer, check_lambda
 
@@ -15,6 +19,17 @@ from agq_keras.training.trainer import AGTrainer, check_lambda
 ARCHITECTURES = {name: (lambda spec: (lambda **kw: ResNet(spec, **kw)))(spec) for name, spec in RESNETS.items()}
 # arch name -> minimum input height/width (its total downsampling factor).
 MIN_INPUT_SIZE = {name: spec.downsampling for name, spec in RESNETS.items()}
+# Bi-Real / GroupNet F builders on a ResNet spec: name -> (builder class, spec).
+# The "20" variants are CPU-scale twins (CIFAR stem, widths 16/32/64).
+VARIANTS = {
+    "birealnet18": (BiRealNet, RESNETS["resnet18"]),
+    "birealnet20": (BiRealNet, RESNETS["resnet20"]),
+    "groupnet18": (GroupNet, RESNETS["resnet18"]),
+    "groupnet20": (GroupNet, RESNETS["resnet20"]),
+}
+for _name, (_cls, _spec) in VARIANTS.items():
+    ARCHITECTURES[_name] = functools.partial(_cls, _spec)
+    MIN_INPUT_SIZE[_name] = _spec.downsampling
 
 _EXTRA_KWARGS = {
     "bn_momentum": 0.9,  # Keras's 0.99 evaluates badly after short runs
@@ -22,6 +37,7 @@ _EXTRA_KWARGS = {
     "first_last_bits": None,  # None: 16, or 32 for a full-precision model
     "aux_relu": False,  # ReLU after each aggregation sum in H
     "stem": None,  # "imagenet" or "cifar"; None: the arch's own
+    "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
 }
 
 
@@ -33,7 +49,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
 
     Args:
       arch: one of :data:`ARCHITECTURES` (resnet18/34/50 ImageNet stems,
-        resnet20/32/56 CIFAR stems).
+        resnet20/32/56 CIFAR stems; birealnet18/groupnet18 and their CPU twins
+        birealnet20/groupnet20, see :data:`VARIANTS`).
       plain: remove every skip connection (F then has no ``Add`` layer).
       aux: also build H and return a trainer holding ``.f`` and ``.h``.
       quantizer: quantizer family (``agq_keras.quantizers.families()``).
@@ -50,7 +67,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         ``agq_keras.training.ssp.DeltaSchedule(trainer.ssp)`` to ``fit``'s callbacks.
       **kwargs: ``bn_momentum`` (0.9), ``bn_epsilon`` (1e-5),
         ``first_last_bits`` (16; 32 when w_bits = a_bits = 32),
-        ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar").
+        ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
+        ``num_bases`` (GroupNet archs: M, default 5).
     """
     unknown = sorted(set(kwargs) - set(_EXTRA_KWARGS))
     if unknown:
@@ -73,9 +91,15 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     if first_last not in (16, 32):
         raise ValueError(f"first_last_bits={first_last!r} is not supported; allowed: 16, 32.")
 
+    arch_kwargs = {}
+    if opts["num_bases"] is not None:
+        if not (arch in VARIANTS and VARIANTS[arch][0] is GroupNet):
+            raise ValueError(f"num_bases is only for the GroupNet archs "
+                             f"({', '.join(n for n, v in VARIANTS.items() if v[0] is GroupNet)}), not {arch!r}.")
+        arch_kwargs["num_bases"] = opts["num_bases"]
     net = make_net(arch, plain=plain, num_classes=int(num_classes), quantizer=quantizer,
                    w_bits=w_bits, a_bits=a_bits, first_last_bits=first_last,
-                   input_channels=input_shape[-1], stem=opts["stem"])
+                   input_channels=input_shape[-1], stem=opts["stem"], **arch_kwargs)
     inputs = keras.Input(shape=input_shape, name="image")
     f_bn = BNPersonality("", opts["bn_momentum"], opts["bn_epsilon"])
     f = keras.Model(inputs, net.head(net.body(inputs, f_bn), f_bn), name=f"{arch}{'_plain' if plain else ''}")
@@ -103,11 +127,14 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
 def make_net(arch: str, *, stem=None, **kwargs):
     """The F builder object (layers + wiring) for ``arch``."""
     if arch in RESNETS and stem is not None:
-        import dataclasses
-
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem={stem!r} is not supported; allowed: imagenet, cifar.")
         return ResNet(dataclasses.replace(RESNETS[arch], stem=stem), **kwargs)
+    if arch in VARIANTS and stem is not None:
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem={stem!r} is not supported; allowed: imagenet, cifar.")
+        cls, spec = VARIANTS[arch]
+        return cls(dataclasses.replace(spec, stem=stem), **kwargs)
     return ARCHITECTURES[arch](**kwargs)
 
 
@@ -121,9 +148,9 @@ def _check_input_shape(arch, input_shape, stem):
         raise ValueError(f"input_shape={input_shape!r} must be (height, width, channels) with positive integers.")
     minimum = MIN_INPUT_SIZE.get(arch, 1)
     if arch in RESNETS and stem is not None:
-        import dataclasses
-
         minimum = dataclasses.replace(RESNETS[arch], stem=stem).downsampling
+    if arch in VARIANTS and stem in ("imagenet", "cifar"):
+        minimum = dataclasses.replace(VARIANTS[arch][1], stem=stem).downsampling
     if shape[0] < minimum or shape[1] < minimum:
         raise ValueError(f"input_shape={shape} is too small for {arch!r}: height and width must be >= "
                          f"{minimum} (the arch downsamples by {minimum}).")

@@ -17,8 +17,29 @@ from agq_keras.quantizers.base import (
 )
 from agq_keras.quantizers.dorefa import DoReFaActivation, DoReFaWeight, dorefa_activation, dorefa_weight
 from agq_keras.quantizers.fixed import FixedPoint, Identity, fixed_point
+from agq_keras.quantizers.bireal import BiRealActivation, BiRealWeight, approx_sign, magnitude_aware_sign
+from agq_keras.quantizers.groupnet import GroupNetActivation, GroupNetWeight, ste_sign
+from agq_keras.quantizers.lqnet import LQNetActivation, LQNetWeight, lq_quantize, qem_step
+from agq_keras.quantizers.lsq import LSQActivation, LSQWeight, lsq_quantize
+from agq_keras.quantizers.pact import PACTActivation, pact_quantize
 
 __all__ = [
+    "BiRealActivation",
+    "BiRealWeight",
+    "GroupNetActivation",
+    "GroupNetWeight",
+    "LQNetActivation",
+    "LQNetWeight",
+    "LSQActivation",
+    "LSQWeight",
+    "PACTActivation",
+    "approx_sign",
+    "lq_quantize",
+    "lsq_quantize",
+    "magnitude_aware_sign",
+    "pact_quantize",
+    "qem_step",
+    "ste_sign",
     "DoReFaActivation",
     "DoReFaWeight",
     "FixedPoint",
