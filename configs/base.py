@@ -20,6 +20,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.aux_lambda = 1.0
     c.aux_placement = "block"
     c.bn_momentum = 0.9
+    c.num_bases = 0  # GroupNet archs: M binary bases per block (0 = the arch default, 5)
     c.stem = ""  # "" = the arch's own stem; "cifar" / "imagenet"
     # baselines of Table 3: "none", "additional_losses" (alpha) or "kd" (beta)
     c.baseline = "none"

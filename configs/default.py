@@ -1,6 +1,8 @@
 """The README's default job: Fashion-MNIST, plain ResNet-20, 2-bit DoReFa, trained with AG.
 
-A few minutes on 2 CPU cores (6000 training images, 2 epochs, full 10k test set)."""
+A few minutes on 2 CPU cores: 12 000 training images, 3 epochs (learning rate / 10 for the last one,
+the paper's schedule in miniature, which also lets BatchNorm's moving statistics settle), the full
+10 000-image test set."""
 
 from configs.base import get_base_config
 
@@ -11,8 +13,9 @@ def get_config():
     c.plain = True
     c.aux = True
     c.w_bits = c.a_bits = 2
-    c.train_subset = 6000
-    c.epochs = 2
+    c.train_subset = 12000
+    c.epochs = 3
     c.batch_size = 64
-    c.learning_rate = 1e-3
+    c.learning_rate = 2e-3
+    c.lr_decay_epochs = (2,)  # 0-based: the third epoch runs at lr / 10
     return c

@@ -1,10 +1,14 @@
-"""Table 1: LQ-Net (3-bit) ResNet-50 with skip connections, +/- AG, +/- SSP.
+"""Table 1, LQ-Net rows: 3-bit LQ-Net ResNet-50 (with skip connections) on ImageNet, +- AG, +- SSP.
 
-``--config=configs/table1_lqnet.py:ag_ssp`` (variants: baseline, ag, ssp, ag_ssp).
-"""
+Run: --config=configs/table1_lqnet.py:resnet50_residual_ag_ssp"""
 
-from configs.table1_common import FIXED_POINT_LR, imagenet_row
+from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+
+VARIANTS = tuple(f"resnet50_residual_{m}" for m in ("base", "ag", "ssp", "ag_ssp"))
 
 
-def get_config(variant="baseline"):
-    return imagenet_row("resnet50", "lqnet", 3, 3, variant, learning_rate=FIXED_POINT_LR)
+def get_config(variant: str = "resnet50_residual_ag_ssp"):
+    arch, method = split_variant(variant, VARIANTS)
+    c = get_base_config()
+    c.arch, c.quantizer, c.w_bits, c.a_bits = arch, "lqnet", 3, 3
+    return apply_method(imagenet_recipe(c), method)

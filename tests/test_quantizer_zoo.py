@@ -335,32 +335,3 @@ def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match=r"bits=2 is not supported; allowed: 1"):
         agq_keras.build("birealnet20", quantizer="bireal", w_bits=2, a_bits=1, num_classes=4,
                         input_shape=(8, 8, 1))
-
-
-# -- configs -------------------------------------------------------------------------------------------
-
-def _config_rows():
-    from configs import table1_bireal, table1_common, table1_groupnet, table1_lqnet
-    from configs import table2_lqnet_resnet34, table4_groupnet_ssp
-
-    rows = [(m, v) for m in (table1_lqnet, table1_bireal, table1_groupnet) for v in table1_common.VARIANTS]
-    rows += [(table2_lqnet_resnet34, v) for v in table1_common.PLAIN_VARIANTS]
-    rows += [(table4_groupnet_ssp, v) for v in table4_groupnet_ssp.POLICIES]
-    return rows
-
-
-def test_paper_and_fmnist_configs_are_valid():
-    import importlib
-
-    from agq_keras.models.builder import ARCHITECTURES
-
-    configs = [module.get_config(variant) for module, variant in _config_rows()]
-    configs += [importlib.import_module(f"configs.fmnist_{name}").get_config() for name in SMOKE]
-    assert len(configs) == 4 * 3 + 4 + 5 + 6
-    for c in configs:
-        assert c.arch in ARCHITECTURES
-        quantizers.make_pair(c.quantizer, c.w_bits, c.a_bits)  # raises on a bad family / width
-        assert set(c.ssp.keys()) == {"enabled", "fragment", "wa", "delta0", "decay_epoch"}
-        assert c.ssp.fragment in ("block", "layer")
-    with pytest.raises(ValueError, match="Unknown variant 'nope'"):
-        _config_rows()[0][0].get_config("nope")

@@ -62,7 +62,7 @@ def _epochs_list(config, key):
 def validate(config) -> None:
     """Check every value before anything is built or written."""
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
-                         ("pretrain_epochs", 0), ("seed", 0), ("num_classes", 0), ("image_size", 8)):
+                         ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)
     _choice(config, "baseline", BASELINES)
     _choice(config, "strategy", STRATEGIES)
@@ -122,6 +122,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
                   num_classes=num_classes, input_shape=tuple(input_shape), bn_momentum=config.bn_momentum)
     if config.stem:
         kwargs["stem"] = config.stem
+    if config.num_bases:
+        kwargs["num_bases"] = config.num_bases
     ssp = None
     if config.ssp:
         ssp = SSP(config.ssp_fragments, wa=config.ssp_wa, delta0=config.ssp_delta0,
