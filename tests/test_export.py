@@ -18,7 +18,8 @@ verify_module = importlib.import_module("agq_keras.export.verify")  # the module
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
 TRAIN, CALIB, TEST = 3000, 300, 1000
-INT8_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "MAX_POOL_2D", "QUANTIZE"}
+INT8_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "MAX_POOL_2D",
+            "QUANTIZE"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
