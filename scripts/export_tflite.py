@@ -31,6 +31,8 @@ flags.DEFINE_integer("verify_images", 10000, "Test images for --verify.")
 flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array for TFLite Micro).")
 flags.DEFINE_integer("max_replicas", 259, "Most input repeats for wide weight codes (1: plain int8 weights).")
 flags.DEFINE_enum("output_range", "top", ["top", "full"], "int8 range of the logits (see docs/export.md).")
+flags.DEFINE_enum("residual_bits", "16", ["16", "8"], "Residual stream of residual nets: int16 (16x8 kernels, "
+                  "exact to ~1e-4) or int8 (fully 8-bit, e.g. for the Edge TPU; less exact).")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
 flags.mark_flags_as_required(["model", "output"])
 
@@ -52,7 +54,7 @@ def main(argv):
     f, notes = export.resolve_model(FLAGS.model)
     calib, _ = load_images("train", FLAGS.calibration_images)
     data, graph, notes2 = export.convert(f, calib, max_replicas=FLAGS.max_replicas,
-                                         output_range=FLAGS.output_range)
+                                         output_range=FLAGS.output_range, residual_bits=int(FLAGS.residual_bits))
     for note in notes + notes2:
         print("note:", note)
     export.save_atomic(data, FLAGS.output)
@@ -74,7 +76,8 @@ def main(argv):
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, max_replicas=FLAGS.max_replicas,
-                                                         output_range=FLAGS.output_range)[0]
+                                                         output_range=FLAGS.output_range,
+                                                         residual_bits=int(FLAGS.residual_bits))[0]
         export.save_atomic(json.dumps(report, indent=2).encode(), stem + ".json")
         brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes")}
         print(json.dumps(brief, indent=2))

@@ -18,7 +18,8 @@ verify_module = importlib.import_module("agq_keras.export.verify")  # the module
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
 TRAIN, CALIB, TEST = 3000, 300, 1000
-INT8_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "MAX_POOL_2D"}
+INT8_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "MAX_POOL_2D",
+            "QUANTIZE"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,14 +57,15 @@ def trained(data):
     return nets
 
 
-# Agreement thresholds per case, on 1000 test images, set just under what was measured with these
-# briefly trained nets (plain 1/2/3/8-bit: >= 99 %; see docs/export.md "Limits"): plain 4-bit measured
-# 98.8 % and the residual nets 92 % (2-bit) / 97.5 % (8-bit) -- below the 99 % goal, because a few
-# thresholds in the int8 head (plain) and the int8 rounding of the residual sums (residual) are not
-# exact. They guard against regressions; they do not claim the goal is met. The residual 2-bit net's
-# top-1 moved by 1.5 pt (1000 images), hence its own bound.
+# Agreement thresholds per case, on 1000 test images, set at or just under what was measured with these
+# briefly trained nets (see docs/export.md "Limits"). Below the issue's 99 % floor, honestly:
+# * plain 4-bit measured 98.8 %: the Keras F itself (float32) agrees with an exact float64 evaluation
+#   of F on only 99.3 % of these images (its 16-bit stem resolves finer than float32), and 14 of the
+#   16 stem channels have no exact int32 bias (16-bit codes leave no room for the multiplier search).
+# * residual 2-bit measured 96.6 % with the int16 residual stream (92.0 % with int8): the stem
+#   output is off every grid, so its int16 rounding still flips a few 2-bit decisions downstream.
 CASES = [(True, 1, 0.99), (True, 2, 0.995), (True, 3, 0.99), (True, 4, 0.98), (True, 8, 0.99),
-         (False, 2, 0.90), (False, 8, 0.96)]
+         (False, 2, 0.955), (False, 8, 0.99)]
 TOP1_BOUND_PT = {(False, 2): 2.5}
 
 
@@ -77,6 +79,8 @@ def test_int8_model_matches_f(trained, data, plain, bits, threshold):
     assert report["io_types"] == {"input": "INT8", "output": "INT8"}
     assert set(report["ops"]) <= INT8_OPS, report["ops"]
     assert report["float_tensors"] == []
+    # residual nets keep their residual stream in int16 (16x8 kernels); plain nets are int8 throughout
+    assert (report["int16_tensors"] > 0) == (not plain)
     assert report["argmax_agreement"] >= threshold, report["argmax_agreement"]
     assert abs(report["top1_diff_pt"]) <= TOP1_BOUND_PT.get((plain, bits), 1.0)
     rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
@@ -123,6 +127,24 @@ def test_weight_codes_are_dorefa_grid(trained, data):
     for row in codes.reshape(codes.shape[0], -1):
         m = np.gcd.reduce(np.abs(row))
         assert set(np.unique(row // m)) <= {-3, -1, 1, 3}
+
+
+def test_residual_int8_stream_is_edgetpu_mappable(trained, data):
+    """residual_bits=8: every tensor int8 (the Edge TPU op check passes); residual_bits=16 (default):
+    the int16 residual stream is flagged; its agreement is higher (measured 92.0 vs 96.6 % at 2-bit)."""
+    f, x, xt = trained[(False, 2)], data[0][:CALIB], data[2][:300]
+    int8_model = export.convert(f, x, residual_bits=8)[0]
+    assert verify_module.int16_tensors(int8_model) == []
+    assert export.edgetpu_report(int8_model)["all_mappable"]
+    int16_model = export.convert(f, x)[0]
+    report = export.edgetpu_report(int16_model)
+    assert not report["all_mappable"] and any("int16" in u for u in report["unsupported"])
+    ref = f.predict(xt, verbose=0).argmax(1)
+    agree8 = np.mean(export.Runner(int8_model)(xt).argmax(1) == ref)
+    agree16 = np.mean(export.Runner(int16_model)(xt).argmax(1) == ref)
+    assert agree16 > agree8, (agree16, agree8)
+    with pytest.raises(ValueError, match="residual_bits"):
+        export.convert(f, x, residual_bits=4)
 
 
 def test_float32_twin_matches_f(trained, data):

@@ -44,6 +44,8 @@ class Tensor:
     hi: float = 0.0
     consumers: int = 0
     wanted_grids: list = dataclasses.field(default_factory=list)
+    int16: bool = False  # stored as int16 in the int8 model (the residual stream, see tflite.py)
+    int16_like: Optional["Tensor"] = None  # an int16 copy of this int8 tensor (same scale: exact)
 
 
 @dataclasses.dataclass

@@ -24,12 +24,14 @@ EDGETPU_OPS = frozenset({
 
 def edgetpu_report(model_bytes: bytes) -> dict:
     """``{"ops": [...], "unsupported": [...], "compiler": "..."}`` for the Edge TPU."""
-    from agq_keras.export.verify import float_tensors, model_ops
+    from agq_keras.export.verify import float_tensors, int16_tensors, model_ops
 
     ops = model_ops(model_bytes)
     unsupported = [op for op in ops if op not in EDGETPU_OPS]
     if float_tensors(model_bytes):
         unsupported.append("float tensors (the Edge TPU needs a fully 8-bit model)")
+    if int16_tensors(model_bytes):
+        unsupported.append("int16 tensors (the Edge TPU needs a fully 8-bit model: export with residual_bits=8)")
     return {"ops": ops, "unsupported": unsupported, "all_mappable": not unsupported,
             "compiler": "not run: edgetpu_compiler is not installable here; static check against Coral's op table"}
 

@@ -38,7 +38,13 @@ _VERSIONS = {
     "MINIMUM": {"float32": 1},
     "MUL": {"float32": 1},
     "ROUND": {"float32": 1},
+    "QUANTIZE": {"int8": 2},
 }
+# int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
+_VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
+                   "MAX_POOL_2D": 3, "CONCATENATION": 3}
+RESIDUAL_BITS = (16, 8)
+INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
 
 
 def int8_params(tensor: Tensor) -> tuple[float, int]:
@@ -51,6 +57,14 @@ def int8_params(tensor: Tensor) -> tuple[float, int]:
         hi = lo + 1e-8
     scale = (hi - lo) / 255.0
     return float(scale), int(np.clip(np.round(-128 - lo / scale), -128, 127))
+
+
+def int16_params(tensor: Tensor) -> tuple[float, int]:
+    """(scale, 0) of an int16 tensor: symmetric, zero point 0 (TFLite's 16x8 kernels require it)."""
+    if tensor.grid is not None or tensor.int16_like is not None:  # an exact copy of an int8 tensor
+        return int8_params(tensor if tensor.int16_like is None else tensor.int16_like)[0], 0
+    top = max(abs(tensor.lo), abs(tensor.hi), 1e-8) * INT16_HEADROOM
+    return float(top / 32767.0), 0
 
 
 MAX_SEARCH_LEVELS = 15
@@ -83,7 +97,15 @@ def fixed_point_multiply(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
     return (high >> exponent) + (remainder > threshold)
 
 
-def exact_thresholds(codes, steps, bias, s_in, grid, limit):
+def fixed_point_multiply_int64(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
+    """TFLite's reference MultiplyByQuantizedMultiplier for an int64 accumulator (the 16x8 kernels):
+    the multiplier is reduced to 15 bits and the product rounded once (half up)."""
+    reduced = (m0 + (1 << 15)) >> 16 if m0 < 0x7FFF0000 else 0x7FFF
+    total_shift = 15 - shift
+    return (x.astype(np.int64) * reduced + (1 << (total_shift - 1))) >> total_shift
+
+
+def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
     output equals ``round(clip(real, 0, levels))`` for every accumulator value.
 
@@ -96,6 +118,7 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit):
     from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
     exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
     """
+    multiply = multiply or fixed_point_multiply
     step_out, levels = grid
     s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(step_out))
     codes = codes.copy()
@@ -119,7 +142,7 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit):
             real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
             m0, shift = quantize_multiplier(mult)
             for b_int in (np.floor(beta), np.ceil(beta)):
-                fixed = np.clip(fixed_point_multiply(acc + b_int, m0, shift), 0, levels)
+                fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
                 if np.array_equal(fixed, real):
                     ties = np.abs((acc + b_int) * mult - np.round((acc + b_int) * mult - 0.5) - 0.5)
                     rank = 0 if ties.min() >= 1e-4 else 1
@@ -138,6 +161,27 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit):
         out_bias[c] = b_int
         ranks.append(best[0])
     return codes, steps, out_bias, np.asarray(ranks)
+
+
+def _affine_codes_16x8(codes, steps, s_in, s_out):
+    """Per channel of a 16x8 DEPTHWISE_CONV_2D (one weight per channel): the code c in 64..127 whose
+    output multiplier s_in * (|g|/c) / s_out loses least in the kernel's 15-bit reduced multiplier."""
+    codes, steps = codes.copy(), steps.astype(np.float64).copy()
+    for ch in range(len(steps)):
+        if codes[ch] == 0:
+            continue
+        g = abs(int(codes[ch])) * steps[ch]
+        best = None
+        for c in range(127, 63, -1):
+            s_w = float(np.float32(g / c))
+            m0, shift = quantize_multiplier(float(np.float32(s_in)) * s_w / float(np.float32(s_out)))
+            reduced = (m0 + (1 << 15)) >> 16 if m0 < 0x7FFF0000 else 0x7FFF
+            err = abs(reduced * 65536 - m0) / m0
+            if best is None or err < best[0]:
+                best = (err, c, s_w)
+        codes[ch] = int(np.sign(codes[ch])) * best[1]
+        steps[ch] = best[2]
+    return codes, steps
 
 
 def split_codes(codes: np.ndarray, replicas: int) -> np.ndarray:
@@ -194,15 +238,31 @@ class _Writer:
             return self.index[name]
         tensor = self.graph.tensors[name]
         if self.mode == "int8":
-            scale, zp = int8_params(tensor)
-            idx = self.tensor(name, tensor.shape, schema.TensorType.INT8, scale=scale, zero_point=zp, batch=True)
+            scale, zp = (int16_params if tensor.int16 else int8_params)(tensor)
+            dtype = schema.TensorType.INT16 if tensor.int16 else schema.TensorType.INT8
+            idx = self.tensor(name, tensor.shape, dtype, scale=scale, zero_point=zp, batch=True)
         else:
             idx = self.tensor(name, tensor.shape, schema.TensorType.FLOAT32, batch=True)
         self.index[name] = idx
         return idx
 
     def scale_of(self, name):
-        return int8_params(self.graph.tensors[name])[0]
+        tensor = self.graph.tensors[name]
+        return (int16_params if tensor.int16 else int8_params)(tensor)[0]
+
+    def typed(self, name: str, int16: bool) -> str:
+        """``name`` stored as int16 (``int16=True``) or int8: the tensor itself, or a copy made by a
+        QUANTIZE op (int8 -> int16 at the same scale is exact; int16 -> int8 uses the tensor's
+        calibrated int8 range)."""
+        src = self.graph.tensors[name]
+        if self.mode != "int8" or src.int16 == int16:
+            return name
+        copy = f"{name}/{'as_int16' if int16 else 'as_int8'}"
+        if copy not in self.index:
+            self.graph.tensors[copy] = Tensor(copy, src.shape, lo=src.lo, hi=src.hi, int16=int16,
+                                              int16_like=src if int16 else None)
+            self.op("QUANTIZE", [self.activation(name)], [self.activation(copy)])
+        return copy
 
     def const(self, name, array, dtype, **quant):
         return self.tensor(name, array.shape, dtype, data=array, **quant)
@@ -210,7 +270,8 @@ class _Writer:
     # -- ops -----------------------------------------------------------
     def op(self, builtin: str, inputs, outputs, options_type=0, options=None):
         code = getattr(schema.BuiltinOperator, builtin)
-        key = (code, _VERSIONS[builtin][self.mode])
+        int16 = any(self.sub.tensors[i].type == schema.TensorType.INT16 for i in list(inputs) + list(outputs))
+        key = (code, _VERSIONS_INT16.get(builtin, 2) if int16 else _VERSIONS[builtin][self.mode])
         if key not in self.opcodes:
             oc = schema.OperatorCodeT()
             oc.builtinCode = code
@@ -235,6 +296,7 @@ class _Writer:
             b = self.const(f"{op.output}/bias", op.bias.astype(np.float32), schema.TensorType.FLOAT32)
             return w, b
         s_in = self.scale_of(in_name)
+        wide_in = self.graph.tensors[in_name].int16  # a 16x8 kernel: int64 bias and accumulator
         codes, steps, grid = op.codes, op.steps, self.graph.tensors[op.output].grid
         if grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
             # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
@@ -243,14 +305,17 @@ class _Writer:
             if op.kind == "affine":
                 cap = 1
             for replicas in range(op.replicas, cap + 1):
-                flat, new_steps, bias, ranks = exact_thresholds(codes.reshape(len(steps), -1), steps, op.bias, s_in,
-                                                                grid, 127 * replicas)
+                flat, new_steps, bias, ranks = exact_thresholds(
+                    codes.reshape(len(steps), -1), steps, op.bias, s_in, grid, 127 * replicas,
+                    multiply=fixed_point_multiply_int64 if wide_in else fixed_point_multiply)
                 if ranks.max(initial=0) < 2:
                     break
             op.replicas = replicas
             codes, steps = flat.reshape(codes.shape), new_steps
             op.threshold_ranks = ranks  # per channel: 0 exact (also float32), 1 exact, 2 closest
         else:
+            if op.kind == "affine" and wide_in:
+                codes, steps = _affine_codes_16x8(codes, steps, s_in, self.scale_of(self._affine_out(op)))
             bias = np.round(op.bias / (s_in * steps))
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
@@ -258,28 +323,33 @@ class _Writer:
         w = self.const(f"{op.output}/weights", layout.astype(np.int8), schema.TensorType.INT8, scale=steps,
                        zero_point=np.zeros(len(steps), np.int64), axis=axis)
         bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
-        if np.abs(bias).max(initial=0) >= 2**31 - 1:
+        if np.abs(bias).max(initial=0) >= 2**31 - 1 and not wide_in:
             raise ValueError(f"Layer {op.layer!r}: its bias does not fit int32 at scale s_in*s_w; cannot export.")
-        b = self.const(f"{op.output}/bias", bias.astype(np.int32), schema.TensorType.INT32, scale=bias_scale,
+        bias_type = (np.int64, schema.TensorType.INT64) if wide_in else (np.int32, schema.TensorType.INT32)
+        b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
                        zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
         return w, b
 
-    def replicate(self, op: Op) -> int:
+    def _affine_out(self, op: Op) -> str:
+        tmp = f"{op.output}/i16"
+        return tmp if tmp in self.graph.tensors and not self.graph.tensors[op.output].int16 else op.output
+
+    def replicate(self, op: Op, in_name: str) -> int:
         """The op's input repeated ``op.replicas`` times on the channel axis (int8 CONCATENATION with
         equal in/out quantization: exact). Built by doubling (x, x2, x4, ...) and one final
         concatenation of the powers of two in ``replicas``, so no concatenation has more than
         10 inputs (TensorFlow Lite Micro's limit)."""
-        x = self.activation(op.inputs[0])
+        x = self.activation(in_name)
         if self.mode == "float32" or op.replicas == 1:
             return x
-        src = self.graph.tensors[op.inputs[0]]
+        src = self.graph.tensors[in_name]
         axis = len(src.shape)
 
         def concat(inputs, copies):
-            name = f"{op.inputs[0]}/x{copies}"
+            name = f"{in_name}/x{copies}"
             if name not in self.index:
                 self.graph.tensors[name] = Tensor(name, src.shape[:-1] + (src.shape[-1] * copies,), grid=src.grid,
-                                                  lo=src.lo, hi=src.hi)
+                                                  lo=src.lo, hi=src.hi, int16=src.int16, int16_like=src.int16_like)
                 opt = schema.ConcatenationOptionsT()
                 opt.axis = axis
                 self.op("CONCATENATION", inputs, [self.activation(name)], schema.BuiltinOptions.ConcatenationOptions,
@@ -295,15 +365,24 @@ class _Writer:
         return parts[0] if len(parts) == 1 else concat(parts, op.replicas)
 
     def emit(self, op: Op):
-        params = self.weights(op, op.inputs[0], axis=3 if op.kind == "affine" else 0) \
-            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
-        x = self.replicate(op) if op.kind in ("conv", "dense") else self.activation(op.inputs[0])
         out_name = op.output
-        grid = self.graph.tensors[out_name].grid
+        out = self.graph.tensors[out_name]
+        # The input type: an affine (BatchNorm) reads its input as stored; every other op reads its
+        # input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
+        in_name = op.inputs[0] if op.kind == "affine" else self.typed(op.inputs[0], out.int16)
+        wide_affine = op.kind == "affine" and self.graph.tensors[in_name].int16 and not out.int16
+        if wide_affine:  # 16x8 DEPTHWISE_CONV_2D writes int16; QUANTIZE brings it to the int8 output
+            tmp = f"{out_name}/i16"
+            self.graph.tensors[tmp] = Tensor(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
+                                             int16_like=out if out.grid is not None else None)
+        params = self.weights(op, in_name, axis=3 if op.kind == "affine" else 0) \
+            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
+        x = self.replicate(op, in_name) if op.kind in ("conv", "dense") else self.activation(in_name)
+        grid = out.grid
         rounding = self.mode == "float32" and grid is not None
-        y_name = f"{out_name}/preround" if rounding else out_name
+        y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if wide_affine else out_name)
         if rounding:
-            self.graph.tensors[y_name] = Tensor(y_name, self.graph.tensors[out_name].shape)
+            self.graph.tensors[y_name] = Tensor(y_name, out.shape)
         y = self.activation(y_name)
         act = schema.ActivationFunctionType.RELU if op.relu else schema.ActivationFunctionType.NONE
         if op.kind == "conv":
@@ -333,7 +412,9 @@ class _Writer:
         elif op.kind == "add":
             opt = schema.AddOptionsT()
             opt.fusedActivationFunction = act
-            self.op("ADD", [x, self.activation(op.inputs[1])], [y], schema.BuiltinOptions.AddOptions, opt)
+            opt.potScaleInt16 = False  # int16: the general (any scale) kernel
+            x2 = self.activation(self.typed(op.inputs[1], out.int16))
+            self.op("ADD", [x, x2], [y], schema.BuiltinOptions.AddOptions, opt)
         elif op.kind == "mean":
             axes = self.const(f"{out_name}/axes", np.asarray([1, 2], np.int32), schema.TensorType.INT32)
             opt = schema.ReducerOptionsT()
@@ -348,6 +429,8 @@ class _Writer:
             self.op("MAX_POOL_2D", [x], [y], schema.BuiltinOptions.Pool2DOptions, opt)
         if rounding:
             self.float_rounding(y_name, out_name, grid)
+        if wide_affine:
+            self.op("QUANTIZE", [y], [self.activation(out_name)])
 
     def float_rounding(self, src: str, dst: str, grid):
         """float32 twin of the exact int8 tensor: step * round(min(x, levels*step) / step)."""
@@ -377,10 +460,23 @@ class _Writer:
         return bytes(builder.Output())
 
 
-def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export") -> bytes:
-    """The flatbuffer bytes of ``graph`` (calibrated with :func:`graph.calibrate`) in ``mode``."""
+def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export", residual_bits: int = 16) -> bytes:
+    """The flatbuffer bytes of ``graph`` (calibrated with :func:`graph.calibrate`) in ``mode``.
+
+    ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
+    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
+    if residual_bits not in RESIDUAL_BITS:
+        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    for tensor in graph.tensors.values():
+        tensor.int16 = False
+    if mode == "int8" and residual_bits == 16:
+        for op in graph.ops:
+            if op.kind == "add":
+                for name in op.inputs + [op.output]:
+                    tensor = graph.tensors[name]
+                    tensor.int16 = tensor.grid is None and name not in (graph.input, graph.output)
     saved = dict(graph.tensors)
     try:
         return _Writer(graph, mode, description).finish()
@@ -428,7 +524,7 @@ def check_images(model, images, what: str = "representative dataset"):
 
 
 def convert(model, representative_data, *, mode: str = "int8", max_replicas: int = 259,
-            output_range: str = "top"):
+            output_range: str = "top", residual_bits: int = 16):
     """Convert F to TFLite bytes. Returns ``(bytes, graph, notes)``.
 
     Args:
@@ -441,18 +537,23 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas: int
         weight codes wider than int8 (259 makes 16-bit first/last layers exact;
         1 gives plain int8 weights everywhere).
       output_range: ``"top"`` or ``"full"`` (see :func:`graph.calibrate`).
+      residual_bits: 16 (default) keeps the residual stream of residual nets in int16 (16x8 kernels,
+        see docs/export.md); 8 makes every activation int8 (Edge TPU), less exact.
     """
     from agq_keras.export import graph as graph_lib
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
+    if residual_bits not in RESIDUAL_BITS:
+        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
     if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or not 1 <= max_replicas <= 1024:
         raise ValueError(f"max_replicas={max_replicas!r} must be an integer in 1..1024.")
     f, notes = resolve_model(model)
     images = check_images(f, representative_data)
     graph = graph_lib.lower(f, max_replicas=max_replicas)
     graph_lib.calibrate(graph, images, output_range=output_range)
-    return write(graph, mode, description=f"agq_keras {mode} export of {f.name}"), graph, notes + graph.notes
+    data = write(graph, mode, description=f"agq_keras {mode} export of {f.name}", residual_bits=residual_bits)
+    return data, graph, notes + graph.notes
 
 
 def save_atomic(data: bytes, path: str):
