@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real training runs: CI runs them with -m slow (see README)
+
 SCRIPT = textwrap.dedent("""
     import os, sys
     import numpy as np

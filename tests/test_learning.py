@@ -7,6 +7,8 @@ import keras
 import agq_keras
 from agq_keras.data import fashion_mnist
 
+pytestmark = pytest.mark.slow  # real training runs: CI runs them with -m slow (see README)
+
 TRAIN_IMAGES = 6000
 TEST_IMAGES = 10000
 THRESHOLD = 0.40  # chance is 0.10; measured 0.567 here

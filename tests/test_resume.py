@@ -13,6 +13,8 @@ sys.path.insert(0, ROOT)
 from configs.default import get_config  # noqa: E402
 from agq_keras.training import run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real training runs: CI runs them with -m slow (see README)
+
 
 class Killed(Exception):
     pass
