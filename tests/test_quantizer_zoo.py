@@ -11,6 +11,7 @@ import keras
 import agq_keras
 from agq_keras import quantizers
 from agq_keras.quantizers import lqnet
+from gradcheck import forward_and_grad
 
 RNG = np.random.default_rng(0)
 W = (RNG.standard_normal((3, 3, 4, 5)) * 0.6).astype("float32")  # a kernel: 5 output channels
@@ -105,15 +106,6 @@ CASES = (
 )
 IDS = [f"{c[0].__name__}-{c[1]}" for c in CASES]
 PER_CHANNEL = (quantizers.LQNetWeight, quantizers.BiRealWeight, quantizers.GroupNetWeight)
-
-
-def forward_and_grad(q, x, upstream):
-    xv = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xv)
-        y = q(xv)
-        loss = tf.reduce_sum(y * upstream)
-    return y.numpy(), tape.gradient(loss, xv).numpy()
 
 
 @pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)

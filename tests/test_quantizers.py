@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import keras
 
 from agq_keras import quantizers
+from gradcheck import forward_and_grad
 
 RNG = np.random.default_rng(0)
 X = (RNG.standard_normal((6, 5, 4)) * 1.2).astype("float32")
@@ -48,15 +48,6 @@ CASES = (
     + [(quantizers.Identity, 32, ref_identity, X)]
 )
 IDS = [f"{c[0].__name__}-{c[1]}" for c in CASES]
-
-
-def forward_and_grad(q, x, upstream):
-    xv = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xv)
-        y = q(xv)
-        loss = tf.reduce_sum(y * upstream)
-    return y.numpy(), tape.gradient(loss, xv).numpy()
 
 
 @pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)
