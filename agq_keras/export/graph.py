@@ -213,28 +213,15 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                     raise unsupported(layer, "dilated or grouped convolutions are not supported")
                 if cfg["data_format"] != "channels_last":
                     raise unsupported(layer, "only channels_last is supported")
-                act = cfg["activation"]
-                if act not in ("linear", "relu"):
-                    raise unsupported(layer, f"activation {act!r} (allowed: linear, relu)")
-                codes, steps, exact, bits, note = _kernel_codes(layer, graph.notes, max_replicas)
-                _want_input_grid(layer, src, graph)
-                bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(codes.shape[0])
+                params = _weighted_params(layer, src, graph, max_replicas)
                 graph.ops.append(Op("conv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
-                                    codes=codes, steps=steps, bias=bias, strides=tuple(cfg["strides"]),
-                                    padding=cfg["padding"].upper(), relu=act == "relu", exact_weights=exact,
-                                    weight_bits=bits, weight_note=note))
+                                    strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(), **params))
             elif isinstance(layer, keras.layers.Dense) and cls in ("QDense", "Dense"):
                 if len(src.shape) != 1:
                     raise unsupported(layer, f"Dense on a rank-{len(src.shape) + 1} input")
-                act = layer.get_config()["activation"]
-                if act not in ("linear", "relu"):
-                    raise unsupported(layer, f"activation {act!r} (allowed: linear, relu)")
-                codes, steps, exact, bits, note = _kernel_codes(layer, graph.notes, max_replicas)
-                _want_input_grid(layer, src, graph)
-                bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(codes.shape[0])
+                params = _weighted_params(layer, src, graph, max_replicas)
                 graph.ops.append(Op("dense", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
-                                    codes=codes, steps=steps, bias=bias, relu=act == "relu",
-                                    exact_weights=exact, weight_bits=bits, weight_note=note))
+                                    **params))
             elif cls == "BatchNormalization":
                 _batchnorm(layer, src, graph, ref, out_shape, new_tensor, value, lambda r: uses.get(r, 0))
             elif cls == "ReLU":
@@ -294,6 +281,18 @@ def _widen(op: Op):
     m = np.where(top > 0, (127 * op.replicas) // np.maximum(top, 1), 1)
     op.codes = op.codes * m.reshape((-1,) + (1,) * (op.codes.ndim - 1))
     op.steps = op.steps / m
+
+
+def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dict:
+    """The Op fields shared by conv and dense: grid codes, steps, bias, fused ReLU."""
+    act = layer.get_config()["activation"]
+    if act not in ("linear", "relu"):
+        raise unsupported(layer, f"activation {act!r} (allowed: linear, relu)")
+    codes, steps, exact, bits, note = _kernel_codes(layer, graph.notes, max_replicas)
+    _want_input_grid(layer, src, graph)
+    bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(codes.shape[0])
+    return dict(codes=codes, steps=steps, bias=bias, relu=act == "relu", exact_weights=exact,
+                weight_bits=bits, weight_note=note)
 
 
 def _want_input_grid(layer, src: Tensor, graph: Graph):
