@@ -15,21 +15,21 @@ from agq_keras.models.groupnet import GroupNet
 from agq_keras.models.resnet import RESNETS, BNPersonality, ResNet
 from agq_keras.training.trainer import AGTrainer, check_lambda
 
-# arch name -> callable(**net kwargs) returning an F builder with body()/head().
-ARCHITECTURES = {name: (lambda spec: (lambda **kw: ResNet(spec, **kw)))(spec) for name, spec in RESNETS.items()}
-# arch name -> minimum input height/width (its total downsampling factor).
-MIN_INPUT_SIZE = {name: spec.downsampling for name, spec in RESNETS.items()}
-# Bi-Real / GroupNet F builders on a ResNet spec: name -> (builder class, spec).
-# The "20" variants are CPU-scale twins (CIFAR stem, widths 16/32/64).
+# arch name -> (F builder class with body()/head()/blocks, its ResNet spec). The Bi-Real /
+# GroupNet "20" variants are CPU-scale twins (CIFAR stem, widths 16/32/64).
+SPECS = {name: (ResNet, spec) for name, spec in RESNETS.items()}
 VARIANTS = {
     "birealnet18": (BiRealNet, RESNETS["resnet18"]),
     "birealnet20": (BiRealNet, RESNETS["resnet20"]),
     "groupnet18": (GroupNet, RESNETS["resnet18"]),
     "groupnet20": (GroupNet, RESNETS["resnet20"]),
 }
-for _name, (_cls, _spec) in VARIANTS.items():
-    ARCHITECTURES[_name] = functools.partial(_cls, _spec)
-    MIN_INPUT_SIZE[_name] = _spec.downsampling
+SPECS.update(VARIANTS)
+# arch name -> callable(**net kwargs) returning an F builder.
+ARCHITECTURES = {name: functools.partial(cls, spec) for name, (cls, spec) in SPECS.items()}
+# arch name -> minimum input height/width (its total downsampling factor).
+MIN_INPUT_SIZE = {name: spec.downsampling for name, (_, spec) in SPECS.items()}
+STEMS = ("imagenet", "cifar")
 
 _EXTRA_KWARGS = {
     "bn_momentum": 0.9,  # Keras's 0.99 evaluates badly after short runs
@@ -124,18 +124,20 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     return trainer
 
 
+def _spec(arch: str, stem=None):
+    """``(builder class, spec)`` of ``arch``, with its stem replaced when ``stem`` is given."""
+    cls, spec = SPECS[arch]
+    if stem is None:
+        return cls, spec
+    if stem not in STEMS:
+        raise ValueError(f"stem={stem!r} is not supported; allowed: {', '.join(STEMS)}.")
+    return cls, dataclasses.replace(spec, stem=stem)
+
+
 def make_net(arch: str, *, stem=None, **kwargs):
     """The F builder object (layers + wiring) for ``arch``."""
-    if arch in RESNETS and stem is not None:
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem={stem!r} is not supported; allowed: imagenet, cifar.")
-        return ResNet(dataclasses.replace(RESNETS[arch], stem=stem), **kwargs)
-    if arch in VARIANTS and stem is not None:
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem={stem!r} is not supported; allowed: imagenet, cifar.")
-        cls, spec = VARIANTS[arch]
-        return cls(dataclasses.replace(spec, stem=stem), **kwargs)
-    return ARCHITECTURES[arch](**kwargs)
+    cls, spec = _spec(arch, stem)
+    return cls(spec, **kwargs)
 
 
 def _check_input_shape(arch, input_shape, stem):
@@ -146,11 +148,7 @@ def _check_input_shape(arch, input_shape, stem):
     if (shape is None or len(shape) != 3
             or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape)):
         raise ValueError(f"input_shape={input_shape!r} must be (height, width, channels) with positive integers.")
-    minimum = MIN_INPUT_SIZE.get(arch, 1)
-    if arch in RESNETS and stem is not None:
-        minimum = dataclasses.replace(RESNETS[arch], stem=stem).downsampling
-    if arch in VARIANTS and stem in ("imagenet", "cifar"):
-        minimum = dataclasses.replace(VARIANTS[arch][1], stem=stem).downsampling
+    minimum = _spec(arch, stem)[1].downsampling
     if shape[0] < minimum or shape[1] < minimum:
         raise ValueError(f"input_shape={shape} is too small for {arch!r}: height and width must be >= "
                          f"{minimum} (the arch downsamples by {minimum}).")
