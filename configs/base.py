@@ -22,6 +22,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.bn_momentum = 0.9
     c.num_bases = 0  # GroupNet archs: M binary bases per block (0 = the arch default, 5)
     c.stem = ""  # "" = the arch's own stem; "cifar" / "imagenet"
+    c.residual_stream = "float"  # "int16": residual F keeps its skip stream on the int16 export grid (exact export)
     # baselines of Table 3: "none", "additional_losses" (alpha) or "kd" (beta)
     c.baseline = "none"
     c.aux_alpha = 0.01

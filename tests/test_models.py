@@ -96,6 +96,11 @@ def test_aux_relu_option_adds_relu_after_each_sum():
     (dict(input_shape=(28, 28)), r"input_shape=\(28, 28\) must be \(height, width, channels\)"),
     (dict(num_classes=1), r"num_classes=1 must be an integer >= 2"),
     (dict(bogus=1), r"unknown argument\(s\) \['bogus'\]"),
+    (dict(residual_stream="int8"), r"residual_stream='int8' is not supported; allowed: float, int16"),
+    (dict(residual_stream="int16", plain=True), r"residual_stream='int16' is for residual ResNets"),
+    (dict(residual_stream="int16", arch="birealnet20"), r"residual_stream='int16' is for residual ResNets"),
+    (dict(residual_stream="int16", w_bits=1, a_bits=1), r"needs weight and activation grids.*w_bits=1"),
+    (dict(residual_stream="int16", w_bits=8, a_bits=8), r"needs weight and activation grids.*w_bits=8"),
 ])
 def test_bad_input_is_a_clear_value_error(kwargs, match):
     args = dict(arch="resnet20", aux=True, num_classes=10, input_shape=(28, 28, 1))
@@ -108,3 +113,28 @@ def test_cifar_stem_on_imagenet_arch():
     f = agq_keras.build("resnet18", stem="cifar", num_classes=10, input_shape=(28, 28, 1))
     assert f.get_layer("stem_conv").kernel_size == (3, 3)
     assert f(np.zeros((1, 28, 28, 1), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("bits,multiple", [(2, 28), (3, 5), (4, 1)])
+def test_int16_residual_stream_quantizes_stem_and_every_add(bits, multiple):
+    """residual_stream="int16": a FixedStep after the stem and after each Add, step u/M with u the
+    block convs' output grid (1/((2^k-1)^2)) and M the largest integer keeping >= 128 in int16."""
+    trainer = agq_keras.build("resnet20", plain=False, aux=True, w_bits=bits, a_bits=bits, num_classes=10,
+                              input_shape=(28, 28, 1), residual_stream="int16")
+    f = trainer.f
+    adds = [layer for layer in f.layers if isinstance(layer, keras.layers.Add)]
+    steps = {layer.name: layer.step for layer in f.layers if isinstance(layer, agq_keras.quantizers.FixedStep)}
+    assert len(steps) == len(adds) + 1 == 10
+    unit = 1.0 / (2**bits - 1) ** 2
+    assert all(steps[f"{a.name[:-4]}_stream_q"] == pytest.approx(unit / multiple, rel=1e-12) for a in adds)
+    assert steps["stem_stream_q"] == pytest.approx(8 * unit / multiple, rel=1e-12)
+    assert 32767 * unit / multiple >= 128 > 32767 * unit / (multiple + 1)
+    assert f.get_layer("stem_conv").kernel_quantizer.unit == pytest.approx(8 * unit / multiple * 255)
+    # the stream really is on the grid
+    stream = keras.Model(f.inputs, f.get_layer("stage1_block2_stream_q").output)
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
+    codes = stream(x).numpy() / steps["stage1_block2_stream_q"]
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    # H has its own stream quantizers (same steps), F's config has no trace of H
+    assert any(layer.name.startswith("h_") and isinstance(layer, agq_keras.quantizers.FixedStep)
+               for layer in trainer.h.layers)

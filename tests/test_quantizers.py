@@ -117,3 +117,49 @@ def test_make_pair_special_widths():
     assert isinstance(w, quantizers.Identity) and isinstance(a, quantizers.FixedPoint) and a.bits == 16
     with pytest.raises(ValueError, match="bits=12.*32 = full precision"):
         quantizers.make_pair("dorefa", 12, 2)
+
+
+def ref_fixed_step(x, step, limit):
+    n = np.clip(np.floor(x / step + 0.5), -limit, limit)  # ties round up, as TFLite's requantization
+    return n * step, (np.abs(x) <= limit * step).astype(x.dtype)
+
+
+@pytest.mark.parametrize("step,limit", [(1 / 252, 32767), (0.25, 5), (1 / 9, 100)])
+def test_fixed_step_forward_gradient_and_saturation(step, limit):
+    # ties (±step/2: exact in float32) round up; beyond ±limit·step saturates with zero gradient
+    x = np.concatenate([X.ravel() * 3, [0.5 * step, -0.5 * step, limit * step * 2, -limit * step * 3]])
+    x = x.astype("float32")
+    upstream = RNG.standard_normal(x.shape).astype("float32")
+    y, grad = forward_and_grad(quantizers.FixedStep(step, limit), x, upstream)
+    expected, local = ref_fixed_step(x.astype("float64"), np.float32(step), limit)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, upstream * local, rtol=1e-6)
+    assert np.abs(np.round(y / np.float32(step))).max() <= limit  # int16-sized codes
+    clone = quantizers.get(keras.saving.serialize_keras_object(quantizers.FixedStep(step, limit)))
+    assert (clone.step, clone.limit) == (quantizers.FixedStep(step, limit).step, limit)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"step": 0}, "step=0"), ({"step": float("nan")}, "step=nan"),
+                                          ({"limit": 40000}, "limit=40000"), ({"limit": 0}, "limit=0")])
+def test_fixed_step_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantizers.FixedStep(**kwargs)
+
+
+@pytest.mark.parametrize("unit", [0.3, 8.0952])
+def test_fixed_point_unit_gives_power_of_two_multiples(unit):
+    """FixedPoint(unit=u): step u*2^e, the finest such step that still holds max|w| in 2^15-1 codes."""
+    for scale in (0.01, 0.3, 2.0):
+        w = (RNG.standard_normal((3, 3, 4, 8)) * scale).astype("float32")
+        q = quantizers.FixedPoint(16, unit=unit)
+        y, grad = forward_and_grad(q, w, np.ones_like(w))
+        codes, steps = q.export_weight_grid(y, 2**15)
+        step = steps[0]
+        exponent = np.log2(step / unit)
+        assert abs(exponent - round(exponent)) < 1e-6
+        assert np.abs(w).max() / step <= 32767 < 2 * np.abs(w).max() / step
+        np.testing.assert_allclose(codes * step, y, rtol=1e-6, atol=1e-7)  # float32 values
+        np.testing.assert_array_equal(grad, np.ones_like(w))
+    assert quantizers.FixedPoint.from_config(quantizers.FixedPoint(16, unit=unit).get_config()).unit == unit
+    with pytest.raises(ValueError, match="unit=-1"):
+        quantizers.FixedPoint(16, unit=-1)

@@ -29,10 +29,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from agq_keras import quantizers
 from agq_keras.layers import QConv2D, QDense
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDense", "Dense", "BatchNormalization", "ReLU", "Add",
-                    "GlobalAveragePooling2D", "MaxPooling2D")
+                    "GlobalAveragePooling2D", "MaxPooling2D", "FixedStep")
 
 
 @dataclasses.dataclass
@@ -46,6 +47,8 @@ class Tensor:
     wanted_grids: list = dataclasses.field(default_factory=list)
     int16: bool = False  # stored as int16 in the int8 model (the residual stream, see tflite.py)
     int16_like: Optional["Tensor"] = None  # an int16 copy of this int8 tensor (same scale: exact)
+    stream_scale: Optional[float] = None  # int16 scale of an exact residual stream (see tflite.py)
+    stream_grid: Optional[tuple] = None  # (step, limit) of F's FixedStep on this tensor (residual_stream="int16")
 
 
 @dataclasses.dataclass
@@ -236,6 +239,15 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
+            elif cls == "FixedStep":  # F's int16 residual stream: the producer writes int16 at this step
+                prod = graph.producer(src.name)
+                if prod is None or src.consumers != 1 or src.stream_grid is not None:
+                    raise unsupported(layer, "a FixedStep must directly follow a conv, add or pooling whose output "
+                                             "has no other consumer")
+                src.stream_grid = layer.export_stream_grid()
+                prod.layer += f"+{layer.name}"
+                value[ref] = src.name
+                src.consumers = uses.get(ref, 0)
             elif cls == "Add":
                 if len(srcs) != 2:
                     raise unsupported(layer, f"Add of {len(srcs)} inputs (allowed: 2)")
@@ -393,6 +405,9 @@ def evaluate(graph: Graph, images, batch_size: int = 256):
             if grid is not None:
                 step, levels = grid
                 y = tf.round(tf.clip_by_value(y, 0.0, levels * step) / step) * step
+            stream = graph.tensors[op.output].stream_grid
+            if stream is not None:
+                y = quantizers.fixed_step(y, *stream)
             values[op.output] = y
         for name, v in values.items():
             lo, hi = float(tf.reduce_min(v)), float(tf.reduce_max(v))

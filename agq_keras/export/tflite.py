@@ -63,6 +63,8 @@ def int16_params(tensor: Tensor) -> tuple[float, int]:
     """(scale, 0) of an int16 tensor: symmetric, zero point 0 (TFLite's 16x8 kernels require it)."""
     if tensor.grid is not None or tensor.int16_like is not None:  # an exact copy of an int8 tensor
         return int8_params(tensor if tensor.int16_like is None else tensor.int16_like)[0], 0
+    if tensor.stream_scale is not None:  # an exact residual stream (stream_grids)
+        return tensor.stream_scale, 0
     top = max(abs(tensor.lo), abs(tensor.hi), 1e-8) * INT16_HEADROOM
     return float(top / 32767.0), 0
 
@@ -163,6 +165,32 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     return codes, steps, out_bias, np.asarray(ranks)
 
 
+def exact_multiplier_steps(s_in: float, steps: np.ndarray, s_out: float) -> np.ndarray:
+    """Weight steps (float32 values) whose 16x8 output multipliers are exact where they can be.
+
+    TFLite derives the multiplier ``s_in * s_w / s_out`` in double from the stored float32 scales
+    and a 16x8 kernel keeps 15 bits of it. When the intended multiplier has a 15-bit mantissa (an
+    integer below 2^15, a power of two: the residual stream's convs and its stem), float32 storage
+    can leave it a hair *below* that value, and the mantissa then rounds to 0x7FFF instead of the
+    next power of two. Each such step is nudged up by float32 ulps until the double product is at
+    or just above the intended value, which the kernel then reproduces exactly."""
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(s_out))
+    out = np.asarray(steps, np.float64).copy()
+    for c, step in enumerate(out):
+        ideal = s_in32 * float(np.float32(step)) / s_out32
+        if ideal <= 0:
+            continue
+        mant, exp = math.frexp(ideal)
+        target = math.ldexp(round(mant * 2**15) / 2**15, exp)
+        if abs(ideal / target - 1) > 1e-6:
+            continue  # not a 15-bit multiplier: nothing to keep exact
+        s_w = np.float32(target * s_out32 / s_in32)
+        while s_in32 * float(s_w) / s_out32 < target:
+            s_w = np.nextafter(s_w, np.float32(np.inf))
+        out[c] = float(s_w)
+    return out
+
+
 def _affine_codes_16x8(codes, steps, s_in, s_out):
     """Per channel of a 16x8 DEPTHWISE_CONV_2D (one weight per channel): the code c in 64..127 whose
     output multiplier s_in * (|g|/c) / s_out loses least in the kernel's 15-bit reduced multiplier."""
@@ -182,6 +210,90 @@ def _affine_codes_16x8(codes, steps, s_in, s_out):
         codes[ch] = int(np.sign(codes[ch])) * best[1]
         steps[ch] = best[2]
     return codes, steps
+
+
+def _groups(graph: Graph) -> list:
+    """The int16 tensors joined by ADD ops (operands and result of an ADD share one scale)."""
+    parent = {name: name for name, t in graph.tensors.items() if t.int16}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for op in graph.ops:
+        if op.kind == "add" and all(n in parent for n in op.inputs + [op.output]):
+            for n in op.inputs:
+                parent[find(n)] = find(op.output)
+    groups: dict = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return [sorted(members) for members in groups.values()]
+
+
+STREAM_MAX_MULTIPLIER = 1 << 14  # an integer multiplier below 2^14 is exact in the 16x8 kernels' 15 bits
+
+
+def stream_grids(graph: Graph) -> list:
+    """Give each residual stream (a group of int16 tensors joined by ADDs) one exact scale when it can.
+
+    The convs writing a stream (a block's last conv, the projection shortcut) read a k-bit grid
+    tensor (scale ``s_a``), have grid weights (``codes * s_w``) and no bias: their outputs are
+    integers times ``u_c = s_a s_w`` per channel. When every such ``u_c`` of a stream is an integer
+    multiple of the smallest, ``u``, the stream gets the int16 scale ``u / M`` with the largest
+    integer ``M`` that keeps the calibrated range (x ``INT16_HEADROOM``) inside int16. Then each
+    conv's requantization multiplier is an integer (exact in the 16x8 kernel's 15-bit multiplier),
+    each ADD has equal input and output scales (exact), and only the producers off the grid (the
+    16-bit stem; an ImageNet stem's max-pool) round, once. Mixed grids (1-bit DoReFa: ``s_w =
+    mean|w|`` per layer) or too fine a grid (8-bit: ``u = 1/255^2``, ``M < 1``) keep the calibrated
+    scale (not exact). Returns notes."""
+    notes = []
+    for members in _groups(graph):
+        gridded, units, off_grid = [], [], False
+        for name in members:
+            op = graph.producer(name)
+            if op is None or op.kind == "add":
+                continue
+            src = graph.tensors[op.inputs[0]]
+            if op.kind != "conv" or not op.exact_weights or src.grid is None or op.relu or np.any(op.bias != 0):
+                off_grid = True  # the stem: rounded to the stream scale, once
+                continue
+            flat = op.codes.reshape(len(op.steps), -1).astype(np.int64)
+            gcd = np.maximum(np.gcd.reduce(np.abs(flat), axis=1), 1)
+            gridded.append((op, gcd))
+            units.append(float(np.float32(src.grid[0])) * op.steps * gcd)
+        declared = {graph.tensors[n].stream_grid[0] for n in members if graph.tensors[n].stream_grid is not None}
+        if not gridded:
+            continue
+        if off_grid and not declared:  # a float stream holding the stem: finer per-tensor scales round less
+            notes.append(f"residual stream {members[0]}…: F's residual stream is float and holds the 16-bit stem's "
+                         "output; calibrated int16 scales (closest, not exact; build F with "
+                         "residual_stream='int16' for an exact export)")
+            continue
+        allu = np.concatenate(units)
+        if declared:  # F's own int16 grid (residual_stream="int16"): F saturates where int16 does
+            u, m = min(declared), 1
+            powers = np.log2(np.asarray(sorted(declared)) / u)
+            exact = np.allclose(powers, np.round(powers), rtol=0, atol=1e-9)  # pot ratios: ADDs stay exact
+        else:
+            u, exact = float(allu.min()), True
+            top = max(max(abs(graph.tensors[n].lo), abs(graph.tensors[n].hi)) for n in members) * INT16_HEADROOM
+            m = int(np.floor(32767 * u / max(top, 1e-12)))
+        ratios = allu / u
+        if not exact or np.abs(ratios - np.round(ratios)).max() > 1e-6 or m < 1 or \
+                np.round(ratios).max() * m >= STREAM_MAX_MULTIPLIER:
+            notes.append(f"residual stream {members[0]}…: conv outputs share no integer grid that fits int16; "
+                         "calibrated int16 scale (closest, not exact)")
+            continue
+        for op, gcd in gridded:  # base codes (no widening): the multiplier s_a s_w / s is then an integer
+            shape = (-1,) + (1,) * (op.codes.ndim - 1)
+            op.codes = op.codes // gcd.reshape(shape)
+            op.steps = op.steps * gcd
+        for name in members:
+            tensor = graph.tensors[name]
+            tensor.stream_scale = tensor.stream_grid[0] if tensor.stream_grid is not None else u / m
+    return notes
 
 
 def split_codes(codes: np.ndarray, replicas: int) -> np.ndarray:
@@ -316,6 +428,8 @@ class _Writer:
         else:
             if op.kind == "affine" and wide_in:
                 codes, steps = _affine_codes_16x8(codes, steps, s_in, self.scale_of(self._affine_out(op)))
+            elif wide_in:
+                steps = exact_multiplier_steps(s_in, steps, self.scale_of(self._affine_out(op)))
             bias = np.round(op.bias / (s_in * steps))
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
@@ -367,11 +481,12 @@ class _Writer:
     def emit(self, op: Op):
         out_name = op.output
         out = self.graph.tensors[out_name]
-        # The input type: an affine (BatchNorm) reads its input as stored; every other op reads its
-        # input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
-        in_name = op.inputs[0] if op.kind == "affine" else self.typed(op.inputs[0], out.int16)
-        wide_affine = op.kind == "affine" and self.graph.tensors[in_name].int16 and not out.int16
-        if wide_affine:  # 16x8 DEPTHWISE_CONV_2D writes int16; QUANTIZE brings it to the int8 output
+        # The input type: an affine (BatchNorm) or dense layer reads its input as stored; every other
+        # op reads its input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
+        as_stored = op.kind in ("affine", "dense")
+        in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
+        wide_affine = as_stored and self.graph.tensors[in_name].int16 and not out.int16
+        if wide_affine:  # a 16x8 kernel writes int16; QUANTIZE brings it to the int8 output
             tmp = f"{out_name}/i16"
             self.graph.tensors[tmp] = Tensor(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                              int16_like=out if out.grid is not None else None)
@@ -470,13 +585,19 @@ def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export
     if residual_bits not in RESIDUAL_BITS:
         raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
     for tensor in graph.tensors.values():
-        tensor.int16 = False
+        tensor.int16, tensor.stream_scale = False, None
     if mode == "int8" and residual_bits == 16:
         for op in graph.ops:
             if op.kind == "add":
                 for name in op.inputs + [op.output]:
                     tensor = graph.tensors[name]
                     tensor.int16 = tensor.grid is None and name not in (graph.input, graph.output)
+        for op in graph.ops:  # the head after the stream (final BatchNorm, pooling) stays int16 too
+            out = graph.tensors[op.output]
+            if op.kind in ("affine", "mean", "maxpool") and graph.tensors[op.inputs[0]].int16 and out.grid is None \
+                    and op.output != graph.output:
+                out.int16 = True
+        graph.notes += [n for n in stream_grids(graph) if n not in graph.notes]
     saved = dict(graph.tensors)
     try:
         return _Writer(graph, mode, description).finish()

@@ -15,7 +15,7 @@ _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.star
 KERNELS = ("builtin", "xnnpack")
 
 
-def _interpreter(model_bytes: bytes, kernels: str = "builtin"):
+def _interpreter(model_bytes: bytes, kernels: str = "builtin", preserve: bool = False):
     """A LiteRT interpreter; ``kernels="builtin"`` runs TFLite's own kernels (the reference
     fixed-point arithmetic, as TensorFlow Lite Micro), ``"xnnpack"`` adds the XNNPACK delegate."""
     try:
@@ -25,7 +25,8 @@ def _interpreter(model_bytes: bytes, kernels: str = "builtin"):
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r} is not supported; allowed: {', '.join(KERNELS)}.")
     resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if kernels == "builtin" else OpResolverType.AUTO)
-    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
+    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver,
+                       experimental_preserve_all_tensors=preserve)
 
 
 class Runner:
@@ -35,8 +36,10 @@ class Runner:
     the model's input scale/zero point, an int8 output dequantized.
     """
 
-    def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin"):
-        self.interpreter = _interpreter(model_bytes, kernels)
+    def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin", preserve: bool = False):
+        """``preserve=True`` keeps every intermediate tensor readable (:meth:`tensor`), slower."""
+        self.interpreter = _interpreter(model_bytes, kernels, preserve)
+        self.tensors = {d["name"]: d["index"] for d in self.interpreter.get_tensor_details()}
         self.batch_size = batch_size
         inp = self.interpreter.get_input_details()[0]
         self.interpreter.resize_tensor_input(inp["index"], [batch_size] + list(inp["shape"][1:]))
@@ -62,6 +65,12 @@ class Runner:
             self.interpreter.invoke()
             out.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
         return np.concatenate(out)
+
+    def tensor(self, name: str):
+        """The stored codes of an intermediate tensor after the last batch (needs ``preserve=True``)."""
+        if name not in self.tensors:
+            raise KeyError(f"No tensor {name!r} in the model; it has {len(self.tensors)} tensors.")
+        return self.interpreter.get_tensor(self.tensors[name]).copy()
 
     def __call__(self, images):
         raw = self.raw(np.asarray(images, np.float32))

@@ -38,6 +38,7 @@ _EXTRA_KWARGS = {
     "aux_relu": False,  # ReLU after each aggregation sum in H
     "stem": None,  # "imagenet" or "cifar"; None: the arch's own
     "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
+    "residual_stream": "float",  # "int16": F quantizes its residual stream as the int8 export stores it
 }
 
 
@@ -68,7 +69,9 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
       **kwargs: ``bn_momentum`` (0.9), ``bn_epsilon`` (1e-5),
         ``first_last_bits`` (16; 32 when w_bits = a_bits = 32),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
-        ``num_bases`` (GroupNet archs: M, default 5).
+        ``num_bases`` (GroupNet archs: M, default 5), ``residual_stream`` (``"float"``, the
+        paper's F; ``"int16"``: F rounds its residual stream to the int16 grid the integer export
+        uses, which makes residual nets exactly exportable, DoReFa 2..4 bits; docs/export.md).
     """
     unknown = sorted(set(kwargs) - set(_EXTRA_KWARGS))
     if unknown:
@@ -97,6 +100,11 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
             raise ValueError(f"num_bases is only for the GroupNet archs "
                              f"({', '.join(n for n, v in VARIANTS.items() if v[0] is GroupNet)}), not {arch!r}.")
         arch_kwargs["num_bases"] = opts["num_bases"]
+    if opts["residual_stream"] != "float":
+        if arch in VARIANTS or plain:
+            raise ValueError(f"residual_stream={opts['residual_stream']!r} is for residual ResNets (plain=False, "
+                             f"arch in {', '.join(RESNETS)}); got arch={arch!r}, plain={plain}.")
+        arch_kwargs["residual_stream"] = opts["residual_stream"]
     net = make_net(arch, plain=plain, num_classes=int(num_classes), quantizer=quantizer,
                    w_bits=w_bits, a_bits=a_bits, first_last_bits=first_last,
                    input_channels=input_shape[-1], stem=opts["stem"], **arch_kwargs)

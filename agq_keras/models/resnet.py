@@ -84,14 +84,47 @@ class Block:
     downsamples: bool
 
 
+RESIDUAL_STREAMS = ("float", "int16")
+STREAM_RANGE = 128.0  # the int16 residual stream holds at least [-128, 128]
+INPUT_STEP = 1.0 / 255  # the int8 input's step for images scaled to [0, 1] from 8 bits (x / 255)
+STEM_STEP_MULTIPLE = 8  # the stem output's step: 8x the stream's (a power of two: the first ADD stays exact)
+
+
+def stream_step(residual_stream: str, quantizer: str, w_bits: int, a_bits: int):
+    """The int16 step of the residual stream (``residual_stream="int16"``), or None (``"float"``).
+
+    A block's last conv (and a projection shortcut) outputs integers times ``u = s_w s_a``, the
+    product of the weight and activation grid steps (1/9 for 2-bit DoReFa). The stream's step is
+    ``u / M`` with the largest integer ``M`` that keeps ``32767 * step >= STREAM_RANGE``: sums of
+    conv outputs are then exact int16 values and only the stem is rounded, in F and in the export
+    alike. Needs constant grid steps (DoReFa with 2..4-bit weights and activations)."""
+    if residual_stream not in RESIDUAL_STREAMS:
+        raise ValueError(f"residual_stream={residual_stream!r} is not supported; allowed: "
+                         f"{', '.join(RESIDUAL_STREAMS)}.")
+    if residual_stream == "float":
+        return None
+    wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
+    w_step, a_grid = wq.export_weight_step(), aq.export_activation_grid()
+    unit = None if w_step is None or a_grid is None else w_step * a_grid[0]
+    multiple = 0 if unit is None else int((2**15 - 1) * unit // STREAM_RANGE)
+    if multiple < 1:
+        raise ValueError(
+            f"residual_stream='int16' needs weight and activation grids with constant steps whose product "
+            f"u satisfies 32767·u >= {STREAM_RANGE:g} (DoReFa with 2..4-bit weights and activations); got "
+            f"quantizer={quantizer!r}, w_bits={w_bits}, a_bits={a_bits}. Use residual_stream='float'.")
+    return unit / multiple
+
+
 class ResNet:
     """F's layer objects for a pre-activation ResNet and the wiring of them."""
 
     def __init__(self, spec: ArchSpec, *, plain: bool, num_classes: int, quantizer: str,
-                 w_bits: int, a_bits: int, first_last_bits: int, input_channels: int):
+                 w_bits: int, a_bits: int, first_last_bits: int, input_channels: int,
+                 residual_stream: str = "float"):
         self.spec = spec
         self.plain = plain
         self.first_last_bits = first_last_bits
+        self.stream_step = None if plain else stream_step(residual_stream, quantizer, w_bits, a_bits)
 
         def q_conv(filters, size, strides, name):
             wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
@@ -99,6 +132,10 @@ class ResNet:
                            input_quantizer=aq, kernel_initializer="he_normal", name=name)
 
         edge_q = quantizers.make_pair("dorefa", first_last_bits, first_last_bits)[0]
+        if self.stream_step is not None and spec.stem == "cifar" and first_last_bits == 16:
+            # stem weight steps: power-of-two multiples of (stem output step / input step), so the
+            # exported stem's output multiplier is a power of two, i.e. exact (docs/export.md)
+            edge_q = quantizers.FixedPoint(16, unit=self.stream_step * STEM_STEP_MULTIPLE / INPUT_STEP)
         stem_size, stem_stride = (7, 2) if spec.stem == "imagenet" else (3, 1)
         self.stem_conv = QConv2D(spec.widths[0], stem_size, strides=stem_stride, padding="same",
                                  kernel_quantizer=edge_q, kernel_initializer="he_normal",
@@ -136,6 +173,7 @@ class ResNet:
         if self.spec.stem == "imagenet":
             x = bn.bn_relu(x, "stem_bn")
             x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=bn.name("stem_pool"))(x)
+        x = self.stream(x, bn, "stem")
         for block in self.blocks:
             inputs = x
             pre = None
@@ -147,8 +185,17 @@ class ResNet:
             if not self.plain:
                 skip = block.shortcut(pre) if block.shortcut is not None else inputs
                 x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, skip])
+                x = self.stream(x, bn, block.name)
             tap("block", x, block.name)
         return x
+
+    def stream(self, x, bn: BNPersonality, where: str):
+        """The residual stream's int16 quantizer after the stem and every Add
+        (``residual_stream="int16"``); the identity otherwise."""
+        if self.stream_step is None:
+            return x
+        step = self.stream_step * (STEM_STEP_MULTIPLE if where == "stem" else 1)
+        return quantizers.FixedStep(step, name=bn.name(f"{where}_stream_q"))(x)
 
     def head(self, x, bn: BNPersonality):
         """Final BN -> ReLU -> global average pool -> 16-bit classifier (logits)."""

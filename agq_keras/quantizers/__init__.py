@@ -16,7 +16,7 @@ from agq_keras.quantizers.base import (
     state_updates_enabled,
 )
 from agq_keras.quantizers.dorefa import DoReFaActivation, DoReFaWeight, dorefa_activation, dorefa_weight
-from agq_keras.quantizers.fixed import FixedPoint, Identity, fixed_point
+from agq_keras.quantizers.fixed import FixedPoint, FixedStep, Identity, fixed_point, fixed_step
 from agq_keras.quantizers.bireal import BiRealActivation, BiRealWeight, approx_sign, magnitude_aware_sign
 from agq_keras.quantizers.groupnet import GroupNetActivation, GroupNetWeight, ste_sign
 from agq_keras.quantizers.lqnet import LQNetActivation, LQNetWeight, lq_quantize, qem_step
@@ -43,12 +43,14 @@ __all__ = [
     "DoReFaActivation",
     "DoReFaWeight",
     "FixedPoint",
+    "FixedStep",
     "Identity",
     "Quantizer",
     "dorefa_activation",
     "dorefa_weight",
     "families",
     "fixed_point",
+    "fixed_step",
     "frozen_state",
     "get",
     "make_pair",

@@ -136,6 +136,11 @@ class Quantizer(keras.layers.Layer):
         """
         return None
 
+    def export_weight_step(self):
+        """The constant step of a weight grid (outputs ``codes * step`` whatever the kernel), or
+        None when the step depends on the kernel (e.g. 1-bit ``mean|w|``, fixed point ``max|w|``)."""
+        return None
+
     def export_activation_grid(self):
         """``(step, levels)`` when outputs are always ``{0, step, ..., levels*step}``
         (``levels <= 255``) and the quantizer computes ``step*round(clip(x, 0,

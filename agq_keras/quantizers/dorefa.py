@@ -85,7 +85,11 @@ class DoReFaWeight(Quantizer):
     def export_weight_grid(self, q_kernel, max_code: int = 127):
         """k = 1: codes ±1, step mean|w|; k >= 2: odd codes 2i - (2^k-1), step
         1/(2^k-1) (|code| <= 2^k - 1: one int8 weight for k <= 7, k = 8 needs 255)."""
-        return uniform_codes(q_kernel, None if self.bits == 1 else 1.0 / (2**self.bits - 1), max_code)
+        return uniform_codes(q_kernel, self.export_weight_step(), max_code)
+
+    def export_weight_step(self):
+        """1/(2^k-1) for k >= 2; None for k = 1 (the step mean|w| depends on the kernel)."""
+        return None if self.bits == 1 else 1.0 / (2**self.bits - 1)
 
 
 @register("dorefa_activation")

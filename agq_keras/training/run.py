@@ -124,6 +124,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
         kwargs["stem"] = config.stem
     if config.num_bases:
         kwargs["num_bases"] = config.num_bases
+    if config.get("residual_stream", "float") != "float":
+        kwargs["residual_stream"] = config.residual_stream
     ssp = None
     if config.ssp:
         ssp = SSP(config.ssp_fragments, wa=config.ssp_wa, delta0=config.ssp_delta0,
@@ -137,7 +139,7 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
     if config.baseline == "additional_losses":
         return baselines.additional_losses_trainer(f, alpha=config.aux_alpha, ssp=ssp)
     if config.baseline == "kd":
-        teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32})
+        teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32, "residual_stream": "float"})
         return baselines.kd_trainer(f, teacher, beta=config.kd_beta, ssp=ssp)
     raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
