@@ -33,6 +33,8 @@ flags.DEFINE_integer("max_replicas", 259, "Most input repeats for wide weight co
 flags.DEFINE_enum("output_range", "top", ["top", "full"], "int8 range of the logits (see docs/export.md).")
 flags.DEFINE_enum("residual_bits", "16", ["16", "8"], "Residual stream of residual nets: int16 (16x8 kernels, "
                   "exact to ~1e-4) or int8 (fully 8-bit, e.g. for the Edge TPU; less exact).")
+flags.DEFINE_enum("head_bits", "8", ["8", "16"], "Pooled features of the head: int8 (fully 8-bit plain nets, "
+                  "Edge TPU) or int16 (16x8 classifier: finer, e.g. for PACT/LSQ nets).")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
 flags.mark_flags_as_required(["model", "output"])
 
@@ -53,8 +55,9 @@ def main(argv):
         raise FileNotFoundError(f"Output directory {out_dir!r} does not exist; create it first.")
     f, notes = export.resolve_model(FLAGS.model)
     calib, _ = load_images("train", FLAGS.calibration_images)
-    data, graph, notes2 = export.convert(f, calib, max_replicas=FLAGS.max_replicas,
-                                         output_range=FLAGS.output_range, residual_bits=int(FLAGS.residual_bits))
+    options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
+                   residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits))
+    data, graph, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:
         print("note:", note)
     export.save_atomic(data, FLAGS.output)
@@ -75,9 +78,7 @@ def main(argv):
                                latency_runs=FLAGS.latency_runs)
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
-        report["deterministic"] = data == export.convert(f, calib, max_replicas=FLAGS.max_replicas,
-                                                         output_range=FLAGS.output_range,
-                                                         residual_bits=int(FLAGS.residual_bits))[0]
+        report["deterministic"] = data == export.convert(f, calib, **options)[0]
         export.save_atomic(json.dumps(report, indent=2).encode(), stem + ".json")
         brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes")}
         print(json.dumps(brief, indent=2))

@@ -298,3 +298,44 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
                             env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode != 0 and "Output directory" in result.stderr
     assert not bad.parent.exists()
+
+
+# -- other quantizers -----------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["lsq", "pact"])
+def test_lsq_and_pact_nets_export_exactly(data, family):
+    """LSQ (learned-step weights and activations) and PACT (learned clip) grids are uniform, so they
+    export like DoReFa: codes on the grid, exact thresholds in every conv after the stem. LSQ agrees
+    >= 99 %; this PACT net's logits are wider (int8 step 0.025), and every image it disagrees on
+    has F's top-2 logits within two int8 output steps: the int8 output's resolution, not the body."""
+    x, y, xt, yt = data
+    keras.utils.set_random_seed(3)
+    f = _train(agq_keras.build("resnet20", plain=True, quantizer=family, w_bits=2, a_bits=2, num_classes=10,
+                               input_shape=(28, 28, 1)), x, y, epochs=1)
+    model, graph, notes = export.convert(f, x[:CALIB])
+    assert not [n for n in notes if "stage" in n], notes  # no fallback inside the blocks
+    report = export.verify(model, f, xt[:TEST], yt[:TEST], graph=graph, latency_runs=0)
+    assert report["float_tensors"] == [] and report["io_types"] == {"input": "INT8", "output": "INT8"}
+    rows = [r for r in report["grid_check"] if r["layer"].startswith("stage")]
+    assert rows and all(r["on_grid"] and r["levels_max"] <= 4 for r in rows), rows
+    if family == "lsq":
+        assert report["argmax_agreement"] >= 0.99, report["argmax_agreement"]
+    runner = export.Runner(model)
+    ref = f.predict(xt[:TEST], verbose=0)
+    disagree = runner(xt[:TEST]).argmax(1) != ref.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    step = runner.output["quantization"][0]
+    assert np.all(top2[disagree, 1] - top2[disagree, 0] < 2 * step), (disagree.sum(), step)
+    # the body is exact: after the 16-bit stem (docs/export.md, Limits), every channel of every conv
+    # writing a k-bit tensor has thresholds proven equal to F's for every accumulator value
+    body = [op for op in graph.ops if graph.tensors[op.output].grid is not None and op.inputs[0] != graph.input]
+    assert body and all(op.threshold_ranks.max() <= 1 for op in body), [op.layer for op in body
+                                                                        if op.threshold_ranks.max() > 1]
+
+
+def test_lqnet_falls_back_to_the_closest_int8_and_says_so(data):
+    """LQ-Net's learned non-uniform levels are not an int8 grid: closest per-channel int8, noted."""
+    f = agq_keras.build("resnet20", plain=True, quantizer="lqnet", w_bits=2, a_bits=2, num_classes=10,
+                        input_shape=(28, 28, 1))
+    model, graph, notes = export.convert(f, data[0][:64])
+    assert any("stage1_block1_conv1" in n and "closest, not exact" in n for n in notes), notes
+    assert export.model_ops(model) and verify_module.float_tensors(model) == []

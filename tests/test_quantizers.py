@@ -163,3 +163,38 @@ def test_fixed_point_unit_gives_power_of_two_multiples(unit):
     assert quantizers.FixedPoint.from_config(quantizers.FixedPoint(16, unit=unit).get_config()).unit == unit
     with pytest.raises(ValueError, match="unit=-1"):
         quantizers.FixedPoint(16, unit=-1)
+
+
+# -- integer export protocol: each grid reproduces the quantizer's output exactly ------------------
+WEIGHT_GRIDS = [quantizers.DoReFaWeight(b) for b in (1, 2, 4, 8)] + [quantizers.LSQWeight(b) for b in (2, 4)] + \
+    [quantizers.BiRealWeight(), quantizers.FixedPoint(16)]
+ACTIVATION_GRIDS = [quantizers.DoReFaActivation(b) for b in (1, 2, 8)] + [quantizers.LSQActivation(b) for b in (2, 4)] + \
+    [quantizers.PACTActivation(b) for b in (1, 3)]
+
+
+@pytest.mark.parametrize("q", WEIGHT_GRIDS, ids=lambda q: f"{type(q).__name__}-{q.bits}")
+def test_export_weight_grid_reproduces_the_quantized_kernel(q):
+    w = (RNG.standard_normal((3, 3, 8, 16)) * 0.2).astype("float32")
+    y = q(w).numpy()
+    codes, steps = q.export_weight_grid(y, 127 * 259)
+    np.testing.assert_allclose(codes * np.asarray(steps).reshape(1, 1, 1, -1), y, rtol=1e-5, atol=1e-7)
+    assert np.issubdtype(codes.dtype, np.integer) and np.all(np.asarray(steps) > 0)
+    if q.bits <= 8:
+        per_channel = [len(np.unique(codes[..., c])) for c in range(codes.shape[-1])]
+        assert max(per_channel) <= 2**q.bits
+
+
+@pytest.mark.parametrize("q", ACTIVATION_GRIDS, ids=lambda q: f"{type(q).__name__}-{q.bits}")
+def test_export_activation_grid_reproduces_the_quantizer(q):
+    x = (RNG.standard_normal((4, 5, 5, 8)) * 0.8 + 0.3).astype("float32")
+    y = q(x).numpy()
+    step, levels = q.export_activation_grid()
+    assert levels == 2**q.bits - 1
+    np.testing.assert_allclose(np.round(np.clip(x, 0, levels * step) / step) * step, y, rtol=1e-6, atol=1e-6)
+
+
+def test_quantizers_without_an_exact_int8_grid_say_so():
+    """Non-uniform (LQ-Net) and sign (Bi-Real) activations have no int8 grid; the export falls back."""
+    assert quantizers.LQNetWeight(2).export_weight_grid(np.ones((3, 3, 2, 2), "float32")) is None
+    assert quantizers.LQNetActivation(2).export_activation_grid() is None
+    assert quantizers.BiRealActivation().export_activation_grid() is None

@@ -47,6 +47,13 @@ RESIDUAL_BITS = (16, 8)
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
 
 
+def _check_bits(residual_bits, head_bits):
+    if residual_bits not in RESIDUAL_BITS:
+        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    if head_bits not in RESIDUAL_BITS:
+        raise ValueError(f"head_bits={head_bits!r} is not supported; allowed: 16, 8.")
+
+
 def int8_params(tensor: Tensor) -> tuple[float, int]:
     """(scale, zero_point) of an activation tensor in the int8 model."""
     if tensor.grid is not None:
@@ -575,17 +582,25 @@ class _Writer:
         return bytes(builder.Output())
 
 
-def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export", residual_bits: int = 16) -> bytes:
+def write(graph: Graph, mode: str = "int8", description: str = "agq_keras export", residual_bits: int = 16,
+          head_bits: int = 8) -> bytes:
     """The flatbuffer bytes of ``graph`` (calibrated with :func:`graph.calibrate`) in ``mode``.
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
-    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU)."""
+    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU).
+    ``head_bits=16`` also stores the last feature map and the pooled features as int16 (16x8
+    kernels, then QUANTIZE to the int8 logits): the calibrated head then rounds ~256x more finely
+    and has headroom beyond the calibrated range (no Edge TPU)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
-    if residual_bits not in RESIDUAL_BITS:
-        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    _check_bits(residual_bits, head_bits)
     for tensor in graph.tensors.values():
         tensor.int16, tensor.stream_scale = False, None
+    if mode == "int8" and head_bits == 16:
+        for op in graph.ops:
+            if op.kind == "mean" and op.output != graph.output:
+                for name in (op.inputs[0], op.output):
+                    graph.tensors[name].int16 = graph.tensors[name].grid is None and name != graph.input
     if mode == "int8" and residual_bits == 16:
         for op in graph.ops:
             if op.kind == "add":
@@ -645,7 +660,7 @@ def check_images(model, images, what: str = "representative dataset"):
 
 
 def convert(model, representative_data, *, mode: str = "int8", max_replicas: int = 259,
-            output_range: str = "top", residual_bits: int = 16):
+            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8):
     """Convert F to TFLite bytes. Returns ``(bytes, graph, notes)``.
 
     Args:
@@ -660,20 +675,21 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas: int
       output_range: ``"top"`` or ``"full"`` (see :func:`graph.calibrate`).
       residual_bits: 16 (default) keeps the residual stream of residual nets in int16 (16x8 kernels,
         see docs/export.md); 8 makes every activation int8 (Edge TPU), less exact.
+      head_bits: 8 (default) or 16: the pooled features in int16 (finer calibrated head; no Edge TPU).
     """
     from agq_keras.export import graph as graph_lib
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
-    if residual_bits not in RESIDUAL_BITS:
-        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    _check_bits(residual_bits, head_bits)
     if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or not 1 <= max_replicas <= 1024:
         raise ValueError(f"max_replicas={max_replicas!r} must be an integer in 1..1024.")
     f, notes = resolve_model(model)
     images = check_images(f, representative_data)
     graph = graph_lib.lower(f, max_replicas=max_replicas)
     graph_lib.calibrate(graph, images, output_range=output_range)
-    data = write(graph, mode, description=f"agq_keras {mode} export of {f.name}", residual_bits=residual_bits)
+    data = write(graph, mode, description=f"agq_keras {mode} export of {f.name}", residual_bits=residual_bits,
+                 head_bits=head_bits)
     return data, graph, notes + graph.notes
 
 

@@ -7,6 +7,7 @@ Capability and Advanced Training Algorithm", ECCV 2018 (eqs. 5-8).
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from agq_keras.quantizers.base import Quantizer, register, register_family
@@ -77,6 +78,16 @@ class BiRealWeight(BinaryQuantizer):
 
     def call(self, w):
         return magnitude_aware_sign(w)
+
+    def export_weight_grid(self, q_kernel, max_code: int = 127):
+        """Codes ±1 with one step per output channel (alpha_c = its max |value|)."""
+        q = np.asarray(q_kernel, dtype=np.float64)
+        steps = np.abs(q.reshape(-1, q.shape[-1])).max(axis=0)
+        steps = np.where(steps > 0, steps, 1.0)
+        codes = np.round(q / steps)
+        if np.abs(codes).max(initial=0) > max_code or not np.allclose(codes * steps, q, rtol=1e-5, atol=1e-7):
+            return None
+        return codes.astype(np.int32), steps
 
 
 @register("bireal_activation")

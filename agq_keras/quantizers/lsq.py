@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family
+from agq_keras.quantizers.base import Quantizer, register, register_family, uniform_codes
 
 MIN_STEP = 1e-8
 
@@ -82,6 +82,10 @@ class _LSQ(Quantizer):
         config["step_init"] = self.step_init
         return config
 
+    def learned_step(self) -> float:
+        """The step the forward pass uses (floored at ``MIN_STEP``)."""
+        return max(float(keras.ops.convert_to_numpy(self.step)), MIN_STEP)
+
 
 @register("lsq_weight")
 class LSQWeight(_LSQ):
@@ -98,6 +102,10 @@ class LSQWeight(_LSQ):
     @staticmethod
     def count(input_shape):
         return int(np.prod(input_shape))
+
+    def export_weight_grid(self, q_kernel, max_code: int = 127):
+        """Integer codes -2^{b-1} .. 2^{b-1}-1 times the learned step (one per tensor)."""
+        return uniform_codes(q_kernel, self.learned_step(), max_code)
 
     def default_step(self, input_shape):
         fan_in = max(1, int(np.prod(input_shape[:-1])))
@@ -123,6 +131,10 @@ class LSQActivation(_LSQ):
 
     def default_step(self, input_shape):
         return 2.0 * 0.4 / math.sqrt(self.q_p)
+
+    def export_activation_grid(self):
+        """``(s, 2^b - 1)``: outputs ``s * round(clip(x/s, 0, Q_P))``, s the learned step."""
+        return self.learned_step(), self.q_p
 
 
 register_family("lsq", LSQWeight, LSQActivation)

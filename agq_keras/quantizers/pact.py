@@ -79,5 +79,11 @@ class PACTActivation(Quantizer):
         config["alpha_init"] = self.alpha_init
         return config
 
+    def export_activation_grid(self):
+        """``(alpha / (2^k - 1), 2^k - 1)`` with the learned alpha (floored at ``MIN_ALPHA``)."""
+        alpha = max(float(keras.ops.convert_to_numpy(self.alpha)), MIN_ALPHA)
+        n = 2**self.bits - 1
+        return alpha / n, n
+
 
 register_family("pact", DoReFaWeight, PACTActivation)
