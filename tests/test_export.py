@@ -14,6 +14,7 @@ from agq_keras import export
 from agq_keras.data import fashion_mnist
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
+tflite_module = importlib.import_module("agq_keras.export.tflite")
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
@@ -301,22 +302,24 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
 
 
 # -- other quantizers -----------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["lsq", "pact"])
-def test_lsq_and_pact_nets_export_exactly(data, family):
-    """LSQ (learned-step weights and activations) and PACT (learned clip) grids are uniform, so they
-    export like DoReFa: codes on the grid, exact thresholds in every conv after the stem. LSQ agrees
-    >= 99 %; this PACT net's logits are wider (int8 step 0.025), and every image it disagrees on
-    has F's top-2 logits within two int8 output steps: the int8 output's resolution, not the body."""
+@pytest.mark.parametrize("family", ["lsq", "pact", "bireal"])
+def test_lsq_pact_and_bireal_nets_export_exactly(data, family):
+    """LSQ (learned-step weights and activations), PACT (learned clip) and Bi-Real (±alpha per
+    channel weights, sign activations; plain birealnet20) export with their grids: codes on the grid,
+    exact thresholds (or an exact sign threshold) in every conv after the stem, int8 I/O. Where the
+    int8 model disagrees with F, F's top-2 logits are within two int8 output steps (the int8
+    logits' resolution, not the body); LSQ also agrees >= 99 %."""
     x, y, xt, yt = data
     keras.utils.set_random_seed(3)
-    f = _train(agq_keras.build("resnet20", plain=True, quantizer=family, w_bits=2, a_bits=2, num_classes=10,
+    arch, bits = ("birealnet20", 1) if family == "bireal" else ("resnet20", 2)
+    f = _train(agq_keras.build(arch, plain=True, quantizer=family, w_bits=bits, a_bits=bits, num_classes=10,
                                input_shape=(28, 28, 1)), x, y, epochs=1)
     model, graph, notes = export.convert(f, x[:CALIB])
     assert not [n for n in notes if "stage" in n], notes  # no fallback inside the blocks
     report = export.verify(model, f, xt[:TEST], yt[:TEST], graph=graph, latency_runs=0)
     assert report["float_tensors"] == [] and report["io_types"] == {"input": "INT8", "output": "INT8"}
     rows = [r for r in report["grid_check"] if r["layer"].startswith("stage")]
-    assert rows and all(r["on_grid"] and r["levels_max"] <= 4 for r in rows), rows
+    assert rows and all(r["on_grid"] and r["levels_max"] <= 2**bits for r in rows), rows
     if family == "lsq":
         assert report["argmax_agreement"] >= 0.99, report["argmax_agreement"]
     runner = export.Runner(model)
@@ -326,10 +329,24 @@ def test_lsq_and_pact_nets_export_exactly(data, family):
     step = runner.output["quantization"][0]
     assert np.all(top2[disagree, 1] - top2[disagree, 0] < 2 * step), (disagree.sum(), step)
     # the body is exact: after the 16-bit stem (docs/export.md, Limits), every channel of every conv
-    # writing a k-bit tensor has thresholds proven equal to F's for every accumulator value
+    # writing a k-bit tensor has thresholds proven equal to F's for every accumulator value; sign()
+    # outputs are exact by construction (tflite._Writer._sign_weights) and read back equal to F's
     body = [op for op in graph.ops if graph.tensors[op.output].grid is not None and op.inputs[0] != graph.input]
-    assert body and all(op.threshold_ranks.max() <= 1 for op in body), [op.layer for op in body
-                                                                        if op.threshold_ranks.max() > 1]
+    assert all(op.threshold_ranks.max() <= 1 for op in body), [op.layer for op in body
+                                                               if op.threshold_ranks.max() > 1]
+    signs = [op for op in graph.ops if graph.tensors[op.output].sign]
+    assert bool(body) != bool(signs) and (family == "bireal") == bool(signs)
+    if signs:
+        pre = keras.Model(f.inputs, [f.get_layer(op.layer.split("+")[-1]).output for op in signs]).predict(
+            xt[:50], verbose=0)
+        probe = export.Runner(model, batch_size=1, preserve=True)
+        mismatched = 0
+        for i, image in enumerate(xt[:50]):
+            probe.raw(image[None])
+            for op, value in zip(signs, pre):
+                codes = probe.tensor(op.output).astype(np.int64) - tflite_module.SIGN_ZERO_POINT
+                mismatched += int(np.sum(codes != np.where(value[i:i + 1] >= 0, 1, -1)))
+        assert mismatched == 0, mismatched
 
 
 def test_lqnet_falls_back_to_the_closest_int8_and_says_so(data):

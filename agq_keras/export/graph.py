@@ -49,6 +49,7 @@ class Tensor:
     int16_like: Optional["Tensor"] = None  # an int16 copy of this int8 tensor (same scale: exact)
     stream_scale: Optional[float] = None  # int16 scale of an exact residual stream (see tflite.py)
     stream_grid: Optional[tuple] = None  # (step, limit) of F's FixedStep on this tensor (residual_stream="int16")
+    sign: bool = False  # every consumer applies sign(): int8 codes {125, 127}, zero point 126, scale 1
 
 
 @dataclasses.dataclass
@@ -70,6 +71,7 @@ class Op:
     float_weights: Optional[np.ndarray] = None  # the F weights (BN folded) before int8 coding
     replicas: int = 1  # codes span [-127 r, 127 r]: the input is repeated r times (see tflite.py)
     folded: list = dataclasses.field(default_factory=list)
+    sign_gain: Optional[np.ndarray] = None  # per channel: stored weights / F's weights (a sign() output)
 
     def real_weights(self) -> np.ndarray:
         shape = (-1,) + (1,) * (self.codes.ndim - 1)
@@ -312,6 +314,9 @@ def _want_input_grid(layer, src: Tensor, graph: Graph):
     if quantizer is None:
         src.wanted_grids.append(("none", layer.name))
         return
+    if quantizer.export_sign_grid():
+        src.wanted_grids.append(("sign", layer.name))
+        return
     grid = quantizer.export_activation_grid()
     if grid is None:
         graph.notes.append(f"{layer.name}: input quantizer {type(quantizer).__name__}({quantizer.bits}) has no "
@@ -361,6 +366,13 @@ def _resolve_grids(graph: Graph):
         grids = {g for g, _ in wanted}
         prod = graph.producer(tensor.name)
         names = ", ".join(n for _, n in wanted)
+        if grids == {"sign"} and tensor.consumers == len(wanted):
+            if prod is not None and prod.kind in ("conv", "affine") and not prod.relu:
+                tensor.sign = True  # the producer's bias places the sign threshold exactly (tflite.py)
+            else:
+                graph.notes.append(f"{tensor.name}: sign() of a tensor not written by a conv or BatchNorm "
+                                   f"(consumers {names}); calibrated int8 tensor (closest, not exact)")
+            continue
         if len(grids) != 1 or tensor.consumers != len(wanted):
             graph.notes.append(f"{tensor.name}: consumers ({names}) do not all apply the same activation grid; "
                                "calibrated int8 tensor (closest, not exact)")
@@ -408,6 +420,8 @@ def evaluate(graph: Graph, images, batch_size: int = 256):
             stream = graph.tensors[op.output].stream_grid
             if stream is not None:
                 y = quantizers.fixed_step(y, *stream)
+            if graph.tensors[op.output].sign:
+                y = tf.where(y >= 0, 1.0, -1.0)
             values[op.output] = y
         for name, v in values.items():
             lo, hi = float(tf.reduce_min(v)), float(tf.reduce_max(v))

@@ -56,6 +56,8 @@ def _check_bits(residual_bits, head_bits):
 
 def int8_params(tensor: Tensor) -> tuple[float, int]:
     """(scale, zero_point) of an activation tensor in the int8 model."""
+    if tensor.sign:  # {-1, +1} as codes {125, 127}; the producer's RELU_N1_TO_1 clamps to them
+        return 1.0, SIGN_ZERO_POINT
     if tensor.grid is not None:
         step, levels = tensor.grid
         return float(step), int(127 - levels)
@@ -76,6 +78,7 @@ def int16_params(tensor: Tensor) -> tuple[float, int]:
     return float(top / 32767.0), 0
 
 
+SIGN_ZERO_POINT = 126
 MAX_SEARCH_LEVELS = 15
 THRESHOLD_REPLICAS = 16
 
@@ -417,7 +420,9 @@ class _Writer:
         s_in = self.scale_of(in_name)
         wide_in = self.graph.tensors[in_name].int16  # a 16x8 kernel: int64 bias and accumulator
         codes, steps, grid = op.codes, op.steps, self.graph.tensors[op.output].grid
-        if grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
+        if self.graph.tensors[op.output].sign and not wide_in:
+            codes, steps, bias = self._sign_weights(op, s_in)
+        elif grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
             # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
             # repeats (up to THRESHOLD_REPLICAS and graph.max_replicas) until every channel is exact
             cap = max(op.replicas, min(THRESHOLD_REPLICAS, getattr(self.graph, "max_replicas", 1)))
@@ -450,6 +455,32 @@ class _Writer:
         b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
                        zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
         return w, b
+
+    def _sign_weights(self, op: Op, s_in: float):
+        """Codes, stored steps and int32 bias of an op whose output feeds sign() (exact for every input).
+
+        With base codes doubled, the accumulator ``acc`` only takes even values; F outputs +1 iff
+        ``acc >= -beta`` (beta: the real bias in accumulator units), i.e. iff ``acc >= a``, ``a`` the
+        smallest even number ``>= -beta``. The int32 bias ``B = 1 - a`` makes ``acc + B`` odd, so
+        never 0, and positive exactly when ``acc >= a``; stored steps ``2 / s_in`` make the output
+        multiplier 2, so ``|acc + B| >= 1`` always saturates the RELU_N1_TO_1 clamp at codes 125/127
+        (-1/+1). The real weights are scaled by a positive per-channel gain, which does not change a
+        sign (``op.sign_gain``; the grid check divides it out)."""
+        flat = op.codes.reshape(len(op.steps), -1).astype(np.int64)
+        gcd = np.maximum(np.gcd.reduce(np.abs(flat), axis=1), 1)
+        base, base_steps = flat // gcd[:, None], op.steps * gcd
+        limit = 1 if op.kind == "affine" else 2 * getattr(self.graph, "max_replicas", 1)
+        replicas = max(op.replicas, -(-2 * int(np.abs(base).max(initial=0)) // 127))
+        if replicas > limit:
+            raise ValueError(f"Layer {op.layer!r}: its codes are too wide for an exact sign() output "
+                             f"(needs {replicas} input repeats, allowed {limit}); export with a larger max_replicas.")
+        op.replicas = replicas
+        beta = op.bias / (s_in * base_steps / 2)
+        first_positive = 2 * np.ceil(-beta / 2)
+        bias = 1 - first_positive
+        stored = np.full(len(base_steps), float(np.float32(2.0 / s_in)))
+        op.sign_gain = stored / (base_steps / 2)
+        return (base * 2).reshape(op.codes.shape), stored, bias
 
     def _affine_out(self, op: Op) -> str:
         tmp = f"{op.output}/i16"
@@ -507,6 +538,8 @@ class _Writer:
             self.graph.tensors[y_name] = Tensor(y_name, out.shape)
         y = self.activation(y_name)
         act = schema.ActivationFunctionType.RELU if op.relu else schema.ActivationFunctionType.NONE
+        if out.sign and self.mode == "int8":
+            act = schema.ActivationFunctionType.RELU_N1_TO_1
         if op.kind == "conv":
             w, b = params
             opt = schema.Conv2DOptionsT()

@@ -133,6 +133,8 @@ def grid_check(model_bytes: bytes, graph) -> list:
         if op.replicas > 1:  # sum the repeated-input parts back
             codes = codes.reshape(codes.shape[:-1] + (op.replicas, -1)).sum(axis=-2)
         scale = np.asarray(t.quantization.scale, np.float64)
+        if getattr(op, "sign_gain", None) is not None:  # a sign() output: weights scaled by a positive gain
+            scale = scale / op.sign_gain
         real = codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1))
         ref = op.float_weights
         rel = float(np.abs(real - ref).max() / max(np.abs(ref).max(), 1e-12))

@@ -141,6 +141,11 @@ class Quantizer(keras.layers.Layer):
         None when the step depends on the kernel (e.g. 1-bit ``mean|w|``, fixed point ``max|w|``)."""
         return None
 
+    def export_sign_grid(self) -> bool:
+        """True when outputs are exactly ``sign(x)`` in {-1, +1} with sign(0) = +1 (the exporter
+        then stores them as int8 codes {125, 127} around zero point 126, see docs/export.md)."""
+        return False
+
     def export_activation_grid(self):
         """``(step, levels)`` when outputs are always ``{0, step, ..., levels*step}``
         (``levels <= 255``) and the quantizer computes ``step*round(clip(x, 0,

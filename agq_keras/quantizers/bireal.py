@@ -101,5 +101,8 @@ class BiRealActivation(BinaryQuantizer):
     def call(self, x):
         return approx_sign(x)
 
+    def export_sign_grid(self) -> bool:
+        return True
+
 
 register_family("bireal", BiRealWeight, BiRealActivation)
