@@ -168,8 +168,8 @@ def test_fixed_point_unit_gives_power_of_two_multiples(unit):
 # -- integer export protocol: each grid reproduces the quantizer's output exactly ------------------
 WEIGHT_GRIDS = [quantizers.DoReFaWeight(b) for b in (1, 2, 4, 8)] + [quantizers.LSQWeight(b) for b in (2, 4)] + \
     [quantizers.BiRealWeight(), quantizers.FixedPoint(16)]
-ACTIVATION_GRIDS = [quantizers.DoReFaActivation(b) for b in (1, 2, 8)] + [quantizers.LSQActivation(b) for b in (2, 4)] + \
-    [quantizers.PACTActivation(b) for b in (1, 3)]
+ACTIVATION_GRIDS = ([quantizers.DoReFaActivation(b) for b in (1, 2, 8)] + [quantizers.LSQActivation(b) for b in (2, 4)]
+                    + [quantizers.PACTActivation(b) for b in (1, 3)])
 
 
 @pytest.mark.parametrize("q", WEIGHT_GRIDS, ids=lambda q: f"{type(q).__name__}-{q.bits}")

@@ -23,8 +23,8 @@ Default sizing (15 000 training images, the recipe's 7 epochs, the full 10 000 t
 batch 128, 3 seeds, 18 runs): at the speeds measured on this 2-core machine when quiet (float F
 about 1000 images/s, 2-bit F about 800, an AG step about 450; ResNet-32 about 1.6x slower than
 ResNet-20) the training is about 3 500 s, the per-epoch evaluations about 600 s and building,
-tracing and saving about 500 s: about 80 minutes in all (an estimate, not a measurement; a shared
-machine is slower).
+tracing and saving about 500 s: about 80 minutes in all (the estimate). Measured: the committed
+docs/results.md took 103 min of run wall time (the machine was shared with other jobs for part of it).
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
     fixed-point multiplier. Both are monotone step functions of acc, which only takes multiples
     of m (every code is m times a base code), so they agree everywhere iff they agree on the two
-    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``. Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
+    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``.
+    Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
     finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
     from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
     exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
@@ -439,9 +440,9 @@ class _Writer:
             op.threshold_ranks = ranks  # per channel: 0 exact (also float32), 1 exact, 2 closest
         else:
             if op.kind == "affine" and wide_in:
-                codes, steps = _affine_codes_16x8(codes, steps, s_in, self.scale_of(self._affine_out(op)))
+                codes, steps = _affine_codes_16x8(codes, steps, s_in, self.scale_of(self._wide_out(op)))
             elif wide_in:
-                steps = exact_multiplier_steps(s_in, steps, self.scale_of(self._affine_out(op)))
+                steps = exact_multiplier_steps(s_in, steps, self.scale_of(self._wide_out(op)))
             bias = np.round(op.bias / (s_in * steps))
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
@@ -482,7 +483,7 @@ class _Writer:
         op.sign_gain = stored / (base_steps / 2)
         return (base * 2).reshape(op.codes.shape), stored, bias
 
-    def _affine_out(self, op: Op) -> str:
+    def _wide_out(self, op: Op) -> str:
         tmp = f"{op.output}/i16"
         return tmp if tmp in self.graph.tensors and not self.graph.tensors[op.output].int16 else op.output
 
@@ -523,8 +524,8 @@ class _Writer:
         # op reads its input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
         as_stored = op.kind in ("affine", "dense")
         in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
-        wide_affine = as_stored and self.graph.tensors[in_name].int16 and not out.int16
-        if wide_affine:  # a 16x8 kernel writes int16; QUANTIZE brings it to the int8 output
+        widened = as_stored and self.graph.tensors[in_name].int16 and not out.int16
+        if widened:  # a 16x8 kernel writes int16; QUANTIZE brings it to the int8 output
             tmp = f"{out_name}/i16"
             self.graph.tensors[tmp] = Tensor(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                              int16_like=out if out.grid is not None else None)
@@ -533,7 +534,7 @@ class _Writer:
         x = self.replicate(op, in_name) if op.kind in ("conv", "dense") else self.activation(in_name)
         grid = out.grid
         rounding = self.mode == "float32" and grid is not None
-        y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if wide_affine else out_name)
+        y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if widened else out_name)
         if rounding:
             self.graph.tensors[y_name] = Tensor(y_name, out.shape)
         y = self.activation(y_name)
@@ -584,7 +585,7 @@ class _Writer:
             self.op("MAX_POOL_2D", [x], [y], schema.BuiltinOptions.Pool2DOptions, opt)
         if rounding:
             self.float_rounding(y_name, out_name, grid)
-        if wide_affine:
+        if widened:
             self.op("QUANTIZE", [y], [self.activation(out_name)])
 
     def float_rounding(self, src: str, dst: str, grid):
