@@ -112,6 +112,19 @@ def test_plain_2bit_agreement_on_10k_test_images(trained, data):
     assert abs(report["top1_diff_pt"]) <= 0.2, report["top1_diff_pt"]
 
 
+def test_int16_head_option(trained, data):
+    """head_bits=16: the last feature map and the pooled features are int16 (16x8 kernels, then a
+    QUANTIZE to the int8 logits); int8 I/O and the agreement threshold still hold; bad values say so."""
+    f, x, xt, yt = trained[("plain", 2)], data[0][:CALIB], data[2][:TEST], data[3][:TEST]
+    model, graph, _ = export.convert(f, x, head_bits=16)
+    report = export.verify(model, f, xt, yt, graph=graph, latency_runs=0)
+    assert report["int16_tensors"] > 0 and report["io_types"] == {"input": "INT8", "output": "INT8"}
+    assert report["argmax_agreement"] >= 0.995, report["argmax_agreement"]
+    assert verify_module.int16_tensors(export.convert(f, x)[0]) == []  # the default plain model stays int8
+    with pytest.raises(ValueError, match="head_bits=4 is not supported"):
+        export.convert(f, x, head_bits=4)
+
+
 def test_weight_codes_are_dorefa_grid(trained, data):
     """Read the int8 codes back: per channel they are m * {±1, ±3} (2-bit DoReFa)."""
     f = trained[("plain", 2)]
