@@ -6,16 +6,45 @@
 >>> model.fit(x, y)            # Algorithm 1; model.f is the deployable F
 """
 
-from agq_keras import layers, quantizers
-from agq_keras.layers import AuxAdaptor, QConv2D, QDense
-from agq_keras.models import build
-from agq_keras.training import AGTrainer
-from agq_keras.summary import summary
+import os as _os
+import sys as _sys
+import tempfile as _tempfile
+
+
+def _import_tensorflow_quietly():
+    """TensorFlow 2.21 writes a oneDNN notice and CPU-feature lines to stderr while it imports, below
+    every log level; hold them back (and replay them if the import fails)."""
+    if "tensorflow" in _sys.modules:
+        return
+    with _tempfile.TemporaryFile() as captured:
+        _sys.stderr.flush()
+        saved = _os.dup(2)
+        _os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            _os.dup2(saved, 2)
+            captured.seek(0)
+            _sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            _os.dup2(saved, 2)
+            _os.close(saved)
+
+
+_import_tensorflow_quietly()
+
+from agq_keras import layers, quantizers  # noqa: E402
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense  # noqa: E402
+from agq_keras.models import build  # noqa: E402
+from agq_keras.saving import load_model  # noqa: E402
+from agq_keras.training import AGTrainer  # noqa: E402
+from agq_keras.summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "build", "export", "layers", "quantizers", "summary",
-           "__version__"]
+__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "build", "export", "layers", "load_model", "quantizers",
+           "summary", "__version__"]
 
 
 def __getattr__(name):

@@ -213,9 +213,9 @@ def main(argv):
     if FLAGS.output:
         folder = os.path.dirname(os.path.abspath(FLAGS.output))
         os.makedirs(folder, exist_ok=True)
-        from agq_keras.training.callbacks import atomic_write
+        from agq_keras.saving import write_text
 
-        atomic_write(FLAGS.output, lambda p: open(p, "w").write(json.dumps(results, indent=2)))
+        write_text(FLAGS.output, json.dumps(results, indent=2))
         print(f"wrote {FLAGS.output}")
 
 

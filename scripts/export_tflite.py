@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -47,8 +47,9 @@ def load_images(split: str, count: int):
 
 
 def main(argv):
-    del argv
-    from agq_keras import export
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    from agq_keras import export  # ImportError without the `export` extra: reported in one line
 
     out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
     if not os.path.isdir(out_dir):
@@ -89,4 +90,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from agq_keras import cli
+
+    cli.run(main, user_errors=(ImportError,))

@@ -15,7 +15,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and a source checkout
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 flags.DEFINE_string("table", "fmnist6", "Which table to reproduce (fmnist6).")
 flags.DEFINE_string("workdir", None, "Folder of the runs (one subfolder per run).")
@@ -34,24 +34,22 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras.experiments import reproduce
-    from agq_keras.training.run import DivergedError
 
-    try:
-        runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch)
-        reproduce.check_results_path(FLAGS.results)
-        if not FLAGS.report_only:
-            reproduce.run_all(reproduce.select(runs, FLAGS.only), FLAGS.workdir, train_subset=FLAGS.train_subset,
-                              test_subset=FLAGS.test_subset, epochs=FLAGS.epochs, verbose=FLAGS.verbose)
-        command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        out = reproduce.write_results(runs, FLAGS.workdir, FLAGS.results, command=command)
-    except (ValueError, FileNotFoundError, DivergedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch)
+    reproduce.check_results_path(FLAGS.results)
+    if not FLAGS.report_only:
+        reproduce.run_all(reproduce.select(runs, FLAGS.only), FLAGS.workdir, train_subset=FLAGS.train_subset,
+                          test_subset=FLAGS.test_subset, epochs=FLAGS.epochs, verbose=FLAGS.verbose)
+    command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = reproduce.write_results(runs, FLAGS.workdir, FLAGS.results, command=command)
     print(f"wrote {out['results']} and {out['png']}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from agq_keras import cli
+    from agq_keras.training.run import DivergedError
+
+    cli.run(main, user_errors=(DivergedError,))

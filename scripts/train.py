@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and a source checkout
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
@@ -22,16 +22,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras.training import run as runner
 
-    try:
-        runner.run(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, runner.DivergedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    runner.run(_CONFIG.value, _WORKDIR.value)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from agq_keras import cli
+    from agq_keras.training.run import DivergedError
+
+    cli.run(main, user_errors=(DivergedError,))

@@ -137,7 +137,7 @@ def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
     """Train every run not finished yet; returns ``{name: "trained" | "skipped"}``."""
     import keras
 
-    from agq_keras.training import callbacks as cb
+    from agq_keras.saving import write_text
     from agq_keras.training import run as runner
 
     runner.check_workdir(workdir)
@@ -160,8 +160,7 @@ def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
         runner.run(c, out)
         wall = time.time() - start
         keras.backend.clear_session()  # 18 runs in one process: drop the finished run's graphs
-        cb.atomic_write(os.path.join(out, "reproduce.json"),
-                        lambda p: open(p, "w").write(json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)})))
+        write_text(os.path.join(out, "reproduce.json"), json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)}))
         status[r.name] = "trained"
     return status
 
@@ -249,13 +248,11 @@ def _hardware() -> str:
 
 def plot(groups: dict, path: str) -> None:
     """F's test top-1 per epoch for each method (mean over seeds), one panel per architecture."""
-    import matplotlib
+    from agq_keras.training.callbacks import atomic_write, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from agq_keras.training.callbacks import atomic_write
-
+    plt = pyplot(os.path.basename(path))
+    if plt is None:
+        return
     archs = sorted({a for a, _ in groups})
     fig, axes = plt.subplots(1, max(1, len(archs)), figsize=(6 * max(1, len(archs)), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
@@ -339,12 +336,12 @@ def check_results_path(results_path: str) -> None:
 
 def write_results(runs: list[Run], workdir: str, results_path: str, *, command: str) -> dict:
     """Write ``results_path`` (Markdown) and the convergence PNG next to it, atomically."""
-    from agq_keras.training.callbacks import atomic_write
+    from agq_keras.saving import write_text
 
     check_results_path(results_path)
     groups = load_results(runs, workdir)
     png = os.path.splitext(results_path)[0] + "_convergence.png"
     text = render(groups, command=command, hardware=_hardware(), png_name=os.path.basename(png))
     plot(groups, png)
-    atomic_write(results_path, lambda p: open(p, "w").write(text))
+    write_text(results_path, text)
     return {"results": results_path, "png": png, "groups": groups}

@@ -662,17 +662,11 @@ def resolve_model(model):
 
     import keras
 
+    from agq_keras import saving
+
     notes = []
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Model file {path!r} does not exist.")
-        if not path.endswith(".keras"):
-            raise ValueError(f"{path!r} is not a Keras model file: expected a '.keras' file saved with model.save().")
-        try:
-            model = keras.saving.load_model(path)
-        except Exception as err:  # a zip that is not a model, a corrupt file, ...
-            raise ValueError(f"{path!r} could not be loaded as a Keras model: {type(err).__name__}: {err}") from None
+        model = saving.load_model(model, what="model file")
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model (F or an AGTrainer) or a .keras path, got {type(model).__name__}.")
     f = getattr(model, "f", None)
@@ -728,19 +722,13 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas: int
 
 
 def save_atomic(data: bytes, path: str):
-    """Write ``data`` to ``path`` through a temporary file in the same folder (no partial file)."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder (no partial file; the
+    file's mode follows the umask): :func:`agq_keras.saving.write_bytes`."""
     import os
-    import tempfile
+
+    from agq_keras import saving
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Output directory {folder!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    saving.write_bytes(path, data)

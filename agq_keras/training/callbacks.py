@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import sys
 
 import keras
+
+from agq_keras.saving import atomic_write
 
 
 def step_lr(base_lr: float, decay_epochs=(), factor: float = 0.1):
@@ -54,27 +56,27 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
             super().on_train_batch_end(batch, logs)
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (no half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=suffix)
-    os.close(fd)
+def pyplot(what: str):
+    """``matplotlib.pyplot`` (Agg backend), or None with a one-line warning when matplotlib cannot be
+    imported: a plot is never a reason to stop a run."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        print(f"warning: {what} not written: matplotlib is not available ({err}); "
+              "pip install matplotlib to get it.", file=sys.stderr)
+        return None
+    return plt
 
 
-def plot_convergence(history: dict, path: str, title: str) -> None:
-    """F's test top-1 per epoch (like the paper's Fig. 3), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_convergence(history: dict, path: str, title: str) -> bool:
+    """F's test top-1 per epoch (like the paper's Fig. 3), written atomically; False (and a
+    warning) without matplotlib."""
+    plt = pyplot(os.path.basename(path))
+    if plt is None:
+        return False
     top1 = [100.0 * a for a in history.get("val_accuracy", [])]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(top1) + 1), top1, marker="o", label="F test top-1")
@@ -89,3 +91,4 @@ def plot_convergence(history: dict, path: str, title: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+    return True

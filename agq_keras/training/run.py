@@ -26,6 +26,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from agq_keras import saving
 from agq_keras.data import pipeline
 from agq_keras.models.builder import build
 from agq_keras.training import baselines, callbacks as cb
@@ -144,16 +145,6 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
     raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
 
-def load_checkpoint(path: str) -> keras.Model:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any failure means an unusable file
-        raise ValueError(f"checkpoint {path!r} is corrupt or not a Keras model file: "
-                         f"{type(err).__name__}: {str(err)[:200]}") from None
-
-
 def run(config, workdir: str, extra_callbacks=()) -> dict:
     """Train one config; returns the metrics dict also written to ``metrics.json``.
 
@@ -174,7 +165,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     test_ds, _, _ = pipeline.make(config.dataset, "test", subset=config.test_subset, **data_kw)
     if config.num_classes:
         num_classes = config.num_classes
-    init = load_checkpoint(config.init_checkpoint) if config.init_checkpoint else None
+    init = saving.load_model(config.init_checkpoint, what="config.init_checkpoint") if config.init_checkpoint else None
 
     stage1_f = None
     if config.pretrain_epochs:
@@ -183,7 +174,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
         if not os.path.isfile(stage1_path):
             print(f"Stage 1: pre-training the full-precision {config.arch} for {config.pretrain_epochs} epoch(s)")
             run(stage1_config(config), stage1_dir)
-        stage1_f = load_checkpoint(stage1_path)
+        stage1_f = saving.load_model(stage1_path, what="stage 1 checkpoint")
 
     with strategy.scope():
         trainer = make_trainer(config, num_classes, input_shape)
@@ -232,10 +223,9 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
         loss, top1, top5 = h.evaluate(test_ds, verbose=0)
         metrics["h" if config.baseline == "none" else "teacher"] = {"top1": top1, "top5": top5, "loss": loss}
 
-    cb.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
-    cb.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
-    cb.atomic_write(os.path.join(workdir, "metrics.json"),
-                    lambda p: open(p, "w").write(json.dumps(metrics, indent=2, default=_jsonable)))
+    saving.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
+    saving.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
+    saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
     cb.plot_convergence(metrics["history"], os.path.join(workdir, "convergence.png"),
                         f"{config.arch} {config.w_bits}/{config.a_bits}-bit {config.dataset}")
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)

@@ -117,6 +117,26 @@ class AGTrainer(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
+    def _compiled_metrics(self):
+        own = (self.f_loss_tracker, self.h_loss_tracker, self.h_accuracy)
+        return [m for m in super().metrics if m.name != "loss" and not any(m is o for o in own)]
+
+    @property
+    def metrics(self):
+        # F's loss tracker stands for "loss" (Keras's own tracker would be a second, unused "loss");
+        # H's trackers only where there is an H.
+        h = [self.h_loss_tracker, self.h_accuracy] if self.h is not None else []
+        return [self.f_loss_tracker, *self._compiled_metrics(), *h]
+
+    @property
+    def metrics_names(self):
+        """The names of ``evaluate()``'s values, in their order: F's loss, then the compiled metrics
+        (``fit()`` also logs ``h_loss`` and ``h_accuracy`` where there is an H)."""
+        names = ["loss"]
+        for m in self._compiled_metrics():
+            names += [s.name for s in getattr(m, "metrics", None) or [m]]
+        return names
+
     def compile_from_config(self, config):
         # Restores the compile state of a saved trainer (so a loaded
         # `trainer.keras` resumes with its optimizer state).

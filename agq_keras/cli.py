@@ -1,0 +1,69 @@
+"""What the command-line scripts share: flag parsing and errors as one line, never a traceback.
+
+``scripts/*.py`` define their absl flags and a ``main(argv)``, then call :func:`run`. A bad flag (an
+unknown ``--config.KEY``, a bad value) prints ``error: ...`` and exits 2; a user error raised by
+``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or a type in ``user_errors``)
+prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after the ``finally`` blocks of
+the atomic writers have removed their temporary files, so no partial output is left.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+SIGTERM_EXIT = 128 + signal.SIGTERM
+SIGINT_EXIT = 128 + signal.SIGINT
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM, so cleanup code runs before the process exits."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated(SIGTERM_EXIT)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
+def _parse_flags(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        message = str(err)
+    except (AttributeError, KeyError) as err:  # ml_collections: --config.KEY for a KEY the config lacks
+        key = str(err).strip("'\"")
+        given = [a for a in argv[1:] if a.startswith(f"--config.{key}")]
+        message = (f"unknown config key {key!r}{' (' + given[0] + ')' if given else ''}; "
+                   "allowed: the keys of configs/base.py.")
+    except Exception as err:  # noqa: BLE001 - e.g. a config file that fails to load, a value of the wrong type
+        message = _one_line(err)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main, user_errors: tuple = ()) -> None:
+    """``absl.app.run(main)`` with one-line errors and exit codes (see the module docstring)."""
+    from absl import app
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError, *user_errors) as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("error: interrupted (Ctrl-C); no partial output was left.", file=sys.stderr)
+            return SIGINT_EXIT
+        except Terminated:
+            print("error: terminated (SIGTERM); no partial output was left.", file=sys.stderr)
+            return SIGTERM_EXIT
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent ignored SIGINT
+    app.run(guarded, flags_parser=_parse_flags)

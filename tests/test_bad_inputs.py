@@ -1,0 +1,278 @@
+"""The bad-input catalogue (docs/errors.md): every case gets one clear line naming the value and what is
+allowed, a non-zero exit code from the CLIs, no traceback and no partial output."""
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import agq_keras
+from agq_keras import cli, saving
+from agq_keras.training import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/
+
+from configs.default import get_config  # noqa: E402
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "PYTHONPATH": ROOT}
+
+
+def script(name, *args, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, **kwargs)
+
+
+def assert_one_line_error(result, pattern, code=1):
+    """Exit code ``code``, stderr is one line ``error: ...`` matching ``pattern``, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def leftovers(folder):
+    """Files an interrupted atomic write could leave behind."""
+    return [n for n in os.listdir(folder) if n.startswith(".tmp")]
+
+
+# -- build() ----------------------------------------------------------------------------------------------------
+BUILD = [
+    (dict(w_bits=0), r"bits=0 is not supported; allowed: 1\.\.8"),
+    (dict(w_bits=33), r"bits=33 is not supported; allowed: 1\.\.8"),
+    (dict(w_bits=2.5), r"bits must be an integer, got 2\.5; allowed"),
+    (dict(w_bits="2"), r"bits must be an integer, got '2'; allowed"),
+    (dict(a_bits=0), r"bits=0 is not supported"),
+    (dict(arch="resnet99"), r"Unknown arch 'resnet99'; allowed: .*resnet20"),
+    (dict(quantizer="int3"), r"Unknown quantizer 'int3'; allowed: .*dorefa"),
+    (dict(aux=True, aux_lambda=-1.0), r"aux_lambda=-1.0 is not allowed; it must be a finite number >= 0"),
+    (dict(aux=True, aux_lambda=math.nan), r"aux_lambda=nan is not allowed"),
+    (dict(arch="resnet18", input_shape=(16, 16, 3)), r"input_shape=\(16, 16, 3\) is too small for 'resnet18'.*>= 32"),
+    (dict(num_classes=0), r"num_classes=0 must be an integer >= 2"),
+    (dict(aux=True, aux_placement="stage"), r"aux_placement='stage' is not supported; allowed: block, layer"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BUILD, ids=[str(k) for k, _ in BUILD])
+def test_build_rejects(kwargs, match):
+    kwargs = {"arch": "resnet20", "input_shape": (28, 28, 1), "num_classes": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        agq_keras.build(kwargs.pop("arch"), plain=True, **kwargs)
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+def lambda_model(path):
+    inputs = keras.Input((8, 8, 1))
+    y = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    keras.Model(inputs, keras.layers.Dense(2)(y)).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A real F, the same file truncated, a text file named .keras, a Lambda model, a sigmoid model."""
+    d = tmp_path_factory.mktemp("files")
+    f = agq_keras.build("resnet20", plain=True, w_bits=2, a_bits=2, num_classes=10, input_shape=(28, 28, 1))
+    f.save(d / "f.keras")
+    data = (d / "f.keras").read_bytes()
+    (d / "truncated.keras").write_bytes(data[: len(data) // 2])
+    (d / "text.keras").write_text("this is not a model\n")
+    (d / "notes.txt").write_text("this is not a model\n")
+    inputs = keras.Input((28, 28, 1))  # the export CLI calibrates on Fashion-MNIST
+    y = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    y = keras.layers.Activation("sigmoid", name="squash")(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    keras.Model(inputs, keras.layers.Dense(2)(y)).save(d / "sigmoid.keras")
+    return {"dir": d, "f": str(d / "f.keras"), "truncated": str(d / "truncated.keras"),
+            "text": str(d / "text.keras"), "txt": str(d / "notes.txt"), "lambda": lambda_model(d / "lambda.keras"),
+            "sigmoid": str(d / "sigmoid.keras")}
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("truncated", r"is not a \.keras zip archive \(truncated, or not a model file\)"),
+    ("text", r"is not a \.keras zip archive"),
+    ("txt", r"is not a Keras model file: expected a '\.keras' file"),
+    ("lambda", r"contains a Lambda layer, which is refused: loading it would run arbitrary Python code"),
+])
+def test_load_model_names_the_problem(files, kind, match):
+    with pytest.raises(ValueError, match=match):
+        saving.load_model(files[kind])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        saving.load_model(str(files["dir"] / "missing.keras"))
+
+
+def test_every_loader_refuses_lambda(files, tmp_path):
+    """safe_mode holds for each entry point that loads a model: init_checkpoint, the export, load_model."""
+    from agq_keras import export
+
+    with pytest.raises(ValueError, match="Lambda"):
+        run.run(tiny(init_checkpoint=files["lambda"]), str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="Lambda"):
+        export.resolve_model(files["lambda"])
+    with pytest.raises(ValueError, match="Lambda"):
+        agq_keras.load_model(files["lambda"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        saving.write_text(str(tmp_path / "a.json"), "{}")
+        os.umask(0o077)
+        saving.write_bytes(str(tmp_path / "b.bin"), b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, cli.Terminated])
+def test_interrupted_write_leaves_nothing(tmp_path, interrupt):
+    target = tmp_path / "f.tflite"
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half")
+        raise interrupt()
+
+    with pytest.raises(interrupt):
+        saving.atomic_write(str(target), write)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_becomes_cleanup():
+    """cli.run's handler turns SIGTERM into an exception, so `finally` blocks (the atomic writers) run."""
+    previous = signal.signal(signal.SIGTERM, cli._on_sigterm)
+    try:
+        with pytest.raises(cli.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- scripts/train.py -------------------------------------------------------------------------------------------
+def tiny(**overrides):
+    c = get_config()
+    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 64, 64, 1, 32, 0
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def npz(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    if kind == "labels":
+        y[3] = 7
+    else:
+        x[2, 1, 1, 0] = np.nan
+    path = tmp_path / f"{kind}.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    return str(path)
+
+
+TRAIN_CASES = {
+    "epochs -1": (["--config.epochs=-1"], r"config\.epochs=-1 must be an integer >= 1", 1),
+    "unknown key": (["--config.nope=1"], r"unknown config key 'nope'", 2),
+    "ssp delta0 1.5": (["--config.ssp=True", "--config.ssp_delta0=1.5", "--config.ssp_decay_epoch=1"],
+                       r"delta0=1\.5.*\[0, 1\]", 1),
+    "decay epoch beyond the run": (["--config.ssp=True", "--config.ssp_decay_epoch=5", "--config.epochs=3"],
+                                   r"ssp_decay_epoch=5 is beyond the run \(epochs=3\); allowed: 1\.\.3", 1),
+    "missing data_dir": (["--config.data_dir=/nonexistent/fmnist"], r"'/nonexistent/fmnist' does not exist", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_train_cli_rejects(tmp_path, case):
+    args, pattern, code = TRAIN_CASES[case]
+    wd = tmp_path / "run"
+    result = script("train.py", "--config=configs/default.py", f"--workdir={wd}", *args)
+    assert_one_line_error(result, pattern, code)
+    assert not wd.exists()
+
+
+def test_train_cli_rejects_files(tmp_path, files):
+    """A workdir that is a file, bad npz data, truncated / text / Lambda checkpoints: one line each."""
+    wd = tmp_path / "run"
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    cases = [
+        ([f"--workdir={afile}"], r"workdir .* exists and is a file"),
+        ([f"--workdir={wd}", "--config.dataset=npz", f"--config.data_dir={npz(tmp_path, 'labels')}",
+          "--config.num_classes=3"], r"0\.\.2"),
+        ([f"--workdir={wd}", "--config.dataset=npz", f"--config.data_dir={npz(tmp_path, 'nan')}",
+          "--config.num_classes=3"], r"NaN"),
+        ([f"--workdir={wd}", f"--config.init_checkpoint={files['truncated']}"],
+         r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
+        ([f"--workdir={wd}", f"--config.init_checkpoint={files['text']}"], r"is not a \.keras zip archive"),
+        ([f"--workdir={wd}", f"--config.init_checkpoint={files['lambda']}"],
+         r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
+    ]
+    for args, pattern in cases:
+        result = script("train.py", "--config=configs/default.py", "--config.train_subset=64",
+                        "--config.test_subset=64", *args)
+        assert_one_line_error(result, pattern)
+        assert not wd.exists()
+    assert afile.read_text() == "x"
+
+
+# -- scripts/export_tflite.py -----------------------------------------------------------------------------------
+def test_export_cli_rejects(tmp_path, files):
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "f.tflite"
+    cases = [
+        ([f"--model={files['txt']}", f"--output={out}"], r"is not a Keras model file"),
+        ([f"--model={files['text']}", f"--output={out}"], r"is not a \.keras zip archive"),
+        ([f"--model={files['f']}", f"--output={tmp_path / 'missing' / 'f.tflite'}"],
+         r"Output directory '.*missing' does not exist; create it first"),
+        ([f"--model={files['sigmoid']}", f"--output={out}"], r"'squash' \(Activation\)"),
+        ([f"--model={files['lambda']}", f"--output={out}"], r"contains a Lambda layer, which is refused"),
+        ([f"--model={files['f']}", f"--output={out}", "--max_replicas=0"], r"max_replicas"),
+    ]
+    for args, pattern in cases:
+        assert_one_line_error(script("export_tflite.py", *args), pattern)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_export_cli_interrupted_leaves_no_partial_file(tmp_path, files, sig, code):
+    """Interrupted while it verifies (after the .tflite is written, before the report): the report is
+    not written, no temporary file is left, and the exit code says which signal."""
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "f.tflite"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "export_tflite.py"), f"--model={files['f']}",
+                             f"--output={out}", "--verify", "--verify_images=10000", "--latency_runs=1000"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("wrote "):
+            break
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr and "no partial output" in stderr
+    assert sorted(os.listdir(tmp_path)) == ["f.tflite"]  # complete (written before), no f.json, no .tmp*
+
+
+def test_export_cli_without_litert_names_the_extra(tmp_path, files):
+    """Without ai-edge-litert (the `export` extra) the export CLI says what to install, in one line."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "ai_edge_litert.py").write_text("raise ImportError('blocked for the test')\n")
+    env = {**ENV, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_tflite.py"),
+                             f"--model={files['f']}", f"--output={tmp_path / 'f.tflite'}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert_one_line_error(result, r"pip install 'agq-keras\[export\]' \(ai-edge-litert\)")
+    assert not (tmp_path / "f.tflite").exists()
