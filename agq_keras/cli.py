@@ -39,8 +39,8 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as err:  # ml_collections: --config.KEY for a KEY the config lacks
         key = str(err).strip("'\"")
         given = [a for a in argv[1:] if a.startswith(f"--config.{key}")]
-        message = (f"unknown config key {key!r}{' (' + given[0] + ')' if given else ''}; "
-                   "allowed: the keys of configs/base.py.")
+        message = (f"unknown config key {key!r} ({given[0]}); allowed: the keys of configs/base.py." if given
+                   else _one_line(err))
     except Exception as err:  # noqa: BLE001 - e.g. a config file that fails to load, a value of the wrong type
         message = _one_line(err)
     print(f"error: {message}", file=sys.stderr)

@@ -19,7 +19,14 @@ import zipfile
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    try:  # Linux: read it without changing it (os.umask would, briefly, for every thread)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -34,7 +41,7 @@ def atomic_write(path: str, write) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"output folder {folder!r} does not exist; create it first.")
+        raise FileNotFoundError(f"Output directory {folder!r} does not exist; create it first.")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:

@@ -81,7 +81,7 @@ def _tflite_real(runner, name, _cache={}):
     return (runner.tensor(name).astype(np.float64) - zero_point) * scale, (scale, zero_point, dtype)
 
 
-def explain(f, model_bytes, graph, images, batch_size=50):
+def explain(f, model_bytes, graph, images, batch_size=25):
     """Check every image; returns ``(unexplained, summary)``: the list of disagreeing images that no rule
     explains (with the reason), and counts of images agreeing / explained by a tie / by the head."""
     images = np.asarray(images, np.float32)
@@ -165,7 +165,7 @@ def explain(f, model_bytes, graph, images, batch_size=50):
 
 
 # -- shared by the export test files -------------------------------------------------------------------------------
-TRAIN, CALIB, TEST = 1600, 300, 1000
+TRAIN, CALIB, TEST = 1600, 300, 500
 INT8_OPS = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "MAX_POOL_2D",
             "QUANTIZE"}
 
@@ -199,23 +199,34 @@ def build(kind, bits):
                            input_shape=(28, 28, 1), **extra)
 
 
-def train_family(x, y, kind, others):
-    """{(kind, bits): F}: the 2-bit net trains 50 steps; the ``others`` widths start from its weights
-    and train 20 more steps (so their BatchNorm statistics fit their grid)."""
-    keras.utils.set_random_seed(7)
-    nets = {(kind, 2): train(build(kind, 2), x, y, epochs=1)}
-    for other, bits in others:
-        f = build(other, bits)
-        f.set_weights(nets[(kind, 2)].get_weights())
-        nets[(other, bits)] = train(f, x[:640], y[:640], epochs=1)
-    return nets
+class Family(dict):
+    """{(kind, bits): F}, trained on first use (a test marked slow costs nothing when deselected): the
+    2-bit net of ``kind`` trains one epoch on ``x`` (batch 32); another width starts from its weights
+    and trains 20 more steps (so its BatchNorm statistics fit its grid)."""
+
+    def __init__(self, x, y, kind):
+        super().__init__()
+        self.x, self.y, self.kind = x, y, kind
+
+    def __missing__(self, key):
+        other, bits = key
+        base = (self.kind, 2)
+        if key == base:
+            keras.utils.set_random_seed(7)
+            f = train(build(*key), self.x, self.y, epochs=1)
+        else:
+            f = build(other, bits)
+            f.set_weights(self[base].get_weights())
+            f = train(f, self.x[:640], self.y[:640], epochs=1)
+        self[key] = f
+        return f
 
 
-def check_explained(f, model, graph, xt, body_images=100):
+def check_explained(f, model, graph, xt, body_images=50):
     """Per-op exactness on the first ``body_images`` images, and every argmax disagreement on ``xt``
     explained (:func:`explain`); returns the summary."""
     ref = f.predict(xt, batch_size=250, verbose=0).argmax(1)
-    disagree = np.flatnonzero(export.Runner(model)(xt).argmax(1) != ref)
+    disagree = np.flatnonzero(export.Runner(model, batch_size=50)(xt).argmax(1) != ref)
     chosen = np.union1d(np.arange(min(body_images, len(xt))), disagree)
     unexplained, summary = explain(f, model, graph, xt[chosen])
     assert unexplained == [], (unexplained[:5], summary)

@@ -17,7 +17,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, TEST, check_explained, load_data, train_family  # noqa: E402
+from export_checks import CALIB, INT8_OPS, TEST, Family, check_explained, load_data  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,26 +30,27 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """{("plain", bits): F}: 2-bit trained 50 steps, 1/3/4/8-bit from its weights + 20 steps."""
-    return train_family(data[0], data[1], "plain", [("plain", 1), ("plain", 3), ("plain", 4), ("plain", 8)])
+    """{("plain", bits): F}: 2-bit trained 50 steps, 1/3/4/8-bit from its weights + 20 steps (on use)."""
+    return Family(data[0], data[1], "plain")
 
 
-# On 1000 test images every disagreement with F is explained by a float32 tie in F or by the head's
-# derived rounding budget, and the first 100 images are checked op by op (tests/export_checks.py).
-CASES = [("plain", 1), ("plain", 2), ("plain", 3), ("plain", 4), ("plain", 8)]
+# On 500 test images every disagreement with F is explained by a float32 tie in F or by the head's
+# derived rounding budget, and the first 50 images are checked op by op (tests/export_checks.py).
+# 3 bits lies between 2 and 4 (same code path): run with the slow tests.
+CASES = [("plain", 1), ("plain", 2), pytest.param("plain", 3, marks=pytest.mark.slow), ("plain", 4), ("plain", 8)]
 
 
-@pytest.mark.parametrize("kind,bits", CASES, ids=[f"{k}-{b}bit" for k, b in CASES])
+@pytest.mark.parametrize("kind,bits", CASES, ids=["plain-1bit", "plain-2bit", "plain-3bit", "plain-4bit", "plain-8bit"])
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
     model, graph, _ = export.convert(f, x[:CALIB])
-    report = export.verify(model, f, xt[:200], yt[:200], graph=graph, latency_runs=0)
+    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
     assert report["io_types"] == {"input": "INT8", "output": "INT8"}
     assert set(report["ops"]) <= INT8_OPS, report["ops"]
     assert report["float_tensors"] == []
     assert report["int16_tensors"] == 0  # plain nets are int8 throughout
-    check_explained(f, model, graph, xt[:TEST], body_images=100)
+    check_explained(f, model, graph, xt[:TEST])
     rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
     quantized = [layer.name for layer in f.layers
                  if isinstance(layer, agq_keras.QConv2D) and layer.kernel_quantizer.bits == bits]
@@ -64,15 +65,14 @@ def test_int8_model_matches_f(trained, data, kind, bits):
     assert rows["stem_conv"]["on_grid"] and rows["classifier"]["on_grid"]
 
 
-def test_plain_2bit_agreement_on_10k_test_images(trained, data):
-    """On all 10 000 test images every disagreement is explained (a float32 tie in F, or F's top-2
-    margin within the head's rounding budget). The acceptance number (>= 99.5 % agreement) is measured
-    with scripts/export_tflite.py --verify on a net trained one epoch (docs/export.md)."""
+def test_plain_2bit_agreement_on_5k_test_images(trained, data):
+    """On 5000 test images every disagreement is explained (a float32 tie in F, or F's top-2 margin
+    within the head's rounding budget). The acceptance number (>= 99.5 % agreement on all 10 000) is
+    measured with scripts/export_tflite.py --verify on a net trained one epoch (docs/export.md)."""
     f = trained[("plain", 2)]
     x, _, xt, _ = data
     model, graph, _ = export.convert(f, x[:CALIB])
-    assert len(xt) == 10000
-    check_explained(f, model, graph, xt, body_images=0)
+    check_explained(f, model, graph, xt[:5000], body_images=0)
 
 
 def test_int16_head_option(trained, data):
@@ -80,7 +80,7 @@ def test_int16_head_option(trained, data):
     QUANTIZE to the int8 logits); int8 I/O holds and every disagreement is explained; bad values say so."""
     f, x, xt, yt = trained[("plain", 2)], data[0][:CALIB], data[2][:TEST], data[3][:TEST]
     model, graph, _ = export.convert(f, x, head_bits=16)
-    report = export.verify(model, f, xt[:200], yt[:200], graph=graph, latency_runs=0)
+    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
     assert report["int16_tensors"] > 0 and report["io_types"] == {"input": "INT8", "output": "INT8"}
     check_explained(f, model, graph, xt, body_images=0)
     assert verify_module.int16_tensors(export.convert(f, x)[0]) == []  # the default plain model stays int8

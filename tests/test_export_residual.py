@@ -11,7 +11,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, check_explained, explain, load_data, train_family  # noqa: E402
+from export_checks import CALIB, INT8_OPS, check_explained, explain, load_data, Family  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 
@@ -23,38 +23,45 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """{(kind, bits): F} for the residual nets: F's int16 stream (residual16) 2-bit trained 50 steps,
-    3/4-bit from its weights + 20 steps; the float stream (residual) 2-bit, and 8-bit from it."""
-    x, y = data[0], data[1]
-    return {**train_family(x, y, "residual16", [("residual16", 3), ("residual16", 4)]),
-            **train_family(x, y, "residual", [("residual", 8)])}
+    """{(kind, bits): F} for the residual nets, trained on first use: F's int16 stream (residual16)
+    2-bit trained 25 steps, 3/4-bit from its weights + 20 steps; the float stream (residual) 2-bit, and
+    8-bit from it."""
+    x, y = data[0][:800], data[1][:800]
+    families = {"residual16": Family(x, y, "residual16"), "residual": Family(x, y, "residual")}
+
+    class Nets:  # trained on first use
+        def __getitem__(self, key):
+            return families[key[0]][key]
+
+    return Nets()
 
 
-# Residual nets are exact with F's int16 stream (residual16): on 500 test images every disagreement with
+# Residual nets are exact with F's int16 stream (residual16): on 300 test images every disagreement with
 # F is explained by a float32 tie in F or by the head's derived rounding budget, and the first 50 images
 # are checked op by op, the int16 stream included (tests/export_checks.py). The float-stream
 # residual F is exported closest, not exact (test_float_stream_residual_is_closest_and_says_so): its
 # agreement floor (95 %; measured 99.x %) is a smoke bound, not a guarantee of the exporter.
-CASES = [("residual16", 2), ("residual16", 3), ("residual16", 4), ("residual", 8)]
+CASES = [("residual16", 2), pytest.param("residual16", 3, marks=pytest.mark.slow),
+         pytest.param("residual16", 4, marks=pytest.mark.slow), ("residual", 8)]  # 3/4 bits: with the slow tests
 CLOSEST_FLOOR = 0.95
 
 
-@pytest.mark.parametrize("kind,bits", CASES, ids=[f"{k}-{b}bit" for k, b in CASES])
+@pytest.mark.parametrize("kind,bits", CASES, ids=["residual16-2bit", "residual16-3bit", "residual16-4bit", "residual-8bit"])
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
     model, graph, _ = export.convert(f, x[:CALIB])
-    report = export.verify(model, f, xt[:200], yt[:200], graph=graph, latency_runs=0)
+    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
     assert report["io_types"] == {"input": "INT8", "output": "INT8"}
     assert set(report["ops"]) <= INT8_OPS, report["ops"]
     assert report["float_tensors"] == []
     assert report["int16_tensors"] > 0  # residual nets keep their residual stream in int16 (16x8 kernels)
-    # 500 images: the int16 residual models run the reference 16x8 kernels, ~10 ms per image
+    # 300 images: the int16 residual models run the reference 16x8 kernels, ~10 ms per image
     if kind == "residual":
-        agreement = np.mean(export.Runner(model)(xt[:500]).argmax(1) == f.predict(xt[:500], verbose=0).argmax(1))
+        agreement = np.mean(export.Runner(model)(xt[:300]).argmax(1) == f.predict(xt[:300], verbose=0).argmax(1))
         assert agreement >= CLOSEST_FLOOR, agreement
     else:
-        check_explained(f, model, graph, xt[:500], body_images=50)
+        check_explained(f, model, graph, xt[:300])
     rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
     quantized = [layer.name for layer in f.layers
                  if isinstance(layer, agq_keras.QConv2D) and layer.kernel_quantizer.bits == bits]

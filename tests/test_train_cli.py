@@ -133,18 +133,12 @@ def test_diverged_run_says_so_and_keeps_last_good_backup(tmp_path):
     assert all(np.all(np.isfinite(v.numpy())) for v in f.weights)
 
 
-def test_cli_default_config_and_unknown_key(tmp_path):
+def test_cli_default_config(tmp_path):
+    """The CLI runs the default config to the end (its bad inputs: tests/test_bad_inputs.py)."""
     script = os.path.join(ROOT, "scripts", "train.py")
     wd = tmp_path / "cli"
-    bad = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={wd}",
-                          "--config.no_such_key=1"], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    assert bad.returncode != 0 and "no_such_key" in bad.stderr and not wd.exists()
     ok = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={wd}",
                          "--config.train_subset=64", "--config.test_subset=64", "--config.epochs=1",
                          "--config.verbose=0"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "F test top-1:" in ok.stdout and (wd / "f.keras").exists()
-    bad_value = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={tmp_path / 'x'}",
-                                "--config.ssp=True", "--config.ssp_delta0=2.0", "--config.ssp_decay_epoch=1"],
-                               cwd=ROOT, env=ENV, capture_output=True, text=True)
-    assert bad_value.returncode == 1 and "delta0" in bad_value.stderr and "Traceback" not in bad_value.stderr

@@ -248,7 +248,8 @@ def _hardware() -> str:
 
 def plot(groups: dict, path: str) -> None:
     """F's test top-1 per epoch for each method (mean over seeds), one panel per architecture."""
-    from agq_keras.training.callbacks import atomic_write, pyplot
+    from agq_keras.saving import atomic_write
+    from agq_keras.training.callbacks import pyplot
 
     plt = pyplot(os.path.basename(path))
     if plt is None:

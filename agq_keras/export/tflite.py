@@ -724,11 +724,6 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas: int
 def save_atomic(data: bytes, path: str):
     """Write ``data`` to ``path`` through a temporary file in the same folder (no partial file; the
     file's mode follows the umask): :func:`agq_keras.saving.write_bytes`."""
-    import os
-
     from agq_keras import saving
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Output directory {folder!r} does not exist; create it first.")
     saving.write_bytes(path, data)

@@ -176,7 +176,8 @@ def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_byte
     """
     images = np.asarray(images, np.float32)
     ref = np.asarray(f.predict(images, batch_size=250, verbose=0))
-    runner_out = Runner(model_bytes)(images)
+    batch = max(1, min(250, len(images)))  # a runner holds buffers for its whole batch
+    runner_out = Runner(model_bytes, batch_size=batch)(images)
     win = ref.argmax(axis=1)
     report = {
         "images": int(len(images)),
@@ -184,7 +185,7 @@ def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_byte
         "argmax_agreement": float(np.mean(runner_out.argmax(axis=1) == win)),
         # XNNPACK has no 16x8 kernels (it would fall back to the builtin ones): not run for int16 models
         "argmax_agreement_xnnpack": None if int16_tensors(model_bytes) else
-        float(np.mean(Runner(model_bytes, kernels="xnnpack")(images).argmax(axis=1) == win)),
+        float(np.mean(Runner(model_bytes, batch_size=batch, kernels="xnnpack")(images).argmax(axis=1) == win)),
         "max_abs_logit_diff": float(np.abs(runner_out - ref).max()),
         "max_abs_winning_logit_diff": float(np.abs(runner_out[np.arange(len(win)), win] - ref.max(axis=1)).max()),
         "ops": model_ops(model_bytes),
