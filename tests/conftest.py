@@ -1,4 +1,5 @@
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -17,8 +18,11 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
+    started = time.perf_counter()
     yield
-    keras.backend.clear_session()
+    # A full garbage collection costs seconds once a worker holds many traced models: pay it after the
+    # tests that made the garbage (the slow ones), not after every small test.
+    keras.backend.clear_session(free_memory=time.perf_counter() - started > 2.0)
 
 
 # `--dist loadfile` hands whole files to the two workers in collection order (the README's command

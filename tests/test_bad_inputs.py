@@ -182,70 +182,90 @@ def npz(tmp_path, kind):
     return str(path)
 
 
-TRAIN_CASES = {
-    "epochs -1": (["--config.epochs=-1"], r"config\.epochs=-1 must be an integer >= 1", 1),
-    "unknown key": (["--config.nope=1"], r"unknown config key 'nope'", 2),
-    "ssp delta0 1.5": (["--config.ssp=True", "--config.ssp_delta0=1.5", "--config.ssp_decay_epoch=1"],
-                       r"delta0=1\.5.*\[0, 1\]", 1),
-    "decay epoch beyond the run": (["--config.ssp=True", "--config.ssp_decay_epoch=5", "--config.epochs=3"],
-                                   r"ssp_decay_epoch=5 is beyond the run \(epochs=3\); allowed: 1\.\.3", 1),
-    "missing data_dir": (["--config.data_dir=/nonexistent/fmnist"], r"'/nonexistent/fmnist' does not exist", 1),
+# Every train.py case in Python (cheap); through the CLI, one subprocess each (a TensorFlow import, ~4 s):
+# the fast suite runs one case per error path (bad flag, bad value, bad file), the rest run with the
+# slow tests (CI runs both).
+TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message pattern)
+    "epochs -1": (dict(epochs=-1), r"config\.epochs=-1 must be an integer >= 1"),
+    "ssp delta0 1.5": (dict(ssp=True, ssp_delta0=1.5, ssp_decay_epoch=1), r"delta0=1\.5.*\[0, 1\]"),
+    "decay epoch beyond the run": (dict(ssp=True, ssp_decay_epoch=5, epochs=3),
+                                   r"ssp_decay_epoch=5 is beyond the run \(epochs=3\); allowed: 1\.\.3"),
+    "missing data_dir": (dict(data_dir="/nonexistent/fmnist"), r"'/nonexistent/fmnist' does not exist"),
+    "workdir is a file": (dict(workdir="afile"), r"workdir .* exists and is a file"),
+    "npz labels out of range": (dict(dataset="npz", data_dir="labels", num_classes=3), r"0\.\.2"),
+    "npz NaN pixel": (dict(dataset="npz", data_dir="nan", num_classes=3), r"NaN"),
+    "truncated checkpoint": (dict(init_checkpoint="truncated"),
+                             r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
+    "text checkpoint": (dict(init_checkpoint="text"), r"is not a \.keras zip archive"),
+    "Lambda checkpoint": (dict(init_checkpoint="lambda"),
+                          r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
 }
+FAST_CLI = {"epochs -1", "truncated checkpoint"}
 
 
-@pytest.mark.parametrize("case", list(TRAIN_CASES))
-def test_train_cli_rejects(tmp_path, case):
-    args, pattern, code = TRAIN_CASES[case]
+def _resolve(case, tmp_path, files):
+    """(config overrides, workdir) of a TRAIN case with its files made."""
+    overrides, _ = TRAIN[case]
+    overrides, workdir = dict(overrides), tmp_path / "run"
+    if overrides.get("workdir") == "afile":
+        workdir = tmp_path / "afile"
+        workdir.write_text("x")
+        del overrides["workdir"]
+    if overrides.get("dataset") == "npz":
+        overrides["data_dir"] = npz(tmp_path, overrides["data_dir"])
+    if "init_checkpoint" in overrides:
+        overrides["init_checkpoint"] = files[overrides["init_checkpoint"]]
+    return overrides, workdir
+
+
+@pytest.mark.parametrize("case", list(TRAIN))
+def test_run_rejects(tmp_path, files, case):
+    overrides, workdir = _resolve(case, tmp_path, files)
+    with pytest.raises((ValueError, FileNotFoundError), match=TRAIN[case][1]):
+        run.run(tiny(**overrides), str(workdir))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", [c if c in FAST_CLI else pytest.param(c, marks=pytest.mark.slow) for c in TRAIN])
+def test_train_cli_rejects(tmp_path, files, case):
+    overrides, workdir = _resolve(case, tmp_path, files)
+    args = [f"--config.{k}={v}" for k, v in overrides.items()]
+    result = script("train.py", "--config=configs/default.py", f"--workdir={workdir}", "--config.train_subset=64",
+                    "--config.test_subset=64", *args)
+    assert_one_line_error(result, TRAIN[case][1])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_unknown_key_is_a_flag_error(tmp_path):
     wd = tmp_path / "run"
-    result = script("train.py", "--config=configs/default.py", f"--workdir={wd}", *args)
-    assert_one_line_error(result, pattern, code)
+    result = script("train.py", "--config=configs/default.py", f"--workdir={wd}", "--config.nope=1")
+    assert_one_line_error(result, r"unknown config key 'nope' \(--config\.nope=1\); allowed: the keys of", code=2)
     assert not wd.exists()
 
 
-def test_train_cli_rejects_files(tmp_path, files):
-    """A workdir that is a file, bad npz data, truncated / text / Lambda checkpoints: one line each."""
-    wd = tmp_path / "run"
-    afile = tmp_path / "file"
-    afile.write_text("x")
-    cases = [
-        ([f"--workdir={afile}"], r"workdir .* exists and is a file"),
-        ([f"--workdir={wd}", "--config.dataset=npz", f"--config.data_dir={npz(tmp_path, 'labels')}",
-          "--config.num_classes=3"], r"0\.\.2"),
-        ([f"--workdir={wd}", "--config.dataset=npz", f"--config.data_dir={npz(tmp_path, 'nan')}",
-          "--config.num_classes=3"], r"NaN"),
-        ([f"--workdir={wd}", f"--config.init_checkpoint={files['truncated']}"],
-         r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
-        ([f"--workdir={wd}", f"--config.init_checkpoint={files['text']}"], r"is not a \.keras zip archive"),
-        ([f"--workdir={wd}", f"--config.init_checkpoint={files['lambda']}"],
-         r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
-    ]
-    for args, pattern in cases:
-        result = script("train.py", "--config=configs/default.py", "--config.train_subset=64",
-                        "--config.test_subset=64", *args)
-        assert_one_line_error(result, pattern)
-        assert not wd.exists()
-    assert afile.read_text() == "x"
-
-
 # -- scripts/export_tflite.py -----------------------------------------------------------------------------------
-def test_export_cli_rejects(tmp_path, files):
+EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pattern); Python: tests/test_export.py
+    "text file as the model": ("txt", "f.tflite", [], r"is not a Keras model file"),
+    "text file named .keras": ("text", "f.tflite", [], r"is not a \.keras zip archive"),
+    "missing output folder": ("f", "missing/f.tflite", [], r"Output directory '.*missing' does not exist; create it first"),
+    "unsupported layer": ("sigmoid", "f.tflite", [], r"'squash' \(Activation\)"),
+    "Lambda model": ("lambda", "f.tflite", [], r"contains a Lambda layer, which is refused"),
+    "max_replicas 0": ("f", "f.tflite", ["--max_replicas=0"], r"max_replicas"),
+}
+FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer"}
+
+
+@pytest.mark.parametrize("case", [c if c in FAST_EXPORT else pytest.param(c, marks=pytest.mark.slow) for c in EXPORT])
+def test_export_cli_rejects(tmp_path, files, case):
     pytest.importorskip("ai_edge_litert")
-    out = tmp_path / "f.tflite"
-    cases = [
-        ([f"--model={files['txt']}", f"--output={out}"], r"is not a Keras model file"),
-        ([f"--model={files['text']}", f"--output={out}"], r"is not a \.keras zip archive"),
-        ([f"--model={files['f']}", f"--output={tmp_path / 'missing' / 'f.tflite'}"],
-         r"Output directory '.*missing' does not exist; create it first"),
-        ([f"--model={files['sigmoid']}", f"--output={out}"], r"'squash' \(Activation\)"),
-        ([f"--model={files['lambda']}", f"--output={out}"], r"contains a Lambda layer, which is refused"),
-        ([f"--model={files['f']}", f"--output={out}", "--max_replicas=0"], r"max_replicas"),
-    ]
-    for args, pattern in cases:
-        assert_one_line_error(script("export_tflite.py", *args), pattern)
+    model, output, extra, pattern = EXPORT[case]
+    assert_one_line_error(script("export_tflite.py", f"--model={files[model]}", f"--output={tmp_path / output}",
+                                 *extra), pattern)
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_export_cli_interrupted_leaves_no_partial_file(tmp_path, files, sig, code):
     """Interrupted while it verifies (after the .tflite is written, before the report): the report is
     not written, no temporary file is left, and the exit code says which signal."""

@@ -1,6 +1,5 @@
 """Exact integer TFLite export of the other quantizer families: LSQ, PACT, Bi-Real (sign activations)."""
 
-
 import keras
 import pytest
 
@@ -12,13 +11,11 @@ pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it thro
 from export_checks import CALIB, TEST, check_explained, load_data, train  # noqa: E402
 
 
-
 @pytest.fixture(scope="module")
 def data():
     return load_data()
 
 
-# -- other quantizers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["lsq", "pact", "bireal"])
 def test_lsq_pact_and_bireal_nets_export_exactly(data, family):
     """LSQ (learned-step weights and activations), PACT (learned clip) and Bi-Real (±alpha per
