@@ -231,3 +231,21 @@ def check_explained(f, model, graph, xt, body_images=50):
     unexplained, summary = explain(f, model, graph, xt[chosen])
     assert unexplained == [], (unexplained[:5], summary)
     return summary
+
+
+def check_grid(f, report, bits):
+    """The verify report's grid check: every ``bits``-bit conv of F has codes * scale = q(W) * BN fold
+    (to 1e-5) with at most 2^bits codes per channel, and the 16-bit stem and classifier are on their
+    grids (exact through repeated inputs, docs/export.md)."""
+    import agq_keras
+
+    rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
+    quantized = [layer.name for layer in f.layers
+                 if isinstance(layer, agq_keras.QConv2D) and layer.kernel_quantizer.bits == bits]
+    assert quantized and all(name in rows for name in quantized)
+    for name in quantized:
+        row = rows[name]
+        assert row["on_grid"], row
+        assert row["levels_max"] <= 2 ** bits
+        assert row["max_rel_error"] < 1e-5
+    assert rows["stem_conv"]["on_grid"] and rows["classifier"]["on_grid"]

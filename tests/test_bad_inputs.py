@@ -20,7 +20,7 @@ from agq_keras.training import run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/
 
-from configs.default import get_config  # noqa: E402
+from test_train_cli import tiny  # noqa: E402  (the tiny default config of the run tests)
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "PYTHONPATH": ROOT}
 
@@ -161,14 +161,6 @@ def test_sigterm_becomes_cleanup():
 
 
 # -- scripts/train.py -------------------------------------------------------------------------------------------
-def tiny(**overrides):
-    c = get_config()
-    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 64, 64, 1, 32, 0
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
 def npz(tmp_path, kind):
     rng = np.random.default_rng(0)
     x = rng.random((16, 8, 8, 1)).astype("float32")

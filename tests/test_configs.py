@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import keras
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

@@ -17,7 +17,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, TEST, Family, check_explained, load_data  # noqa: E402
+from export_checks import CALIB, INT8_OPS, TEST, Family, check_explained, check_grid, load_data  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,18 +51,7 @@ def test_int8_model_matches_f(trained, data, kind, bits):
     assert report["float_tensors"] == []
     assert report["int16_tensors"] == 0  # plain nets are int8 throughout
     check_explained(f, model, graph, xt[:TEST])
-    rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
-    quantized = [layer.name for layer in f.layers
-                 if isinstance(layer, agq_keras.QConv2D) and layer.kernel_quantizer.bits == bits]
-    assert quantized and all(name in rows for name in quantized)
-    for name in quantized:
-        row = rows[name]
-        # codes * scale reproduce q(W) * BN-fold exactly, with at most 2^k codes per channel
-        assert row["on_grid"], row
-        assert row["levels_max"] <= 2 ** bits
-        assert row["max_rel_error"] < 1e-5
-    # the 16-bit first/last layers are exact through repeated inputs (see docs/export.md)
-    assert rows["stem_conv"]["on_grid"] and rows["classifier"]["on_grid"]
+    check_grid(f, report, bits)
 
 
 def test_plain_2bit_agreement_on_5k_test_images(trained, data):

@@ -11,7 +11,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, check_explained, explain, load_data, Family  # noqa: E402
+from export_checks import CALIB, INT8_OPS, check_explained, check_grid, explain, load_data, Family  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 
@@ -62,18 +62,7 @@ def test_int8_model_matches_f(trained, data, kind, bits):
         assert agreement >= CLOSEST_FLOOR, agreement
     else:
         check_explained(f, model, graph, xt[:300])
-    rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
-    quantized = [layer.name for layer in f.layers
-                 if isinstance(layer, agq_keras.QConv2D) and layer.kernel_quantizer.bits == bits]
-    assert quantized and all(name in rows for name in quantized)
-    for name in quantized:
-        row = rows[name]
-        # codes * scale reproduce q(W) * BN-fold exactly, with at most 2^k codes per channel
-        assert row["on_grid"], row
-        assert row["levels_max"] <= 2 ** bits
-        assert row["max_rel_error"] < 1e-5
-    # the 16-bit first/last layers are exact through repeated inputs (see docs/export.md)
-    assert rows["stem_conv"]["on_grid"] and rows["classifier"]["on_grid"]
+    check_grid(f, report, bits)
 
 
 def test_int16_stream_is_exact_in_every_op(trained, data):
