@@ -129,8 +129,8 @@ def explain(f, model_bytes, graph, images, batch_size=25):
             for i in range(n):
                 if first[i] is None and differ[i].any():
                     first[i] = (name, bool(np.all(at_tie[i][differ[i]])), int(differ[i].sum()))
-        map_real, (s_map, zp_map, dt_map) = _tflite_real(runner, last_map)
-        pool_real, (s_pool, zp_pool, dt_pool) = _tflite_real(runner, pool_op.output)
+        _, (s_map, zp_map, dt_map) = _tflite_real(runner, last_map)
+        _, (s_pool, zp_pool, dt_pool) = _tflite_real(runner, pool_op.output)
         s_out = runner.output["quantization"][0]
         budget = 2 * (np.abs(weights).sum(axis=1).max() * (s_map / 2 + s_pool) + s_out)
 
