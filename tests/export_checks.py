@@ -249,3 +249,14 @@ def check_grid(f, report, bits):
         assert row["levels_max"] <= 2 ** bits
         assert row["max_rel_error"] < 1e-5
     assert rows["stem_conv"]["on_grid"] and rows["classifier"]["on_grid"]
+
+
+def convert_and_verify(f, x, xt, yt):
+    """Export F (calibrated on ``x[:CALIB]``) and verify it on 100 test images: int8 I/O, builtin int8
+    ops only, no float tensor. Returns (model bytes, graph, verify report)."""
+    model, graph, _ = export.convert(f, x[:CALIB])
+    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
+    assert report["io_types"] == {"input": "INT8", "output": "INT8"}
+    assert set(report["ops"]) <= INT8_OPS, report["ops"]
+    assert report["float_tensors"] == []
+    return model, graph, report

@@ -17,7 +17,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, TEST, Family, check_explained, check_grid, load_data  # noqa: E402
+from export_checks import CALIB, TEST, Family, check_explained, check_grid, convert_and_verify, load_data  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,11 +44,7 @@ CASES = [("plain", 1), ("plain", 2), pytest.param("plain", 3, marks=pytest.mark.
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
-    model, graph, _ = export.convert(f, x[:CALIB])
-    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
-    assert report["io_types"] == {"input": "INT8", "output": "INT8"}
-    assert set(report["ops"]) <= INT8_OPS, report["ops"]
-    assert report["float_tensors"] == []
+    model, graph, report = convert_and_verify(f, x, xt, yt)
     assert report["int16_tensors"] == 0  # plain nets are int8 throughout
     check_explained(f, model, graph, xt[:TEST])
     check_grid(f, report, bits)

@@ -11,7 +11,7 @@ from agq_keras import export
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
-from export_checks import CALIB, INT8_OPS, check_explained, check_grid, explain, load_data, Family  # noqa: E402
+from export_checks import CALIB, check_explained, check_grid, convert_and_verify, explain, load_data, Family  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
 
@@ -50,11 +50,7 @@ CLOSEST_FLOOR = 0.95
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
-    model, graph, _ = export.convert(f, x[:CALIB])
-    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
-    assert report["io_types"] == {"input": "INT8", "output": "INT8"}
-    assert set(report["ops"]) <= INT8_OPS, report["ops"]
-    assert report["float_tensors"] == []
+    model, graph, report = convert_and_verify(f, x, xt, yt)
     assert report["int16_tensors"] > 0  # residual nets keep their residual stream in int16 (16x8 kernels)
     # 300 images: the int16 residual models run the reference 16x8 kernels, ~10 ms per image
     if kind == "residual":
