@@ -65,8 +65,8 @@ def main(argv):
         f = build(kind, bits)
         f.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         f.fit(x, y, batch_size=32, epochs=FLAGS.epochs, verbose=0)
-        model, graph, notes = export.convert(f, x[:300])
-        r = export.verify(model, f, xt, yt, graph=graph, latency_runs=0)
+        model, plan, notes = export.convert(f, x[:300])
+        r = export.verify(model, f, xt, yt, plan=plan, latency_runs=0)
         print(f"{kind}:{bits}  agreement {100 * r['argmax_agreement']:.1f} %  top-1 TFLite/Keras "
               f"{100 * r['top1_tflite']:.2f}/{100 * r['top1_keras']:.2f} %  notes {len(notes)}", flush=True)
     return 0

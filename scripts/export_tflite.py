@@ -58,7 +58,7 @@ def main(argv):
     calib, _ = load_images("train", FLAGS.calibration_images)
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
                    residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits))
-    data, graph, notes2 = export.convert(f, calib, **options)
+    data, plan, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:
         print("note:", note)
     export.save_atomic(data, FLAGS.output)
@@ -75,7 +75,7 @@ def main(argv):
         float_bytes = export.convert(f, calib, mode="float32", max_replicas=FLAGS.max_replicas,
                                      output_range=FLAGS.output_range)[0]
         x, y = load_images("test", FLAGS.verify_images)
-        report = export.verify(data, f, x, y, graph=graph, float_bytes=float_bytes,
+        report = export.verify(data, f, x, y, plan=plan, float_bytes=float_bytes,
                                latency_runs=FLAGS.latency_runs)
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2

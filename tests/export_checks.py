@@ -55,18 +55,31 @@ def _checked_tensors(f, graph):
     return out
 
 
-def _unproven_channels(op, s_in, step):
+def stored_weights(plan, output):
+    """(integer codes with the repeated-input parts summed back, per-channel scales) of the weights
+    the plan stores for the op writing ``output``."""
+    record, layer = plan.tensor(f"{output}/weights"), plan.layers[output]
+    codes = np.asarray(record.data, np.int64)
+    if layer.kind == "affine":  # a BatchNorm as a 1x1 depthwise conv: one code per channel
+        codes = codes.reshape(-1)
+    if layer.replicas > 1:
+        codes = codes.reshape(codes.shape[:-1] + (layer.replicas, -1)).sum(axis=-2)
+    scale = np.broadcast_to(np.asarray(record.quant.scale, np.float64), (len(codes),))
+    return codes, scale
+
+
+def _unproven_channels(plan, op, s_in, step):
     """Per output channel, the extra tie tolerance (in output steps) where the exporter does not prove
     its thresholds: channels where it found no exact thresholds and kept the closest
     (``threshold_ranks == 2``), and every channel of an op it does not search (more than
-    ``tflite.MAX_SEARCH_LEVELS`` levels: plain requantization, the bias rounded to an integer). There
+    ``plan.MAX_SEARCH_LEVELS`` levels: plain requantization, the bias rounded to an integer). There
     the accumulator moves in units of ``s_in * base weight step``, and the int8 output can differ from
     F's only within one such unit of a rounding tie."""
-    if op.codes is None:
+    if op.output not in plan.layers:
         return 0.0
-    codes = np.abs(op.codes.reshape(len(op.codes), -1)).astype(np.int64)
-    unit = s_in * op.steps * np.maximum(np.gcd.reduce(codes, axis=1), 1) / step
-    ranks = getattr(op, "threshold_ranks", None)
+    codes, scale = stored_weights(plan, op.output)
+    unit = s_in * scale * np.maximum(np.gcd.reduce(np.abs(codes.reshape(len(codes), -1)), axis=1), 1) / step
+    ranks = plan.layers[op.output].threshold_ranks
     return unit if ranks is None else np.where(np.asarray(ranks) >= 2, unit, 0.0)
 
 
@@ -81,10 +94,11 @@ def _tflite_real(runner, name, _cache={}):
     return (runner.tensor(name).astype(np.float64) - zero_point) * scale, (scale, zero_point, dtype)
 
 
-def explain(f, model_bytes, graph, images, batch_size=25):
+def explain(f, model_bytes, plan, images, batch_size=25):
     """Check every image; returns ``(unexplained, summary)``: the list of disagreeing images that no rule
     explains (with the reason), and counts of images agreeing / explained by a tie / by the head."""
     images = np.asarray(images, np.float32)
+    graph = plan.graph
     checked = _checked_tensors(f, graph)
     pool_op = next(op for op in graph.ops if op.kind == "mean")
     dense_op = graph.producer(graph.output)
@@ -94,7 +108,8 @@ def explain(f, model_bytes, graph, images, batch_size=25):
     probe = keras.Model(f.inputs, [f.get_layer(n).output for n in layer_names] + stream_inputs
                         + [f.get_layer(graph.producer(last_map).layer.split("+")[-1]).output,
                            f.get_layer(pool_op.layer.split("+")[-1]).output, f.outputs[0]])
-    weights = dense_op.real_weights()  # (classes, features), F's classifier as exported
+    codes, scale = stored_weights(plan, dense_op.output)
+    weights = codes * scale[:, None]  # (classes, features), F's classifier as exported
     runner = export.Runner(model_bytes, batch_size=batch_size, preserve=True)
     unexplained, summary = [], collections.Counter()
     for start in range(0, len(images), batch_size):
@@ -124,7 +139,7 @@ def explain(f, model_bytes, graph, images, batch_size=25):
                 f_code, ours = np.round(quantized / step), np.round(real / step)
                 dist = np.abs(np.abs(x - np.floor(x)) - 0.5)
                 s_in = _tflite_real(runner, op.inputs[0])[1][0]
-                at_tie = dist <= TIE_STEPS + TIE_RELATIVE * np.abs(x) + _unproven_channels(op, s_in, step)
+                at_tie = dist <= TIE_STEPS + TIE_RELATIVE * np.abs(x) + _unproven_channels(plan, op, s_in, step)
             differ = f_code != ours
             for i in range(n):
                 if first[i] is None and differ[i].any():
@@ -222,13 +237,13 @@ class Family(dict):
         return f
 
 
-def check_explained(f, model, graph, xt, body_images=50):
+def check_explained(f, model, plan, xt, body_images=50):
     """Per-op exactness on the first ``body_images`` images, and every argmax disagreement on ``xt``
     explained (:func:`explain`); returns the summary."""
     ref = f.predict(xt, batch_size=250, verbose=0).argmax(1)
     disagree = np.flatnonzero(export.Runner(model, batch_size=50)(xt).argmax(1) != ref)
     chosen = np.union1d(np.arange(min(body_images, len(xt))), disagree)
-    unexplained, summary = explain(f, model, graph, xt[chosen])
+    unexplained, summary = explain(f, model, plan, xt[chosen])
     assert unexplained == [], (unexplained[:5], summary)
     return summary
 
@@ -253,10 +268,10 @@ def check_grid(f, report, bits):
 
 def convert_and_verify(f, x, xt, yt):
     """Export F (calibrated on ``x[:CALIB]``) and verify it on 100 test images: int8 I/O, builtin int8
-    ops only, no float tensor. Returns (model bytes, graph, verify report)."""
-    model, graph, _ = export.convert(f, x[:CALIB])
-    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
+    ops only, no float tensor. Returns (model bytes, plan, verify report)."""
+    model, plan, _ = export.convert(f, x[:CALIB])
+    report = export.verify(model, f, xt[:100], yt[:100], plan=plan, latency_runs=0)
     assert report["io_types"] == {"input": "INT8", "output": "INT8"}
     assert set(report["ops"]) <= INT8_OPS, report["ops"]
     assert report["float_tensors"] == []
-    return model, graph, report
+    return model, plan, report

@@ -44,9 +44,9 @@ CASES = [("plain", 1), ("plain", 2), pytest.param("plain", 3, marks=pytest.mark.
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
-    model, graph, report = convert_and_verify(f, x, xt, yt)
+    model, plan, report = convert_and_verify(f, x, xt, yt)
     assert report["int16_tensors"] == 0  # plain nets are int8 throughout
-    check_explained(f, model, graph, xt[:TEST])
+    check_explained(f, model, plan, xt[:TEST])
     check_grid(f, report, bits)
 
 
@@ -56,18 +56,18 @@ def test_plain_2bit_agreement_on_5k_test_images(trained, data):
     measured with scripts/export_tflite.py --verify on a net trained one epoch (docs/export.md)."""
     f = trained[("plain", 2)]
     x, _, xt, _ = data
-    model, graph, _ = export.convert(f, x[:CALIB])
-    check_explained(f, model, graph, xt[:5000], body_images=0)
+    model, plan, _ = export.convert(f, x[:CALIB])
+    check_explained(f, model, plan, xt[:5000], body_images=0)
 
 
 def test_int16_head_option(trained, data):
     """head_bits=16: the last feature map and the pooled features are int16 (16x8 kernels, then a
     QUANTIZE to the int8 logits); int8 I/O holds and every disagreement is explained; bad values say so."""
     f, x, xt, yt = trained[("plain", 2)], data[0][:CALIB], data[2][:TEST], data[3][:TEST]
-    model, graph, _ = export.convert(f, x, head_bits=16)
-    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
+    model, plan, _ = export.convert(f, x, head_bits=16)
+    report = export.verify(model, f, xt[:100], yt[:100], plan=plan, latency_runs=0)
     assert report["int16_tensors"] > 0 and report["io_types"] == {"input": "INT8", "output": "INT8"}
-    check_explained(f, model, graph, xt, body_images=0)
+    check_explained(f, model, plan, xt, body_images=0)
     assert verify_module.int16_tensors(export.convert(f, x)[0]) == []  # the default plain model stays int8
     with pytest.raises(ValueError, match="head_bits=4 is not supported"):
         export.convert(f, x, head_bits=4)
@@ -76,15 +76,15 @@ def test_int16_head_option(trained, data):
 def test_weight_codes_are_dorefa_grid(trained, data):
     """Read the int8 codes back: per channel they are m * {±1, ±3} (2-bit DoReFa)."""
     f = trained[("plain", 2)]
-    model, graph, _ = export.convert(f, data[0][:CALIB])
+    model, plan, _ = export.convert(f, data[0][:CALIB])
     flat = verify_module._model(model)
     sub = flat.subgraphs[0]
     name = "stage2_block1_conv1/weights"
     t = next(t for t in sub.tensors if t.name.decode() == name)
     buf = flat.buffers[t.buffer]
     codes = np.frombuffer(bytes(buf.data), np.int8).reshape(t.shape).astype(int)
-    op = next(o for o in graph.ops if o.output == "stage2_block1_conv1")
-    codes = codes.reshape(codes.shape[:-1] + (op.replicas, -1)).sum(axis=-2)
+    replicas = plan.layers["stage2_block1_conv1"].replicas
+    codes = codes.reshape(codes.shape[:-1] + (replicas, -1)).sum(axis=-2)
     for row in codes.reshape(codes.shape[0], -1):
         m = np.gcd.reduce(np.abs(row))
         assert set(np.unique(row // m)) <= {-3, -1, 1, 3}
@@ -190,6 +190,6 @@ def test_lqnet_falls_back_to_the_closest_int8_and_says_so(data):
     """LQ-Net's learned non-uniform levels are not an int8 grid: closest per-channel int8, noted."""
     f = agq_keras.build("resnet20", plain=True, quantizer="lqnet", w_bits=2, a_bits=2, num_classes=10,
                         input_shape=(28, 28, 1))
-    model, graph, notes = export.convert(f, data[0][:64])
+    model, plan, notes = export.convert(f, data[0][:64])
     assert any("stage1_block1_conv1" in n and "closest, not exact" in n for n in notes), notes
     assert export.model_ops(model) and verify_module.float_tensors(model) == []

@@ -28,19 +28,20 @@ def test_lsq_pact_and_bireal_nets_export_exactly(data, family):
     arch, bits = ("birealnet20", 1) if family == "bireal" else ("resnet20", 2)
     f = train(agq_keras.build(arch, plain=True, quantizer=family, w_bits=bits, a_bits=bits, num_classes=10,
                               input_shape=(28, 28, 1)), x[:800], y[:800], epochs=1, seed=3)  # 25 steps
-    model, graph, notes = export.convert(f, x[:CALIB])
+    model, plan, notes = export.convert(f, x[:CALIB])
     assert not [n for n in notes if "stage" in n], notes  # no fallback inside the blocks
-    report = export.verify(model, f, xt[:100], yt[:100], graph=graph, latency_runs=0)
+    report = export.verify(model, f, xt[:100], yt[:100], plan=plan, latency_runs=0)
     assert report["float_tensors"] == [] and report["io_types"] == {"input": "INT8", "output": "INT8"}
     rows = [r for r in report["grid_check"] if r["layer"].startswith("stage")]
     assert rows and all(r["on_grid"] and r["levels_max"] <= 2**bits for r in rows), rows
     # the convs after the stem write k-bit tensors with thresholds (F's for every accumulator value, or
     # the closest where none exists: explain() allows one accumulator unit there), or sign() outputs,
-    # exact by construction (tflite._Writer._sign_weights)
+    # exact by construction (intmath.sign_weights)
+    graph = plan.graph
     body = [op for op in graph.ops if graph.tensors[op.output].grid is not None and op.inputs[0] != graph.input]
     signs = [op for op in graph.ops if graph.tensors[op.output].sign]
     assert bool(body) != bool(signs) and (family == "bireal") == bool(signs)
-    summary = check_explained(f, model, graph, xt[:TEST])
+    summary = check_explained(f, model, plan, xt[:TEST])
     assert summary["images"] >= 50
 
 

@@ -50,14 +50,14 @@ CLOSEST_FLOOR = 0.95
 def test_int8_model_matches_f(trained, data, kind, bits):
     f = trained[(kind, bits)]
     x, _, xt, yt = data
-    model, graph, report = convert_and_verify(f, x, xt, yt)
+    model, plan, report = convert_and_verify(f, x, xt, yt)
     assert report["int16_tensors"] > 0  # residual nets keep their residual stream in int16 (16x8 kernels)
     # 300 images: the int16 residual models run the reference 16x8 kernels, ~10 ms per image
     if kind == "residual":
         agreement = np.mean(export.Runner(model)(xt[:300]).argmax(1) == f.predict(xt[:300], verbose=0).argmax(1))
         assert agreement >= CLOSEST_FLOOR, agreement
     else:
-        check_explained(f, model, graph, xt[:300])
+        check_explained(f, model, plan, xt[:300])
     check_grid(f, report, bits)
 
 
@@ -67,15 +67,15 @@ def test_int16_stream_is_exact_in_every_op(trained, data):
     rounding tie (tests/export_checks.py: the first differing tensor of an image must differ only at
     ties; later tensors inherit the difference)."""
     f, x, xt = trained[("residual16", 2)], data[0][:CALIB], data[2][:100]
-    model, graph, notes = export.convert(f, x)
+    model, plan, notes = export.convert(f, x)
     assert not [n for n in notes if "residual stream" in n]
     steps = {layer.name: layer.step for layer in f.layers if isinstance(layer, agq_keras.quantizers.FixedStep)}
-    streams = {op.output: op.layer.split("+")[-1] for op in graph.ops if op.layer.split("+")[-1] in steps}
+    streams = {op.output: op.layer.split("+")[-1] for op in plan.graph.ops if op.layer.split("+")[-1] in steps}
     assert len(streams) == len(steps) == 10
     for name, layer in streams.items():
-        assert graph.tensors[name].stream_scale == steps[layer]
-        assert graph.tensors[name].stream_grid is not None  # checked by explain() below
-    unexplained, summary = explain(f, model, graph, xt)
+        assert plan.stream_scales[name] == steps[layer] == plan.tensor(name).quant.scale[0]
+        assert plan.graph.tensors[name].stream_grid is not None  # checked by explain() below
+    unexplained, summary = explain(f, model, plan, xt)
     assert unexplained == [] and summary["images"] == len(xt), (unexplained[:5], summary)
 
 
@@ -84,10 +84,10 @@ def test_float_stream_residual_is_closest_and_says_so(trained, data):
     (their convs share the 1/9 grid); the first stage holds the 16-bit stem's output, is calibrated,
     and the notes say so."""
     f = trained[("residual", 2)]
-    model, graph, notes = export.convert(f, data[0][:CALIB])
+    model, plan, notes = export.convert(f, data[0][:CALIB])
     assert any("residual stream" in n and "residual_stream='int16'" in n for n in notes), notes
-    assert graph.tensors["stage3_block2_add"].stream_scale is not None
-    assert graph.tensors["stage1_block2_add"].stream_scale is None
+    assert "stage3_block2_add" in plan.stream_scales
+    assert "stage1_block2_add" not in plan.stream_scales
 
 
 def test_residual_int8_stream_is_edgetpu_mappable(trained, data):
@@ -110,7 +110,7 @@ def test_residual_int8_stream_is_edgetpu_mappable(trained, data):
 
 def test_float32_twin_matches_f(trained, data):
     f = trained[("residual", 2)]
-    model, graph, _ = export.convert(f, data[0][:CALIB], mode="float32")
+    model, plan, _ = export.convert(f, data[0][:CALIB], mode="float32")
     out = export.Runner(model)(data[2][:500])
     ref = f.predict(data[2][:500], verbose=0)
     # float rounding can move a value across a k-bit threshold now and then; nearly all logits match

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from agq_keras.export.tflite import schema  # one home for the schema bindings
+from agq_keras.export.flatbuffer import schema  # one home for the schema bindings
 
 FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.TensorType.FLOAT64)
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -111,42 +111,45 @@ def io_types(model_bytes: bytes) -> dict:
     return {"input": name[sub.tensors[sub.inputs[0]].type], "output": name[sub.tensors[sub.outputs[0]].type]}
 
 
-def grid_check(model_bytes: bytes, graph) -> list:
+def grid_check(model_bytes: bytes, plan) -> list:
     """Per quantized conv/dense: the int8 weight codes read back from the flatbuffer.
 
     For each layer: ``levels_max`` (most distinct codes in one output channel,
     the repeated-input parts summed back), ``allowed`` (2^bits), whether
     ``codes * scale`` reproduces F's (BN-folded) weights (``max_rel_error``),
-    and ``on_grid`` = both hold.
+    and ``on_grid`` = both hold; with the plan's threshold ranks, the number of
+    channels exact on every runtime and the smallest margin from a rounding tie.
     """
     m = _model(model_bytes)
     sub = m.subgraphs[0]
     tensors = {(t.name.decode() if isinstance(t.name, bytes) else t.name): t for t in sub.tensors}
     rows = []
-    for op in graph.ops:
-        if op.kind not in ("conv", "dense") or op.float_weights is None:
+    for rec in plan.layers.values():
+        if rec.kind not in ("conv", "dense") or rec.float_weights is None:
             continue
-        t = tensors.get(f"{op.output}/weights")
+        t = tensors.get(f"{rec.output}/weights")
         if t is None:
             continue
         codes = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int8).reshape(t.shape).astype(np.int64)
-        if op.replicas > 1:  # sum the repeated-input parts back
-            codes = codes.reshape(codes.shape[:-1] + (op.replicas, -1)).sum(axis=-2)
+        if rec.replicas > 1:  # sum the repeated-input parts back
+            codes = codes.reshape(codes.shape[:-1] + (rec.replicas, -1)).sum(axis=-2)
         scale = np.asarray(t.quantization.scale, np.float64)
-        if getattr(op, "sign_gain", None) is not None:  # a sign() output: weights scaled by a positive gain
-            scale = scale / op.sign_gain
+        if rec.gain is not None:  # a sign() output: weights scaled by a positive gain
+            scale = scale / rec.gain
         real = codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1))
-        ref = op.float_weights
+        ref = rec.float_weights
         rel = float(np.abs(real - ref).max() / max(np.abs(ref).max(), 1e-12))
         levels = max(len(np.unique(row)) for row in codes.reshape(codes.shape[0], -1))
-        allowed = 2 ** op.weight_bits if op.weight_bits <= 16 else None
+        allowed = 2 ** rec.weight_bits if rec.weight_bits <= 16 else None
         exact = rel < 1e-5 and (allowed is None or levels <= allowed)
-        ranks = getattr(op, "threshold_ranks", None)
-        rows.append({"layer": op.layer, "weight_bits": op.weight_bits, "replicas": op.replicas,
+        ranks = rec.threshold_ranks
+        rows.append({"layer": rec.layer, "weight_bits": rec.weight_bits, "replicas": rec.replicas,
                      "threshold_exact_channels": None if ranks is None else int(np.sum(ranks < 2)),
+                     "all_runtimes_exact_channels": None if ranks is None else int(np.sum(ranks == 0)),
+                     "min_margin": None if rec.margins is None else float(rec.margins.min(initial=np.inf)),
                      "channels": int(codes.shape[0]),
                      "levels_max": int(levels), "allowed": allowed, "max_rel_error": rel,
-                     "on_grid": bool(exact), "note": op.weight_note})
+                     "on_grid": bool(exact), "note": rec.note})
     return rows
 
 
@@ -165,13 +168,13 @@ def latency_ms(model_bytes: bytes, shape, runs: int = 50, kernels: str = "builti
     return float(np.median(times) * 1e3)
 
 
-def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_bytes: bytes | None = None,
+def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes: bytes | None = None,
            latency_runs: int = 50) -> dict:
     """Compare the TFLite model with the Keras F on ``images`` (float, as F takes them).
 
     Returns a JSON-able dict: argmax agreement, top-1 of both (with labels),
     max |logit difference| (all logits and the winning logit), ops, float
-    tensors, I/O types, the per-layer grid check (with ``graph``), sizes and
+    tensors, I/O types, the per-layer grid check (with ``plan``, from :func:`convert`), sizes and
     latencies (with ``float_bytes``, the float32 TFLite of the same F).
     """
     images = np.asarray(images, np.float32)
@@ -199,10 +202,10 @@ def verify(model_bytes: bytes, f, images, labels=None, *, graph=None, float_byte
         report["top1_tflite"] = float(np.mean(runner_out.argmax(axis=1) == labels))
         report["top1_keras"] = float(np.mean(win == labels))
         report["top1_diff_pt"] = 100.0 * (report["top1_tflite"] - report["top1_keras"])
-    if graph is not None:
-        report["grid_check"] = grid_check(model_bytes, graph)
-        report["exact_activation_tensors"] = sum(t.grid is not None for t in graph.tensors.values())
-        report["notes"] = list(graph.notes)
+    if plan is not None:
+        report["grid_check"] = grid_check(model_bytes, plan)
+        report["exact_activation_tensors"] = sum(t.grid is not None for t in plan.graph.tensors.values())
+        report["notes"] = list(plan.notes)
     if float_bytes is not None:
         report["float32_size_bytes"] = len(float_bytes)
         report["size_ratio"] = len(model_bytes) / len(float_bytes)

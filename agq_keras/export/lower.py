@@ -1,4 +1,9 @@
-"""Lowering of a functional Keras F to a small integer-friendly graph (IR).
+"""Lowering of a functional Keras F to a small integer-friendly graph (IR): the first stage of the
+export pipeline (lower -> :mod:`calibrate` -> :mod:`plan` -> :mod:`flatbuffer`).
+
+Lowering reads what F computes and decides nothing about the integer form: weights stay F's codes
+and steps (or F's float weights), BatchNorms are folded, and each tensor records the grid F puts
+on it. The graph is not changed after :func:`lower` returns.
 
 The IR has five op kinds, each a TFLite builtin with an int8 kernel:
 
@@ -27,9 +32,7 @@ from typing import Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from agq_keras import quantizers
 from agq_keras.layers import QConv2D, QDense
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDense", "Dense", "BatchNormalization", "ReLU", "Add",
@@ -41,13 +44,8 @@ class Tensor:
     name: str
     shape: tuple  # without the batch dimension
     grid: Optional[tuple] = None  # (step, levels) for an exact tensor
-    lo: float = 0.0  # calibrated range (float evaluation of the IR)
-    hi: float = 0.0
     consumers: int = 0
     wanted_grids: list = dataclasses.field(default_factory=list)
-    int16: bool = False  # stored as int16 in the int8 model (the residual stream, see tflite.py)
-    int16_like: Optional["Tensor"] = None  # an int16 copy of this int8 tensor (same scale: exact)
-    stream_scale: Optional[float] = None  # int16 scale of an exact residual stream (see tflite.py)
     stream_grid: Optional[tuple] = None  # (step, limit) of F's FixedStep on this tensor (residual_stream="int16")
     sign: bool = False  # every consumer applies sign(): int8 codes {125, 127}, zero point 126, scale 1
 
@@ -68,10 +66,7 @@ class Op:
     exact_weights: bool = False
     weight_bits: int = 32
     weight_note: str = ""
-    float_weights: Optional[np.ndarray] = None  # the F weights (BN folded) before int8 coding
-    replicas: int = 1  # codes span [-127 r, 127 r]: the input is repeated r times (see tflite.py)
     folded: list = dataclasses.field(default_factory=list)
-    sign_gain: Optional[np.ndarray] = None  # per channel: stored weights / F's weights (a sign() output)
 
     def real_weights(self) -> np.ndarray:
         shape = (-1,) + (1,) * (self.codes.ndim - 1)
@@ -118,33 +113,6 @@ def unsupported(layer, why: str) -> ValueError:
                       f"{', '.join(SUPPORTED_LAYERS)}.")
 
 
-SCALE_CANDIDATES = 4096
-
-
-def fallback_codes(weights: np.ndarray, replicas: int = 1):
-    """Closest per-output-channel symmetric int8 form of float weights (channels on axis 0).
-
-    For each channel the step is searched among max|w|/m, m in [96, 127]
-    (4096 candidates), minimising the summed absolute rounding error; the
-    plain max|w|/127 is one candidate, so the result is never worse than it.
-    Deterministic (pure NumPy, fixed candidates).
-    """
-    flat = weights.reshape(weights.shape[0], -1).astype(np.float64)
-    codes = np.zeros(flat.shape, np.int32)
-    steps = np.ones(flat.shape[0])
-    limit = 127 * replicas
-    denominators = np.linspace(96.0 * replicas, float(limit), SCALE_CANDIDATES)
-    for c, row in enumerate(flat):
-        top = np.abs(row).max()
-        if top == 0:
-            continue
-        cand = top / denominators
-        rounded = np.clip(np.round(row[None] / cand[:, None]), -limit, limit)
-        best = int(np.argmin(np.abs(rounded * cand[:, None] - row[None]).sum(axis=1)))
-        codes[c], steps[c] = rounded[best], cand[best]
-    return codes.reshape(weights.shape), steps
-
-
 def _kernel_codes(layer, notes, max_replicas):
     """(codes with out-channels first, steps, exact, bits, note) of a conv/dense layer."""
     kernel_q = getattr(layer, "kernel_quantizer", None)
@@ -187,7 +155,6 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     uses[out_ref] = uses.get(out_ref, 0) + 1
 
     graph = Graph({}, [], "", "", [])
-    graph.max_replicas = max_replicas
     value: dict = {}  # keras ref -> IR tensor name
 
     def new_tensor(name, shape, ref):
@@ -268,33 +235,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 raise unsupported(layer, "no integer TFLite lowering for this layer")
     graph.output = value[out_ref]
     _resolve_grids(graph)
-    for op in graph.ops:  # non-exact weights: int8 codes of the (BN-folded) float weights
-        if op.kind not in ("conv", "dense"):
-            continue
-        # Wide (repeated-input) weights only pay where the input itself is exact (the model input or a
-        # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing.
-        src = graph.tensors[op.inputs[0]]
-        replicas = max_replicas if (op.kind == "dense" or src.name == graph.input or src.grid is not None) else 1
-        op.float_weights = op.real_weights()
-        if not op.exact_weights or int(np.abs(op.codes).max(initial=0)) > 127 * replicas:
-            if op.exact_weights:
-                op.exact_weights = False
-                op.weight_note = f"grid needs codes beyond ±{127 * replicas}; re-quantized to int8 (closest)"
-                graph.notes.append(f"{op.layer}: {op.weight_note}")
-            op.codes, op.steps = fallback_codes(op.real_weights(), replicas)
-        op.replicas = max(1, -(-int(np.abs(op.codes).max(initial=0)) // 127))
-        _widen(op)
     return graph
-
-
-def _widen(op: Op):
-    """Multiply each channel's codes by the largest integer m keeping |code| <= 127 * replicas
-    (and divide its step by m): same real weights, same grid ratios, but an m-times finer
-    int32 accumulator unit s_in * s_w, so the int32 bias is rounded m times more finely."""
-    top = np.abs(op.codes.reshape(op.codes.shape[0], -1)).max(axis=1)
-    m = np.where(top > 0, (127 * op.replicas) // np.maximum(top, 1), 1)
-    op.codes = op.codes * m.reshape((-1,) + (1,) * (op.codes.ndim - 1))
-    op.steps = op.steps / m
 
 
 def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dict:
@@ -368,7 +309,7 @@ def _resolve_grids(graph: Graph):
         names = ", ".join(n for _, n in wanted)
         if grids == {"sign"} and tensor.consumers == len(wanted):
             if prod is not None and prod.kind in ("conv", "affine") and not prod.relu:
-                tensor.sign = True  # the producer's bias places the sign threshold exactly (tflite.py)
+                tensor.sign = True  # the producer's bias places the sign threshold exactly (intmath.sign_weights)
             else:
                 graph.notes.append(f"{tensor.name}: sign() of a tensor not written by a conv or BatchNorm "
                                    f"(consumers {names}); calibrated int8 tensor (closest, not exact)")
@@ -383,73 +324,3 @@ def _resolve_grids(graph: Graph):
             graph.notes.append(f"{tensor.name}: more than 256 activation levels; calibrated int8 tensor")
         else:
             tensor.grid = wanted[0][0]
-
-
-def evaluate(graph: Graph, images, batch_size: int = 256):
-    """Float evaluation of the IR (with the exact activation rounding).
-
-    Returns ``(outputs, ranges)``: the output array and ``{tensor: (min, max)}``.
-    """
-    ranges: dict = {}
-    results = []
-    for start in range(0, len(images), batch_size):
-        values = {graph.input: tf.convert_to_tensor(np.asarray(images[start:start + batch_size], np.float32))}
-        for op in graph.ops:
-            x = values[op.inputs[0]]
-            if op.kind in ("conv", "affine"):
-                if op.kind == "conv":
-                    w = np.transpose(op.real_weights(), (1, 2, 3, 0))  # (H, W, I, O)
-                    y = tf.nn.conv2d(x, tf.constant(w, tf.float32), op.strides, op.padding)
-                else:
-                    y = x * tf.constant(op.real_weights(), tf.float32)
-                y = y + tf.constant(op.bias, tf.float32)
-            elif op.kind == "dense":
-                y = tf.matmul(x, tf.constant(op.real_weights().T, tf.float32)) + tf.constant(op.bias, tf.float32)
-            elif op.kind == "add":
-                y = x + values[op.inputs[1]]
-            elif op.kind == "mean":
-                y = tf.reduce_mean(x, axis=[1, 2])
-            else:
-                y = tf.nn.max_pool2d(x, op.pool, op.strides, op.padding)
-            if op.relu:
-                y = tf.nn.relu(y)
-            grid = graph.tensors[op.output].grid
-            if grid is not None:
-                step, levels = grid
-                y = tf.round(tf.clip_by_value(y, 0.0, levels * step) / step) * step
-            stream = graph.tensors[op.output].stream_grid
-            if stream is not None:
-                y = quantizers.fixed_step(y, *stream)
-            if graph.tensors[op.output].sign:
-                y = tf.where(y >= 0, 1.0, -1.0)
-            values[op.output] = y
-        for name, v in values.items():
-            lo, hi = float(tf.reduce_min(v)), float(tf.reduce_max(v))
-            old = ranges.get(name, (lo, hi))
-            ranges[name] = (min(old[0], lo), max(old[1], hi))
-        results.append(values[graph.output].numpy())
-    return np.concatenate(results), ranges
-
-
-OUTPUT_RANGES = ("top", "full")
-
-
-def calibrate(graph: Graph, images, output_range: str = "top") -> np.ndarray:
-    """Set every tensor's (lo, hi) from a representative batch; return the IR's float outputs.
-
-    ``output_range="full"`` covers every logit seen. ``"top"`` (default, for
-    classifiers) covers only the winning logits: from the smallest per-image
-    maximum logit, less a quarter of the span above it, to the largest logit.
-    Lower logits saturate at -128, which never changes the argmax but makes
-    the int8 step several times finer, so near-tied winners stay apart.
-    """
-    if output_range not in OUTPUT_RANGES:
-        raise ValueError(f"output_range={output_range!r} is not supported; allowed: {', '.join(OUTPUT_RANGES)}.")
-    outputs, ranges = evaluate(graph, images)
-    for name, (lo, hi) in ranges.items():
-        graph.tensors[name].lo, graph.tensors[name].hi = lo, hi
-    if output_range == "top" and outputs.ndim == 2 and outputs.shape[1] > 1:
-        out = graph.tensors[graph.output]
-        top_lo = float(outputs.max(axis=1).min())
-        out.lo = max(out.lo, top_lo - 0.25 * (out.hi - top_lo))
-    return outputs

@@ -1,0 +1,91 @@
+"""Serialization: a frozen :class:`~agq_keras.export.plan.Plan` as TFLite flatbuffer bytes.
+
+The last stage of the pipeline. It encodes the plan with the schema bindings that ship with LiteRT
+(``ai_edge_litert.schema_py_generated``) and decides nothing: tensors, buffers and operators are
+written in the plan's order, operator codes in order of first use, so the bytes are a deterministic
+function of the plan.
+"""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+
+try:
+    from ai_edge_litert import schema_py_generated as schema
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("agq_keras.export needs LiteRT: pip install 'agq-keras[export]' (ai-edge-litert)") from err
+
+TENSOR_TYPES = {"int8": schema.TensorType.INT8, "int16": schema.TensorType.INT16, "int32": schema.TensorType.INT32,
+                "int64": schema.TensorType.INT64, "float32": schema.TensorType.FLOAT32}
+# option fields whose values are enum names
+_ENUMS = {"padding": schema.Padding, "fusedActivationFunction": schema.ActivationFunctionType,
+          "weightsFormat": schema.FullyConnectedOptionsWeightsFormat}
+
+
+def _tensor(record, buffers):
+    t = schema.TensorT()
+    t.name = record.name
+    t.shape = np.asarray(([1] if record.batch else []) + list(record.shape), np.int32)
+    if record.batch:
+        t.shapeSignature = np.asarray([-1] + list(record.shape), np.int32)
+    t.type = TENSOR_TYPES[record.dtype]
+    t.buffer = 0
+    if record.data is not None:
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(np.ascontiguousarray(record.data).tobytes(), np.uint8)
+        buffers.append(buf)
+        t.buffer = len(buffers) - 1
+    if record.quant is not None:
+        q = schema.QuantizationParametersT()
+        q.scale = list(record.quant.scale)
+        q.zeroPoint = list(record.quant.zero_point)
+        q.quantizedDimension = record.quant.axis
+        t.quantization = q
+    return t
+
+
+def _options(options):
+    if options is None:
+        return 0, None
+    table, fields = options
+    obj = getattr(schema, table + "T")()
+    for field, value in fields:
+        setattr(obj, field, getattr(_ENUMS[field], value) if field in _ENUMS else value)
+    return getattr(schema.BuiltinOptions, table), obj
+
+
+def to_bytes(plan, description: str | None = None) -> bytes:
+    """The flatbuffer bytes of ``plan`` (``description``: the model's description string)."""
+    model = schema.ModelT()
+    model.version = 3
+    model.description = plan.description if description is None else description
+    model.buffers = [schema.BufferT()]  # buffer 0: the empty sentinel
+    model.operatorCodes = []
+    sub = schema.SubGraphT()
+    sub.name = "main"
+    sub.tensors = [_tensor(record, model.buffers) for record in plan.tensors]
+    sub.operators = []
+    codes: dict = {}
+    for record in plan.ops:
+        code = getattr(schema.BuiltinOperator, record.builtin)
+        key = (code, record.version)
+        if key not in codes:
+            oc = schema.OperatorCodeT()
+            oc.builtinCode = code
+            oc.deprecatedBuiltinCode = min(code, 127)
+            oc.version = record.version
+            model.operatorCodes.append(oc)
+            codes[key] = len(model.operatorCodes) - 1
+        o = schema.OperatorT()
+        o.opcodeIndex = codes[key]
+        o.inputs = np.asarray(record.inputs, np.int32)
+        o.outputs = np.asarray(record.outputs, np.int32)
+        o.builtinOptionsType, o.builtinOptions = _options(record.options)
+        sub.operators.append(o)
+    sub.inputs = np.asarray(plan.inputs, np.int32)
+    sub.outputs = np.asarray(plan.outputs, np.int32)
+    model.subgraphs = [sub]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -1,0 +1,265 @@
+"""Integer arithmetic of the export: multipliers, the runtimes' requantization, threshold search.
+
+Every function here is pure NumPy on small arrays, so it is unit-tested in milliseconds against an
+exact (``fractions.Fraction``) reference (tests/test_export_intmath.py). Nothing here knows Keras or
+the flatbuffer.
+
+Requantization, the step that turns an int32 accumulator ``acc`` into an output code, differs by
+runtime:
+
+* TFLite's reference and optimized kernels (and TensorFlow Lite Micro):
+  ``MultiplyByQuantizedMultiplier(acc, M0, shift)`` (:func:`fixed_point_multiply`), a 31-bit
+  fixed-point multiplier with two roundings, ties away from zero; the 16x8 kernels use a 15-bit
+  multiplier on an int64 accumulator (:func:`fixed_point_multiply_int64`).
+* XNNPACK: ``lrintf(float(acc) * float(s_in * s_w / s_out))`` in float32, ties to even
+  (:func:`xnnpack_requantize`).
+
+They agree on every accumulator value whose real output ``(acc + B) * M`` (in output steps) is not
+close to a half integer. :func:`exact_thresholds` picks biases (and code multipliers) so that every
+achievable accumulator stays at least :data:`MIN_MARGIN` output steps away from every rounding
+boundary, and reports the smallest distance per channel (its ``margins``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MIN_MARGIN = 1e-4  # output steps between any achievable accumulator and a rounding tie ("rank 0")
+SCALE_CANDIDATES = 4096
+
+
+# -- multipliers and requantization ------------------------------------------------------------
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's (M0, shift) with m = M0 * 2^(shift - 31), M0 in [2^30, 2^31)."""
+    if m <= 0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    q_fixed = int(round(q * (1 << 31)))
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    return q_fixed, shift
+
+
+def reduced_multiplier(m0: int) -> int:
+    """The 15-bit multiplier TFLite's 16x8 kernels keep of a 31-bit ``M0`` (rounded, saturating)."""
+    return (m0 + (1 << 15)) >> 16 if m0 < 0x7FFF0000 else 0x7FFF
+
+
+def fixed_point_multiply(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
+    """TFLite's reference MultiplyByQuantizedMultiplier (double rounding), int64 in and out."""
+    x = x.astype(np.int64) * (1 << max(shift, 0))
+    ab = x * m0
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    total = ab + nudge
+    high = np.where(total >= 0, total >> 31, -((-total) >> 31))  # C++ division truncates toward zero
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> exponent) + (remainder > threshold)
+
+
+def fixed_point_multiply_int64(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
+    """TFLite's reference MultiplyByQuantizedMultiplier for an int64 accumulator (the 16x8 kernels):
+    the multiplier is reduced to 15 bits and the product rounded once (half up)."""
+    reduced = reduced_multiplier(m0)
+    total_shift = 15 - shift
+    return (x.astype(np.int64) * reduced + (1 << (total_shift - 1))) >> total_shift
+
+
+def xnnpack_requantize(acc: np.ndarray, scale: float) -> np.ndarray:
+    """XNNPACK's fp32 requantization: ``lrintf(float(acc) * float32(scale))`` (ties to even)."""
+    product = np.asarray(acc, np.int64).astype(np.float32) * np.float32(scale)
+    return np.rint(product).astype(np.int64)
+
+
+def runtime_scale(s_in: float, s_w: float, s_out: float) -> float:
+    """The output multiplier a runtime derives from the stored float32 scales (in double, as TFLite)."""
+    return float(np.float32(s_in)) * float(np.float32(s_w)) / float(np.float32(s_out))
+
+
+# -- weight codes ------------------------------------------------------------------------------
+def fallback_codes(weights: np.ndarray, replicas: int = 1):
+    """Closest per-output-channel symmetric int8 form of float weights (channels on axis 0).
+
+    For each channel the step is searched among max|w|/m, m in [96, 127]
+    (4096 candidates), minimising the summed absolute rounding error; the
+    plain max|w|/127 is one candidate, so the result is never worse than it.
+    Deterministic (pure NumPy, fixed candidates).
+    """
+    flat = weights.reshape(weights.shape[0], -1).astype(np.float64)
+    codes = np.zeros(flat.shape, np.int32)
+    steps = np.ones(flat.shape[0])
+    limit = 127 * replicas
+    denominators = np.linspace(96.0 * replicas, float(limit), SCALE_CANDIDATES)
+    for c, row in enumerate(flat):
+        top = np.abs(row).max()
+        if top == 0:
+            continue
+        cand = top / denominators
+        rounded = np.clip(np.round(row[None] / cand[:, None]), -limit, limit)
+        best = int(np.argmin(np.abs(rounded * cand[:, None] - row[None]).sum(axis=1)))
+        codes[c], steps[c] = rounded[best], cand[best]
+    return codes.reshape(weights.shape), steps
+
+
+def widen(codes: np.ndarray, steps: np.ndarray, replicas: int):
+    """Multiply each channel's codes by the largest integer m keeping |code| <= 127 * replicas
+    (and divide its step by m): same real weights, same grid ratios, but an m-times finer
+    int32 accumulator unit s_in * s_w, so the int32 bias is rounded m times more finely."""
+    top = np.abs(codes.reshape(codes.shape[0], -1)).max(axis=1)
+    m = np.where(top > 0, (127 * replicas) // np.maximum(top, 1), 1)
+    return codes * m.reshape((-1,) + (1,) * (codes.ndim - 1)), steps / m
+
+
+def split_codes(codes: np.ndarray, replicas: int) -> np.ndarray:
+    """Split integer codes with |code| <= 127 r into r int8 parts along the last
+    (input) axis: ``sum_k parts[..., k*I + j] == codes[..., j]``."""
+    if replicas == 1:
+        return codes
+    mag, sign = np.abs(codes), np.sign(codes)
+    base, rest = mag // replicas, mag % replicas
+    parts = [sign * (base + (k < rest)) for k in range(replicas)]
+    return np.concatenate(parts, axis=-1)
+
+
+def base_codes(codes: np.ndarray, steps: np.ndarray):
+    """Per output channel, the codes divided by their gcd (and the steps multiplied by it)."""
+    flat = codes.reshape(len(steps), -1).astype(np.int64)
+    gcd = np.maximum(np.gcd.reduce(np.abs(flat), axis=1), 1)
+    return (flat // gcd[:, None]).reshape(codes.shape), steps * gcd, gcd
+
+
+# -- exact outputs -------------------------------------------------------------------------------
+def tie_distance(points: np.ndarray, mult: float) -> np.ndarray:
+    """Distance (in output steps) of ``points * mult`` from the nearest half integer."""
+    return np.abs(points * mult - np.round(points * mult - 0.5) - 0.5)
+
+
+def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
+    """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
+    output equals ``round(clip(real, 0, levels))`` for every accumulator value.
+
+    The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
+    and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
+    fixed-point multiplier. Both are monotone step functions of acc, which only takes multiples
+    of m (every code is m times a base code), so they agree everywhere iff they agree on the two
+    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``.
+    Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
+    finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
+    from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
+    exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
+    """
+    multiply = multiply or fixed_point_multiply
+    step_out, levels = grid
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(step_out))
+    codes = codes.copy()
+    steps = steps.astype(np.float64).copy()
+    out_bias = np.zeros(len(steps))
+    half = np.arange(levels) + 0.5
+    ranks, margins = [], []
+    for c in range(len(steps)):
+        row = codes[c].astype(np.int64)
+        g = int(np.gcd.reduce(np.abs(row.ravel()))) or 1
+        base, base_step = row // g, steps[c] * g
+        top = int(np.abs(base).max(initial=0)) or 1
+        best = None
+        for m in range(limit // top, 0, -1):
+            s_w = float(np.float32(base_step / m))
+            mult = s_in32 * s_w / s_out32
+            beta = bias[c] / (s_in32 * s_w)
+            t = half / mult - beta
+            # every weight code is a multiple of m, so the accumulator only takes multiples of m
+            acc = m * np.concatenate([np.ceil(t / m) - 1, np.ceil(t / m)])
+            real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
+            m0, shift = quantize_multiplier(mult)
+            for b_int in (np.floor(beta), np.ceil(beta)):
+                fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
+                if np.array_equal(fixed, real):
+                    margin = float(tie_distance(acc + b_int, mult).min())
+                    rank = 0 if margin >= MIN_MARGIN else 1
+                    if best is None or rank < best[0]:
+                        best = (rank, m, b_int, margin)
+                    if rank == 0:
+                        break
+            if best is not None and best[0] == 0:
+                break
+        if best is None:
+            m = limit // top
+            best = (2, m, np.round(bias[c] / (s_in32 * float(np.float32(base_step / m)))), 0.0)
+        rank, m, b_int, margin = best
+        codes[c] = base * m
+        steps[c] = float(np.float32(base_step / m))
+        out_bias[c] = b_int
+        ranks.append(rank)
+        margins.append(margin)
+    return codes, steps, out_bias, np.asarray(ranks), np.asarray(margins)
+
+
+
+
+
+def sign_weights(codes: np.ndarray, steps: np.ndarray, bias: np.ndarray, s_in: float):
+    """Codes, stored steps, int32 bias and gain of an op whose output feeds sign() (exact for every input).
+
+    With base codes doubled, the accumulator ``acc`` only takes even values; F outputs +1 iff
+    ``acc >= -beta`` (beta: the real bias in accumulator units), i.e. iff ``acc >= a``, ``a`` the
+    smallest even number ``>= -beta``. The int32 bias ``B = 1 - a`` makes ``acc + B`` odd, so
+    never 0, and positive exactly when ``acc >= a``; stored steps ``2 / s_in`` make the output
+    multiplier 2, so ``|acc + B| >= 1`` always saturates the RELU_N1_TO_1 clamp at codes 125/127
+    (-1/+1). The real weights are scaled by a positive per-channel ``gain`` (stored / F's), which
+    does not change a sign (the grid check divides it out)."""
+    base, base_steps, _ = base_codes(codes, steps)
+    beta = bias / (s_in * base_steps / 2)
+    first_positive = 2 * np.ceil(-beta / 2)
+    stored = np.full(len(base_steps), float(np.float32(2.0 / s_in)))
+    return base * 2, stored, 1 - first_positive, stored / (base_steps / 2)
+
+
+def exact_multiplier_steps(s_in: float, steps: np.ndarray, s_out: float) -> np.ndarray:
+    """Weight steps (float32 values) whose 16x8 output multipliers are exact where they can be.
+
+    TFLite derives the multiplier ``s_in * s_w / s_out`` in double from the stored float32 scales
+    and a 16x8 kernel keeps 15 bits of it. When the intended multiplier has a 15-bit mantissa (an
+    integer below 2^15, a power of two: the residual stream's convs and its stem), float32 storage
+    can leave it a hair *below* that value, and the mantissa then rounds to 0x7FFF instead of the
+    next power of two. Each such step is nudged up by float32 ulps until the double product is at
+    or just above the intended value, which the kernel then reproduces exactly."""
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(s_out))
+    out = np.asarray(steps, np.float64).copy()
+    for c, step in enumerate(out):
+        ideal = s_in32 * float(np.float32(step)) / s_out32
+        if ideal <= 0:
+            continue
+        mant, exp = math.frexp(ideal)
+        target = math.ldexp(round(mant * 2**15) / 2**15, exp)
+        if abs(ideal / target - 1) > 1e-6:
+            continue  # not a 15-bit multiplier: nothing to keep exact
+        s_w = np.float32(target * s_out32 / s_in32)
+        while s_in32 * float(s_w) / s_out32 < target:
+            s_w = np.nextafter(s_w, np.float32(np.inf))
+        out[c] = float(s_w)
+    return out
+
+
+def affine_codes_16x8(codes, steps, s_in, s_out):
+    """Per channel of a 16x8 DEPTHWISE_CONV_2D (one weight per channel): the code c in 64..127 whose
+    output multiplier s_in * (|g|/c) / s_out loses least in the kernel's 15-bit reduced multiplier."""
+    codes, steps = codes.copy(), steps.astype(np.float64).copy()
+    for ch in range(len(steps)):
+        if codes[ch] == 0:
+            continue
+        g = abs(int(codes[ch])) * steps[ch]
+        best = None
+        for c in range(127, 63, -1):
+            s_w = float(np.float32(g / c))
+            m0, shift = quantize_multiplier(float(np.float32(s_in)) * s_w / float(np.float32(s_out)))
+            err = abs(reduced_multiplier(m0) * 65536 - m0) / m0
+            if best is None or err < best[0]:
+                best = (err, c, s_w)
+        codes[ch] = int(np.sign(codes[ch])) * best[1]
+        steps[ch] = best[2]
+    return codes, steps

@@ -1,0 +1,576 @@
+"""The quantization plan: every integer decision of the export, frozen before anything is written.
+
+Third stage of the pipeline (lower -> calibrate -> **plan** -> flatbuffer). :func:`make_plan` takes
+the lowered graph (never changed) and the calibrated ranges, and returns a :class:`Plan`: the
+TFLite tensors in order, each with its one quantization record (:class:`QuantParams`: scales, zero
+points, axis) and its constant data, the operators with their options, and a :class:`LayerRecord`
+per weighted op (replicas, threshold ranks and margins, sign gain) for the verify report. The
+serializer (:mod:`agq_keras.export.flatbuffer`) only encodes it.
+
+``int8`` mode: int8 input/output and activations, int8 weights (per output channel, zero point 0),
+int32 biases at scale ``s_in * s_w``. ``float32`` mode plans the same graph in float (the exact
+activation rounding as MINIMUM/MUL/ROUND/MUL), as the size/latency/numerics baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from agq_keras.export import intmath
+from agq_keras.export.lower import Graph, Op
+
+MODES = ("int8", "float32")
+# (builtin, version) per op and mode: the versions the TFLite converter gives these kernels.
+_VERSIONS = {
+    "CONV_2D": {"int8": 3, "float32": 1},
+    "DEPTHWISE_CONV_2D": {"int8": 3, "float32": 1},
+    "FULLY_CONNECTED": {"int8": 4, "float32": 1},
+    "ADD": {"int8": 2, "float32": 1},
+    "MEAN": {"int8": 2, "float32": 1},
+    "MAX_POOL_2D": {"int8": 2, "float32": 1},
+    "CONCATENATION": {"int8": 2, "float32": 1},
+    "MINIMUM": {"float32": 1},
+    "MUL": {"float32": 1},
+    "ROUND": {"float32": 1},
+    "QUANTIZE": {"int8": 2},
+}
+# int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
+_VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
+                   "MAX_POOL_2D": 3, "CONCATENATION": 3}
+RESIDUAL_BITS = (16, 8)
+INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
+SIGN_ZERO_POINT = 126
+MAX_SEARCH_LEVELS = 15
+THRESHOLD_REPLICAS = 16
+STREAM_MAX_MULTIPLIER = 1 << 14  # an integer multiplier below 2^14 is exact in the 16x8 kernels' 15 bits
+
+
+def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259):
+    """A ValueError naming the bad value and what is allowed."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
+    if residual_bits not in RESIDUAL_BITS:
+        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    if head_bits not in RESIDUAL_BITS:
+        raise ValueError(f"head_bits={head_bits!r} is not supported; allowed: 16, 8.")
+    if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or not 1 <= max_replicas <= 1024:
+        raise ValueError(f"max_replicas={max_replicas!r} must be an integer in 1..1024.")
+
+
+# -- the frozen records --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class QuantParams:
+    """The one record of a tensor's quantization: real = scale * (code - zero_point), per ``axis``."""
+    scale: tuple
+    zero_point: tuple
+    axis: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    shape: tuple  # without the batch dimension when ``batch``
+    dtype: str  # "int8", "int16", "int32", "int64", "float32"
+    quant: Optional[QuantParams] = None
+    data: Optional[np.ndarray] = None  # constant contents (read-only), None for activations
+    batch: bool = False  # an activation: shape [1] + shape, signature [-1] + shape
+
+
+@dataclasses.dataclass(frozen=True)
+class OpRecord:
+    builtin: str
+    version: int
+    inputs: tuple  # tensor indices
+    outputs: tuple
+    options: Optional[tuple] = None  # (options table, ((field, value), ...)), enum values as names
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRecord:
+    """What the plan decided for one weighted op (conv, dense, BatchNorm as depthwise)."""
+    layer: str
+    kind: str
+    output: str
+    weight_bits: int
+    replicas: int  # the input is repeated this many times (codes span +-127 * replicas)
+    exact_weights: bool
+    note: str
+    float_weights: Optional[np.ndarray]  # F's weights (BN folded), before int8 coding
+    gain: Optional[np.ndarray] = None  # per channel: stored weights / F's weights (a sign() output)
+    threshold_ranks: Optional[np.ndarray] = None  # per channel: 0 exact on every runtime, 1 TFLite only, 2 closest
+    margins: Optional[np.ndarray] = None  # per channel: smallest distance from a rounding tie (output steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    graph: Graph
+    mode: str
+    description: str
+    tensors: tuple  # TensorRecord, in index order
+    ops: tuple  # OpRecord, in execution order
+    inputs: tuple
+    outputs: tuple
+    layers: dict  # op output name -> LayerRecord
+    stream_scales: dict  # residual stream tensor -> its exact int16 scale (stream_grids)
+    notes: tuple
+
+    def tensor(self, name: str) -> TensorRecord:
+        """The record of tensor ``name`` (KeyError naming it if absent)."""
+        for record in self.tensors:
+            if record.name == name:
+                return record
+        raise KeyError(f"No tensor {name!r} in the plan.")
+
+
+def _frozen(array, dtype=None) -> np.ndarray:
+    out = np.array(array, dtype=dtype)
+    out.setflags(write=False)
+    return out
+
+
+# -- weight forms: the integer weights before any scale is known --------------------------------
+@dataclasses.dataclass
+class WeightForm:
+    codes: np.ndarray
+    steps: np.ndarray
+    replicas: int
+    exact: bool
+    note: str
+    float_weights: np.ndarray
+
+    def real_weights(self) -> np.ndarray:
+        return self.codes * self.steps.reshape((-1,) + (1,) * (self.codes.ndim - 1))
+
+
+def weight_forms(graph: Graph, max_replicas: int):
+    """Per conv/dense op: int codes (F's grid codes, or the closest int8 form of F's weights), the
+    input repeats they need and the widened codes (:func:`intmath.widen`). Returns (forms, notes)."""
+    forms, notes = {}, []
+    for op in graph.ops:
+        if op.kind not in ("conv", "dense"):
+            continue
+        # Wide (repeated-input) weights only pay where the input itself is exact (the model input or a
+        # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing.
+        src = graph.tensors[op.inputs[0]]
+        replicas = max_replicas if (op.kind == "dense" or src.name == graph.input or src.grid is not None) else 1
+        float_weights = op.real_weights()
+        codes, steps, exact, note = op.codes, op.steps, op.exact_weights, op.weight_note
+        if not exact or int(np.abs(codes).max(initial=0)) > 127 * replicas:
+            if exact:
+                exact = False
+                note = f"grid needs codes beyond ±{127 * replicas}; re-quantized to int8 (closest)"
+                notes.append(f"{op.layer}: {note}")
+            codes, steps = intmath.fallback_codes(float_weights, replicas)
+        used = max(1, -(-int(np.abs(codes).max(initial=0)) // 127))
+        codes, steps = intmath.widen(codes, steps, used)
+        forms[op.output] = WeightForm(codes, steps, used, exact, note, float_weights)
+    return forms, notes
+
+
+# -- activation scales ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Act:
+    """The planner's working view of an activation tensor (private; frozen into TensorRecords)."""
+    name: str
+    shape: tuple
+    grid: Optional[tuple] = None
+    lo: float = 0.0
+    hi: float = 0.0
+    sign: bool = False
+    stream_grid: Optional[tuple] = None
+    int16: bool = False
+    int16_like: Optional["_Act"] = None  # an int16 copy of this int8 tensor (same scale: exact)
+    stream_scale: Optional[float] = None  # int16 scale of an exact residual stream
+
+
+def int8_params(tensor: _Act) -> tuple[float, int]:
+    """(scale, zero_point) of an activation tensor in the int8 model."""
+    if tensor.sign:  # {-1, +1} as codes {125, 127}; the producer's RELU_N1_TO_1 clamps to them
+        return 1.0, SIGN_ZERO_POINT
+    if tensor.grid is not None:
+        step, levels = tensor.grid
+        return float(step), int(127 - levels)
+    lo, hi = min(tensor.lo, 0.0), max(tensor.hi, 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    return float(scale), int(np.clip(np.round(-128 - lo / scale), -128, 127))
+
+
+def int16_params(tensor: _Act) -> tuple[float, int]:
+    """(scale, 0) of an int16 tensor: symmetric, zero point 0 (TFLite's 16x8 kernels require it)."""
+    if tensor.grid is not None or tensor.int16_like is not None:  # an exact copy of an int8 tensor
+        return int8_params(tensor if tensor.int16_like is None else tensor.int16_like)[0], 0
+    if tensor.stream_scale is not None:  # an exact residual stream (stream_grids)
+        return tensor.stream_scale, 0
+    top = max(abs(tensor.lo), abs(tensor.hi), 1e-8) * INT16_HEADROOM
+    return float(top / 32767.0), 0
+
+
+def _groups(graph: Graph, acts: dict) -> list:
+    """The int16 tensors joined by ADD ops (operands and result of an ADD share one scale)."""
+    parent = {name: name for name in graph.tensors if acts[name].int16}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for op in graph.ops:
+        if op.kind == "add" and all(n in parent for n in op.inputs + [op.output]):
+            for n in op.inputs:
+                parent[find(n)] = find(op.output)
+    groups: dict = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return [sorted(members) for members in groups.values()]
+
+
+def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
+    """Give each residual stream (a group of int16 tensors joined by ADDs) one exact scale when it can.
+
+    The convs writing a stream (a block's last conv, the projection shortcut) read a k-bit grid
+    tensor (scale ``s_a``), have grid weights (``codes * s_w``) and no bias: their outputs are
+    integers times ``u_c = s_a s_w`` per channel. When every such ``u_c`` of a stream is an integer
+    multiple of the smallest, ``u``, the stream gets the int16 scale ``u / M`` with the largest
+    integer ``M`` that keeps the calibrated range (x ``INT16_HEADROOM``) inside int16. Then each
+    conv's requantization multiplier is an integer (exact in the 16x8 kernel's 15-bit multiplier),
+    each ADD has equal input and output scales (exact), and only the producers off the grid (the
+    16-bit stem; an ImageNet stem's max-pool) round, once. Mixed grids (1-bit DoReFa: ``s_w =
+    mean|w|`` per layer) or too fine a grid (8-bit: ``u = 1/255^2``, ``M < 1``) keep the calibrated
+    scale (not exact). Sets ``stream_scale`` on ``acts`` and base codes on ``forms``; returns notes."""
+    notes = []
+    for members in _groups(graph, acts):
+        gridded, units, off_grid = [], [], False
+        for name in members:
+            op = graph.producer(name)
+            if op is None or op.kind == "add":
+                continue
+            src = graph.tensors[op.inputs[0]]
+            form = forms.get(op.output)
+            if op.kind != "conv" or not form.exact or src.grid is None or op.relu or np.any(op.bias != 0):
+                off_grid = True  # the stem: rounded to the stream scale, once
+                continue
+            _, _, gcd = intmath.base_codes(form.codes, form.steps)
+            gridded.append((form, gcd))
+            units.append(float(np.float32(src.grid[0])) * form.steps * gcd)
+        declared = {acts[n].stream_grid[0] for n in members if acts[n].stream_grid is not None}
+        if not gridded:
+            continue
+        if off_grid and not declared:  # a float stream holding the stem: finer per-tensor scales round less
+            notes.append(f"residual stream {members[0]}…: F's residual stream is float and holds the 16-bit stem's "
+                         "output; calibrated int16 scales (closest, not exact; build F with "
+                         "residual_stream='int16' for an exact export)")
+            continue
+        allu = np.concatenate(units)
+        if declared:  # F's own int16 grid (residual_stream="int16"): F saturates where int16 does
+            u, m = min(declared), 1
+            powers = np.log2(np.asarray(sorted(declared)) / u)
+            exact = np.allclose(powers, np.round(powers), rtol=0, atol=1e-9)  # pot ratios: ADDs stay exact
+        else:
+            u, exact = float(allu.min()), True
+            top = max(max(abs(acts[n].lo), abs(acts[n].hi)) for n in members) * INT16_HEADROOM
+            m = int(np.floor(32767 * u / max(top, 1e-12)))
+        ratios = allu / u
+        if not exact or np.abs(ratios - np.round(ratios)).max() > 1e-6 or m < 1 or \
+                np.round(ratios).max() * m >= STREAM_MAX_MULTIPLIER:
+            notes.append(f"residual stream {members[0]}…: conv outputs share no integer grid that fits int16; "
+                         "calibrated int16 scale (closest, not exact)")
+            continue
+        for form, gcd in gridded:  # base codes (no widening): the multiplier s_a s_w / s is then an integer
+            shape = (-1,) + (1,) * (form.codes.ndim - 1)
+            form.codes = form.codes // gcd.reshape(shape)
+            form.steps = form.steps * gcd
+        for name in members:
+            tensor = acts[name]
+            tensor.stream_scale = tensor.stream_grid[0] if tensor.stream_grid is not None else u / m
+    return notes
+
+
+# -- the planner ---------------------------------------------------------------------------------
+def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits: int = 16,
+              head_bits: int = 8, description: str = "agq_keras export") -> Plan:
+    """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
+
+    ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
+    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU).
+    ``head_bits=16`` also stores the last feature map and the pooled features as int16 (16x8
+    kernels, then QUANTIZE to the int8 logits): the calibrated head then rounds ~256x more finely
+    and has headroom beyond the calibrated range (no Edge TPU)."""
+    check_options(mode, residual_bits, head_bits, max_replicas)
+    missing = sorted(set(graph.tensors) - set(ranges))
+    if missing:
+        raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
+    forms, notes = weight_forms(graph, max_replicas)
+    acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
+            for name, t in graph.tensors.items()}
+    if mode == "int8" and head_bits == 16:
+        for op in graph.ops:
+            if op.kind == "mean" and op.output != graph.output:
+                for name in (op.inputs[0], op.output):
+                    acts[name].int16 = acts[name].grid is None and name != graph.input
+    if mode == "int8" and residual_bits == 16:
+        for op in graph.ops:
+            if op.kind == "add":
+                for name in op.inputs + [op.output]:
+                    tensor = acts[name]
+                    tensor.int16 = tensor.grid is None and name not in (graph.input, graph.output)
+        for op in graph.ops:  # the head after the stream (final BatchNorm, pooling) stays int16 too
+            out = acts[op.output]
+            if op.kind in ("affine", "mean", "maxpool") and acts[op.inputs[0]].int16 and out.grid is None \
+                    and op.output != graph.output:
+                out.int16 = True
+        notes += stream_grids(graph, acts, forms)
+    planner = _Planner(graph, acts, forms, mode, max_replicas)
+    planner.run()
+    return Plan(graph=graph, mode=mode, description=description, tensors=tuple(planner.tensors),
+                ops=tuple(planner.ops), inputs=(planner.index[graph.input],),
+                outputs=(planner.index[graph.output],), layers=planner.layers,
+                stream_scales={n: a.stream_scale for n, a in acts.items() if a.stream_scale is not None},
+                notes=tuple(graph.notes) + tuple(n for n in notes if n not in graph.notes))
+
+
+class _Planner:
+    """Walks the graph once, in order, and records every TFLite tensor and operator."""
+
+    def __init__(self, graph: Graph, acts: dict, forms: dict, mode: str, max_replicas: int):
+        self.graph, self.acts, self.forms, self.mode, self.max_replicas = graph, acts, forms, mode, max_replicas
+        self.tensors: list = []
+        self.ops: list = []
+        self.index: dict = {}
+        self.layers: dict = {}
+
+    # -- tensors -------------------------------------------------------
+    def tensor(self, name, shape, dtype, data=None, scale=None, zero_point=None, axis=0, batch=False):
+        quant = None
+        if scale is not None:
+            quant = QuantParams(tuple(float(s) for s in np.atleast_1d(scale)),
+                                tuple(int(z) for z in np.atleast_1d(zero_point)), axis)
+        self.tensors.append(TensorRecord(name, tuple(int(d) for d in shape), dtype, quant,
+                                         None if data is None else _frozen(data), batch))
+        return len(self.tensors) - 1
+
+    def activation(self, name: str) -> int:
+        if name in self.index:
+            return self.index[name]
+        tensor = self.acts[name]
+        if self.mode == "int8":
+            scale, zp = (int16_params if tensor.int16 else int8_params)(tensor)
+            idx = self.tensor(name, tensor.shape, "int16" if tensor.int16 else "int8", scale=scale, zero_point=zp,
+                              batch=True)
+        else:
+            idx = self.tensor(name, tensor.shape, "float32", batch=True)
+        self.index[name] = idx
+        return idx
+
+    def scale_of(self, name):
+        tensor = self.acts[name]
+        return (int16_params if tensor.int16 else int8_params)(tensor)[0]
+
+    def typed(self, name: str, int16: bool) -> str:
+        """``name`` stored as int16 (``int16=True``) or int8: the tensor itself, or a copy made by a
+        QUANTIZE op (int8 -> int16 at the same scale is exact; int16 -> int8 uses the tensor's
+        calibrated int8 range)."""
+        src = self.acts[name]
+        if self.mode != "int8" or src.int16 == int16:
+            return name
+        copy = f"{name}/{'as_int16' if int16 else 'as_int8'}"
+        if copy not in self.index:
+            self.acts[copy] = _Act(copy, src.shape, lo=src.lo, hi=src.hi, int16=int16,
+                                   int16_like=src if int16 else None)
+            self.op("QUANTIZE", [self.activation(name)], [self.activation(copy)])
+        return copy
+
+    def const(self, name, array, dtype, **quant):
+        return self.tensor(name, array.shape, dtype, data=array, **quant)
+
+    # -- ops -----------------------------------------------------------
+    def op(self, builtin: str, inputs, outputs, options=None):
+        int16 = any(self.tensors[i].dtype == "int16" for i in list(inputs) + list(outputs))
+        version = _VERSIONS_INT16.get(builtin, 2) if int16 else _VERSIONS[builtin][self.mode]
+        if options is not None:
+            options = (options[0], tuple(sorted(options[1].items())))
+        self.ops.append(OpRecord(builtin, version, tuple(int(i) for i in inputs), tuple(int(o) for o in outputs),
+                                 options))
+
+    def weights(self, op: Op, in_name: str, axis: int):
+        """(weight tensor, bias tensor) indices; records the op's LayerRecord."""
+        form = self.forms.get(op.output)
+        real = form.float_weights if form is not None else op.real_weights()
+        layout = real.reshape(1, 1, 1, -1) if op.kind == "affine" else real  # depthwise filter: (1, 1, 1, C)
+        record = dict(layer=op.layer, kind=op.kind, output=op.output, weight_bits=op.weight_bits,
+                      replicas=form.replicas if form is not None else 1,
+                      exact_weights=form.exact if form is not None else op.exact_weights,
+                      note=form.note if form is not None else op.weight_note,
+                      float_weights=None if form is None else _frozen(form.float_weights))
+        if self.mode == "float32":
+            self.layers[op.output] = LayerRecord(**record)
+            w = self.const(f"{op.output}/weights", layout.astype(np.float32), "float32")
+            b = self.const(f"{op.output}/bias", op.bias.astype(np.float32), "float32")
+            return w, b
+        s_in = self.scale_of(in_name)
+        wide_in = self.acts[in_name].int16  # a 16x8 kernel: int64 bias and accumulator
+        codes, steps = (form.codes, form.steps) if form is not None else (op.codes, op.steps)
+        out = self.acts[op.output]
+        grid = out.grid
+        if out.sign and not wide_in:
+            codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
+            record["gain"] = _frozen(gain)
+        elif grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
+            # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
+            # repeats (up to THRESHOLD_REPLICAS and max_replicas) until every channel is exact
+            cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
+            if op.kind == "affine":
+                cap = 1
+            for replicas in range(record["replicas"], cap + 1):
+                flat, new_steps, bias, ranks, margins = intmath.exact_thresholds(
+                    codes.reshape(len(steps), -1), steps, op.bias, s_in, grid, 127 * replicas,
+                    multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply)
+                if ranks.max(initial=0) < 2:
+                    break
+            record["replicas"] = replicas
+            codes, steps = flat.reshape(codes.shape), new_steps
+            record["threshold_ranks"], record["margins"] = _frozen(ranks), _frozen(margins)
+        else:
+            if op.kind == "affine" and wide_in:
+                codes, steps = intmath.affine_codes_16x8(codes, steps, s_in, self.scale_of(self._wide_out(op)))
+            elif wide_in:
+                steps = intmath.exact_multiplier_steps(s_in, steps, self.scale_of(self._wide_out(op)))
+            bias = np.round(op.bias / (s_in * steps))
+        self.layers[op.output] = LayerRecord(**record)
+        if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
+            steps = steps[:1]  # per-tensor when the grid step is uniform
+        layout = codes.reshape(1, 1, 1, -1) if op.kind == "affine" else intmath.split_codes(codes, record["replicas"])
+        w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int8", scale=steps,
+                       zero_point=np.zeros(len(steps), np.int64), axis=axis)
+        bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
+        if np.abs(bias).max(initial=0) >= 2**31 - 1 and not wide_in:
+            raise ValueError(f"Layer {op.layer!r}: its bias does not fit int32 at scale s_in*s_w; cannot export.")
+        bias_type = (np.int64, "int64") if wide_in else (np.int32, "int32")
+        b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
+                       zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
+        return w, b
+
+    def _sign_weights(self, op: Op, codes, steps, s_in: float, record: dict):
+        """:func:`intmath.sign_weights`, with the input repeats its doubled codes need."""
+        base, _, _ = intmath.base_codes(codes, steps)
+        limit = 1 if op.kind == "affine" else 2 * self.max_replicas
+        replicas = max(record["replicas"], -(-2 * int(np.abs(base).max(initial=0)) // 127))
+        if replicas > limit:
+            raise ValueError(f"Layer {op.layer!r}: its codes are too wide for an exact sign() output "
+                             f"(needs {replicas} input repeats, allowed {limit}); export with a larger max_replicas.")
+        record["replicas"] = replicas
+        return intmath.sign_weights(codes, steps, op.bias, s_in)
+
+    def _wide_out(self, op: Op) -> str:
+        tmp = f"{op.output}/i16"
+        return tmp if tmp in self.acts and not self.acts[op.output].int16 else op.output
+
+    def replicate(self, in_name: str, replicas: int) -> int:
+        """The op's input repeated ``replicas`` times on the channel axis (int8 CONCATENATION with
+        equal in/out quantization: exact). Built by doubling (x, x2, x4, ...) and one final
+        concatenation of the powers of two in ``replicas``, so no concatenation has more than
+        10 inputs (TensorFlow Lite Micro's limit)."""
+        x = self.activation(in_name)
+        if self.mode == "float32" or replicas == 1:
+            return x
+        src = self.acts[in_name]
+        axis = len(src.shape)
+
+        def concat(inputs, copies):
+            name = f"{in_name}/x{copies}"
+            if name not in self.index:
+                self.acts[name] = _Act(name, src.shape[:-1] + (src.shape[-1] * copies,), grid=src.grid,
+                                       lo=src.lo, hi=src.hi, sign=src.sign, int16=src.int16,
+                                       int16_like=src.int16_like)
+                self.op("CONCATENATION", inputs, [self.activation(name)],
+                        ("ConcatenationOptions", {"axis": axis}))
+            return self.index[name]
+
+        powers, copies, t = {1: x}, 1, x
+        while copies * 2 <= replicas:
+            t = concat([t, t], copies * 2)
+            copies *= 2
+            powers[copies] = t
+        parts = [powers[p] for p in sorted(powers, reverse=True) if replicas & p]
+        return parts[0] if len(parts) == 1 else concat(parts, replicas)
+
+    def emit(self, op: Op):
+        out_name = op.output
+        out = self.acts[out_name]
+        # The input type: an affine (BatchNorm) or dense layer reads its input as stored; every other
+        # op reads its input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
+        as_stored = op.kind in ("affine", "dense")
+        in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
+        widened = as_stored and self.acts[in_name].int16 and not out.int16
+        if widened:  # a 16x8 kernel writes int16; QUANTIZE brings it to the int8 output
+            tmp = f"{out_name}/i16"
+            self.acts[tmp] = _Act(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
+                                  int16_like=out if out.grid is not None else None)
+        params = self.weights(op, in_name, axis=3 if op.kind == "affine" else 0) \
+            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
+        x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
+            else self.activation(in_name)
+        grid = out.grid
+        rounding = self.mode == "float32" and grid is not None
+        y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if widened else out_name)
+        if rounding:
+            self.acts[y_name] = _Act(y_name, out.shape)
+        y = self.activation(y_name)
+        act = "RELU" if op.relu else "NONE"
+        if out.sign and self.mode == "int8":
+            act = "RELU_N1_TO_1"
+        if op.kind == "conv":
+            w, b = params
+            self.op("CONV_2D", [x, w, b], [y], ("Conv2DOptions", dict(
+                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], dilationHFactor=1,
+                dilationWFactor=1, fusedActivationFunction=act)))
+        elif op.kind == "affine":
+            w, b = params
+            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
+                padding="VALID", strideH=1, strideW=1, depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
+                fusedActivationFunction=act)))
+        elif op.kind == "dense":
+            w, b = params
+            self.op("FULLY_CONNECTED", [x, w, b], [y], ("FullyConnectedOptions", dict(
+                fusedActivationFunction=act, weightsFormat="DEFAULT", keepNumDims=False)))
+        elif op.kind == "add":
+            x2 = self.activation(self.typed(op.inputs[1], out.int16))
+            # potScaleInt16=False: for int16, the general (any scale) kernel
+            self.op("ADD", [x, x2], [y], ("AddOptions", dict(fusedActivationFunction=act, potScaleInt16=False)))
+        elif op.kind == "mean":
+            axes = self.const(f"{out_name}/axes", np.asarray([1, 2], np.int32), "int32")
+            self.op("MEAN", [x, axes], [y], ("ReducerOptions", dict(keepDims=False)))
+        elif op.kind == "maxpool":
+            self.op("MAX_POOL_2D", [x], [y], ("Pool2DOptions", dict(
+                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], filterHeight=op.pool[0],
+                filterWidth=op.pool[1], fusedActivationFunction=act)))
+        if rounding:
+            self.float_rounding(y_name, out_name, grid)
+        if widened:
+            self.op("QUANTIZE", [y], [self.activation(out_name)])
+
+    def float_rounding(self, src: str, dst: str, grid):
+        """float32 twin of the exact int8 tensor: step * round(min(x, levels*step) / step)."""
+        step, levels = grid
+        shape = self.acts[dst].shape
+        names = [f"{dst}/clipped", f"{dst}/scaled", f"{dst}/rounded"]
+        for n in names:
+            self.acts[n] = _Act(n, shape)
+        top = self.const(f"{dst}/top", np.asarray([levels * step], np.float32), "float32")
+        inv = self.const(f"{dst}/inv_step", np.asarray([1.0 / step], np.float32), "float32")
+        stp = self.const(f"{dst}/step", np.asarray([step], np.float32), "float32")
+        c, s, r, out = (self.activation(n) for n in names + [dst])
+        self.op("MINIMUM", [self.activation(src), top], [c])
+        self.op("MUL", [c, inv], [s], ("MulOptions", {}))
+        self.op("ROUND", [s], [r])
+        self.op("MUL", [r, stp], [out], ("MulOptions", {}))
+
+    def run(self):
+        self.activation(self.graph.input)
+        for op in self.graph.ops:
+            self.emit(op)
