@@ -141,17 +141,23 @@ def tie_distance(points: np.ndarray, mult: float) -> np.ndarray:
 
 def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
-    output equals ``round(clip(real, 0, levels))`` for every accumulator value.
+    output equals F's ``round(clip(real, 0, levels))`` for every accumulator value, on every runtime.
 
     The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
-    and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B and applies TFLite's
-    fixed-point multiplier. Both are monotone step functions of acc, which only takes multiples
-    of m (every code is m times a base code), so they agree everywhere iff they agree on the two
-    multiples of m around each of the ``levels`` real thresholds ``(j + 1/2) / M - beta``.
-    Scanning m (s_w = base step / m) and B in {floor, ceil}(beta)
-    finds such a choice, preferring one where every checked point is also >= 1e-4 output steps
-    from a rounding tie (so float32 requantization, e.g. XNNPACK's, agrees too). If none
-    exists the largest m with B = round(beta) is kept (closest). Returns (codes, steps, bias).
+    and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B, and a runtime rounds
+    ``(acc + B) * M``: TFLite with its fixed-point multiplier (two roundings: off by up to
+    ``2^-(right shift + 1)`` output steps near a tie), XNNPACK in float32. The accumulator only
+    takes multiples of m (every code is m times a base code), so it suffices to look at the two
+    multiples of m around each of F's ``levels`` thresholds ``(j + 1/2) / M - beta``.
+
+    For each m (largest first: the finest accumulator unit), B is chosen in the middle of the
+    integers that keep every such point at least :data:`MIN_MARGIN` output steps on F's side of the
+    kernel's rounding boundary, so the exact value, TFLite's fixed point and XNNPACK's float32 all
+    round as F does (rank 0). Else ``floor``/``ceil(beta)`` exact under TFLite's fixed point alone
+    (rank 1), else the largest m with B = round(beta) (rank 2, closest).
+
+    Returns ``(codes, steps, bias, ranks, margins)``; per channel the rank and the smallest distance
+    (output steps) of a checked accumulator's exact value ``(acc + B) * M`` from a rounding tie.
     """
     multiply = multiply or fixed_point_multiply
     step_out, levels = grid
@@ -173,18 +179,25 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
             beta = bias[c] / (s_in32 * s_w)
             t = half / mult - beta
             # every weight code is a multiple of m, so the accumulator only takes multiples of m
-            acc = m * np.concatenate([np.ceil(t / m) - 1, np.ceil(t / m)])
+            below, above = m * (np.ceil(t / m) - 1), m * np.ceil(t / m)
+            acc = np.concatenate([below, above])
             real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
             m0, shift = quantize_multiplier(mult)
-            for b_int in (np.floor(beta), np.ceil(beta)):
+            # integers B keeping every checked point MIN_MARGIN on F's side of the kernel's boundary
+            b_hi = np.floor(np.min((half - MIN_MARGIN) / mult - below))
+            b_lo = np.ceil(np.max((half + MIN_MARGIN) / mult - above))
+            centred = [np.floor((b_lo + b_hi) / 2)] if b_lo <= b_hi else []
+            for b_int in centred + [np.floor(beta), np.ceil(beta)]:
                 fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
-                if np.array_equal(fixed, real):
-                    margin = float(tie_distance(acc + b_int, mult).min())
-                    rank = 0 if margin >= MIN_MARGIN else 1
-                    if best is None or rank < best[0]:
-                        best = (rank, m, b_int, margin)
-                    if rank == 0:
-                        break
+                if not np.array_equal(fixed, real):
+                    continue
+                margin = float(tie_distance(acc + b_int, mult).min())
+                floats = np.clip(xnnpack_requantize(acc + b_int, mult), 0, levels)
+                rank = 0 if margin >= MIN_MARGIN and np.array_equal(floats, real) else 1
+                if best is None or rank < best[0]:
+                    best = (rank, m, b_int, margin)
+                if rank == 0:
+                    break
             if best is not None and best[0] == 0:
                 break
         if best is None:
@@ -197,9 +210,6 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
         ranks.append(rank)
         margins.append(margin)
     return codes, steps, out_bias, np.asarray(ranks), np.asarray(margins)
-
-
-
 
 
 def sign_weights(codes: np.ndarray, steps: np.ndarray, bias: np.ndarray, s_in: float):

@@ -421,17 +421,23 @@ class _Planner:
             codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
             record["gain"] = _frozen(gain)
         elif grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
-            # more input repeats allow larger codes, hence a finer fixed-point multiplier; add
-            # repeats (up to THRESHOLD_REPLICAS and max_replicas) until every channel is exact
+            # more input repeats allow larger codes, hence a finer accumulator unit; add repeats (up to
+            # THRESHOLD_REPLICAS and max_replicas) until no channel is left closest (rank 2): repeats
+            # cost size, so TFLite-only channels (rank 1) do not buy more of them
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
             if op.kind == "affine":
                 cap = 1
+            best = None
             for replicas in range(record["replicas"], cap + 1):
-                flat, new_steps, bias, ranks, margins = intmath.exact_thresholds(
+                found = intmath.exact_thresholds(
                     codes.reshape(len(steps), -1), steps, op.bias, s_in, grid, 127 * replicas,
                     multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply)
-                if ranks.max(initial=0) < 2:
+                key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only channels
+                if best is None or key < best[0]:
+                    best = (key, replicas, found)
+                if key[0] == 0:
                     break
+            _, replicas, (flat, new_steps, bias, ranks, margins) = best
             record["replicas"] = replicas
             codes, steps = flat.reshape(codes.shape), new_steps
             record["threshold_ranks"], record["margins"] = _frozen(ranks), _frozen(margins)

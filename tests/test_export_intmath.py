@@ -1,0 +1,167 @@
+"""The export's integer arithmetic (agq_keras/export/intmath.py) against slow exact references:
+Python integers transcribing TFLite's reference kernels, and ``fractions.Fraction`` for the real
+values F computes. Milliseconds each; no Keras, no LiteRT."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from agq_keras.export import intmath
+
+
+# -- slow references ------------------------------------------------------------------------------
+def tflite_multiply_reference(x: int, m0: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier, transcribed with Python integers (C semantics)."""
+    left, right = max(shift, 0), max(-shift, 0)
+    a = x * (1 << left)
+    ab = a * m0
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    total = ab + nudge
+    high = abs(total) // (1 << 31) * (1 if total >= 0 else -1)  # C division truncates toward zero
+    mask = (1 << right) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> right) + (1 if remainder > threshold else 0)
+
+
+def round_half_up(v: Fraction) -> int:
+    return int((v + Fraction(1, 2)).__floor__())
+
+
+def tie_distance(v: Fraction) -> float:
+    """Distance of v from the nearest half integer."""
+    return float(abs(v - (v - Fraction(1, 2)).__round__() - Fraction(1, 2)))
+
+
+# -- multipliers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("m", [1e-6, 3.7e-4, 0.0123, 0.5, 0.999999, 1.0, 1.5, 7.25, 1234.5])
+def test_quantize_multiplier_is_tflites_normalized_form(m):
+    m0, shift = intmath.quantize_multiplier(m)
+    assert 1 << 30 <= m0 < 1 << 31
+    assert abs(Fraction(m0) * Fraction(2) ** (shift - 31) - Fraction(m)) <= Fraction(m) * Fraction(1, 2**31)
+
+
+def test_fixed_point_multiply_equals_the_integer_transcription():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        m = float(10 ** rng.uniform(-6, 1.5))
+        m0, shift = intmath.quantize_multiplier(m)
+        x = rng.integers(-2**24, 2**24, 300)
+        got = intmath.fixed_point_multiply(x, m0, shift)
+        want = [tflite_multiply_reference(int(v), m0, shift) for v in x]
+        assert got.tolist() == want
+
+
+def test_requantization_rounds_like_exact_arithmetic_away_from_ties():
+    """Both runtimes' requantization equals round(x * M) for exact M away from half integers: XNNPACK's
+    float32 beyond 1e-5 output steps; TFLite's fixed point only beyond 2^-(right shift + 1) output steps,
+    because it rounds twice (x * M0 to an integer at 2^-right resolution, then the shift): at M ~ 1e-3
+    (right shift 9) a value up to 1/1024 output steps from a tie can round the other way."""
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        m = float(10 ** rng.uniform(-5, -1))
+        m0, shift = intmath.quantize_multiplier(m)
+        exact_m = Fraction(m0) * Fraction(2) ** (shift - 31)
+        x = rng.integers(-int(300 / m), int(300 / m), 300)  # outputs within +-300 steps (int8/int16 codes)
+        fixed = intmath.fixed_point_multiply(x, m0, shift)
+        xnn = intmath.xnnpack_requantize(x, float(exact_m))
+        for v, a, b in zip(x.tolist(), fixed.tolist(), xnn.tolist()):
+            real = v * exact_m
+            if tie_distance(real) > 1e-5 + 1e-7 * abs(real):
+                assert b == round_half_up(real), (v, m)
+            if tie_distance(real) > 2.0 ** (shift - 1):
+                assert a == round_half_up(real), (v, m)
+
+
+def test_the_16x8_multiplier_keeps_15_bits():
+    m0, shift = intmath.quantize_multiplier(0.3)
+    reduced = intmath.reduced_multiplier(m0)
+    assert 1 << 14 <= reduced < 1 << 15 and abs(reduced / 2**15 * 2.0**shift - 0.3) < 2**-15
+    x = np.arange(-5000, 5000, 37)
+    got = intmath.fixed_point_multiply_int64(x, m0, shift)
+    real = [Fraction(int(v) * reduced, 2 ** (15 - shift)) for v in x]
+    assert got.tolist() == [round_half_up(r) for r in real]
+
+
+# -- codes ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("replicas", [1, 3, 16])
+def test_split_codes_sum_back_within_int8(replicas):
+    codes = np.random.default_rng(2).integers(-127 * replicas, 127 * replicas + 1, (5, 3, 3, 4))
+    parts = intmath.split_codes(codes, replicas)
+    assert np.abs(parts).max() <= 127 and parts.shape == (5, 3, 3, 4 * replicas)
+    assert np.array_equal(parts.reshape(5, 3, 3, replicas, 4).sum(axis=3), codes)
+
+
+def test_widen_keeps_real_weights_and_fills_the_code_range():
+    codes = np.array([[1, -3, 3], [0, 0, 0], [2, 1, -1]])
+    steps = np.array([0.5, 1.0, 0.25])
+    wide, wsteps = intmath.widen(codes, steps, replicas=2)
+    assert np.allclose(wide * wsteps[:, None], codes * steps[:, None])
+    assert np.abs(wide).max(axis=1).tolist() == [252, 0, 254]
+
+
+def test_fallback_codes_are_never_worse_than_max_over_127():
+    w = np.random.default_rng(3).normal(0, 1, (8, 27))
+    codes, steps = intmath.fallback_codes(w)
+    plain = np.abs(w).max(axis=1, keepdims=True) / 127
+    assert np.abs(codes).max() <= 127
+    ours = np.abs(codes * steps[:, None] - w).sum(axis=1)
+    assert np.all(ours <= np.abs(np.round(w / plain) * plain - w).sum(axis=1) + 1e-12)
+
+
+# -- exact thresholds -----------------------------------------------------------------------------
+def _random_channels(rng, channels=6, fan_in=9, levels=3):
+    base = rng.choice([-3, -1, 1, 3], (channels, fan_in))  # 2-bit DoReFa codes (step 1/3, times BN gain)
+    steps = rng.uniform(0.05, 2.0, channels) / 3
+    bias = rng.normal(0, 1.0, channels)
+    s_in, s_out = 1 / levels, float(rng.uniform(0.1, 0.6))
+    return base, steps, bias, s_in, (s_out, levels)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_thresholds_reproduce_f_for_every_accumulator(seed):
+    """For every accumulator value, TFLite's fixed point on the chosen (codes, bias) gives F's code,
+    round(clip(real, 0, levels)) in exact arithmetic; on channels of rank 0 XNNPACK's float32
+    requantization does too, and every value is at least MIN_MARGIN output steps from a tie."""
+    rng = np.random.default_rng(seed)
+    base, steps, bias, s_in, grid = _random_channels(rng)
+    codes, new_steps, int_bias, ranks, margins = intmath.exact_thresholds(base, steps, bias, s_in, grid, 127 * 4)
+    s_out, levels = grid
+    assert np.all(ranks < 2)  # with 4 input repeats every channel is exact here
+    span = int(np.abs(base).sum(axis=1).max()) * 3  # |acc| in base units, inputs 0..3
+    for c in range(len(steps)):
+        m = int(codes[c, np.nonzero(codes[c])[0][0]] // base[c, np.nonzero(base[c])[0][0]])
+        assert np.array_equal(codes[c], base[c] * m)
+        mult = intmath.runtime_scale(s_in, new_steps[c], s_out)
+        m0, shift = intmath.quantize_multiplier(mult)
+        acc = np.arange(-span, span + 1) * m
+        fixed = np.clip(intmath.fixed_point_multiply(acc + int(int_bias[c]), m0, shift), 0, levels)
+        xnn = np.clip(intmath.xnnpack_requantize(acc + int(int_bias[c]), mult), 0, levels)
+        worst = np.inf
+        for a, got, got_x in zip(range(-span, span + 1), fixed.tolist(), xnn.tolist()):
+            real = (Fraction(a) * Fraction(steps[c]) * Fraction(s_in) + Fraction(bias[c])) / Fraction(s_out)
+            want = min(max(round_half_up(real), 0), levels)
+            if 0 <= real <= levels:
+                worst = min(worst, tie_distance(real))
+            if tie_distance(real) < 1e-6:
+                continue  # F's own float32 arithmetic decides a tie either way
+            assert got == want, (c, a, float(real))
+            if ranks[c] == 0:
+                assert got_x == want, (c, a, float(real))
+        if ranks[c] == 0:
+            assert worst >= intmath.MIN_MARGIN - 1e-6 or worst == np.inf
+        assert margins[c] >= (intmath.MIN_MARGIN if ranks[c] == 0 else 0)
+
+
+def test_sign_weights_give_fs_sign_for_every_accumulator():
+    rng = np.random.default_rng(7)
+    base = rng.choice([-1, 1], (5, 12))
+    steps, bias, s_in = rng.uniform(0.1, 1.0, 5), rng.normal(0, 2.0, 5), 1.0
+    codes, stored, int_bias, gain = intmath.sign_weights(base, steps, bias, s_in)
+    assert np.array_equal(codes, base * 2) and np.all(gain > 0)
+    for c in range(5):
+        for a in range(-12, 13):  # sum of +-1 inputs times +-1 codes
+            real = Fraction(a) * Fraction(steps[c]) + Fraction(bias[c])
+            acc = 2 * a + int(int_bias[c])
+            assert acc != 0 and (acc > 0) == (real >= 0), (c, a)
