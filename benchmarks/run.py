@@ -6,13 +6,15 @@ never asserted in unit tests (docs/benchmarks.md).
 * training step images/s (median of ``--steps`` timed steps after warm-up, batch 128) for
   each arch of ``--archs``: float F, 2-bit DoReFa F, AG, AG+SSP, KD, additional losses (the
   trainers ``agq_keras.training.run.make_trainer`` builds), with the ratios;
-* int8 vs float32 TFLite of the same 2-bit F (``agq_keras.export``) under LiteRT: latency per
-  image (batch 1) and file size;
+* deployment (``benchmarks/deploy.py``, a fresh process per model): int8 vs float32 TFLite of the
+  same 2-bit plain F, file size and single-image LiteRT latency (builtin kernels and XNNPACK), and the
+  exporter's peak memory, for ResNet-18 (ImageNet stem, 224x224x3, 1000 classes) and ResNet-20
+  (Fashion-MNIST, 28x28x1, 10 classes), with 8-bit and the paper's 16-bit first/last layers;
 * the Fashion-MNIST input pipeline's images/s vs the fastest training step's consumption;
 * peak RSS of a training step, 2-bit F vs AG (fresh process each).
 
 Smoke mode (seconds, not a measurement): ``--archs=resnet20 --variants="float F,AG" --steps=2
---warmup=1 --tflite_runs=5 --pipeline_batches=5 --nomemory``.
+--warmup=1 --deploy=resnet20 --deploy_runs=2 --pipeline_batches=5 --nomemory``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ flags.DEFINE_boolean("plain", True, "Plain nets (no float shortcuts); --noplain 
 flags.DEFINE_integer("batch_size", 128, "Batch size of the timed steps.")
 flags.DEFINE_integer("steps", 20, "Timed steps per variant (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps per variant.")
-flags.DEFINE_string("tflite_arch", "resnet20", "Architecture of the exported F ('' = skip the TFLite part).")
-flags.DEFINE_integer("tflite_runs", 200, "Timed single-image invocations per TFLite model.")
+flags.DEFINE_list("deploy", ["resnet18", "resnet20"], "Exported models to measure (resnet18: ImageNet stem, "
+                  "224x224x3, 1000 classes; resnet20: Fashion-MNIST); empty = skip.")
+flags.DEFINE_list("deploy_first_last", ["8", "16"], "first_last_bits of the exported models (8 and/or 16).")
+flags.DEFINE_integer("deploy_runs", 50, "Timed single-image invocations per TFLite model (0: sizes only).")
 flags.DEFINE_integer("pipeline_batches", 200, "Timed batches of the input pipeline (0 = skip).")
 flags.DEFINE_boolean("memory", True, "Measure peak RSS of 2-bit F vs AG steps (fresh processes).")
 flags.DEFINE_string("output", "runs/benchmarks.json", "Write the results as JSON here.")
@@ -47,8 +51,8 @@ TARGETS = {  # ratio name: (comparison, bound)
     "quantized/float step time": ("<=", 1.10),
     "AG/F-only step time": ("<=", 2.05),
     "AG/KD step time": ("<=", 1.0),
-    "int8/float32 latency": ("<=", 0.5),
-    "int8/float32 size": ("<=", 0.26),
+    "int8/float32 latency (XNNPACK)": ("<=", 0.5),
+    "int8/float32 size": ("<=", 0.27),
     "pipeline/step images/s": (">=", 5.0),
 }
 
@@ -57,14 +61,20 @@ def _check_flags():
     from benchmarks.train_step import VARIANTS
     from agq_keras.models.builder import ARCHITECTURES
 
-    for arch in FLAGS.archs + ([FLAGS.tflite_arch] if FLAGS.tflite_arch else []):
+    for arch in FLAGS.archs:
         if arch not in ARCHITECTURES:
             raise app.UsageError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}.")
+    for arch in FLAGS.deploy:
+        if arch not in DEPLOY_MODELS:
+            raise app.UsageError(f"unknown --deploy model {arch!r}; allowed: {', '.join(DEPLOY_MODELS)}.")
+    for bits in FLAGS.deploy_first_last:
+        if bits not in ("8", "16"):
+            raise app.UsageError(f"--deploy_first_last={bits!r}; allowed: 8, 16.")
     for v in FLAGS.variants:
         if v not in VARIANTS:
             raise app.UsageError(f"unknown variant {v!r}; allowed: {', '.join(VARIANTS)}.")
-    for name in ("batch_size", "steps", "warmup", "tflite_runs", "pipeline_batches"):
-        if getattr(FLAGS, name) < (0 if name in ("warmup", "pipeline_batches") else 1):
+    for name in ("batch_size", "steps", "warmup", "deploy_runs", "pipeline_batches"):
+        if getattr(FLAGS, name) < (0 if name in ("warmup", "pipeline_batches", "deploy_runs") else 1):
             raise app.UsageError(f"--{name}={getattr(FLAGS, name)} is out of range.")
 
 
@@ -94,32 +104,20 @@ def train_steps(arch: str) -> dict:
     return {"steps": row, "ratios": {k: v for k, v in ratios.items() if v is not None}}
 
 
-def tflite(arch: str) -> dict:
-    import keras
-    import numpy as np
-    import agq_keras
-    from agq_keras import export
-    from agq_keras.data import fashion_mnist
-    from agq_keras.export.verify import KERNELS, latency_ms
+# name -> (arch, input shape, classes, stem)
+DEPLOY_MODELS = {"resnet18": ("resnet18", (224, 224, 3), 1000, "imagenet"),
+                 "resnet20": ("resnet20", INPUT_SHAPE, NUM_CLASSES, "")}
 
-    keras.utils.set_random_seed(0)
-    f = agq_keras.build(arch, plain=FLAGS.plain, w_bits=2, a_bits=2, num_classes=NUM_CLASSES,
-                        input_shape=INPUT_SHAPE, **({"stem": "cifar"} if arch == "resnet18" else {}))
-    images = fashion_mnist.load("test", None, 500)[0].astype(np.float32) / 255.0
-    out = {"arch": arch, "model": "untrained 2-bit DoReFa F (size and latency do not depend on the weights)"}
-    float_bytes = export.convert(f, images, mode="float32")[0]
-    out["float32"] = {"size_bytes": len(float_bytes)}
-    for kernels in KERNELS:
-        out["float32"][f"latency_ms_{kernels}"] = latency_ms(float_bytes, INPUT_SHAPE, FLAGS.tflite_runs, kernels)
-    for label, replicas in (("int8 exact (default export)", 259), ("int8, max_replicas=1", 1)):
-        data = export.convert(f, images, max_replicas=replicas)[0]
-        entry = {"size_bytes": len(data), "size_ratio": len(data) / len(float_bytes)}
-        for kernels in KERNELS:
-            ms = latency_ms(data, INPUT_SHAPE, FLAGS.tflite_runs, kernels)
-            entry[f"latency_ms_{kernels}"] = ms
-            entry[f"latency_ratio_{kernels}"] = ms / out["float32"][f"latency_ms_{kernels}"]
-        out[label] = entry
-    return out
+
+def deployment() -> list:
+    from benchmarks import deploy
+
+    rows = []
+    for name in FLAGS.deploy:
+        arch, shape, classes, stem = DEPLOY_MODELS[name]
+        for bits in FLAGS.deploy_first_last:
+            rows.append(deploy.run_fresh(arch, shape, classes, int(bits), FLAGS.deploy_runs, stem))
+    return rows
 
 
 def input_pipeline() -> dict:
@@ -172,18 +170,20 @@ def report(results: dict) -> str:
                          + f"  (AG/F {m['AG'] / m['2-bit F']:.2f})")
     if "input_pipeline" in results:
         lines.append(f"\nFashion-MNIST input pipeline: {results['input_pipeline']['images_per_s']:.0f} img/s")
-    if "tflite" in results:
-        t = results["tflite"]
-        lines.append(f"\nTFLite ({t['arch']}, batch 1, LiteRT): float32 {t['float32']['size_bytes'] / 1024:.0f} KiB, "
-                     + ", ".join(f"{k} {v:.3f} ms" for k, v in t["float32"].items() if k.startswith("latency")))
-        for label, e in t.items():
-            if label.startswith("int8"):
-                lines.append(f"  {label}: {e['size_bytes'] / 1024:.0f} KiB (int8/float32 size {e['size_ratio']:.2f}; "
-                             f"{_target('int8/float32 size', e['size_ratio'])})")
-                for k in ("builtin", "xnnpack"):
-                    ratio = e[f"latency_ratio_{k}"]
-                    lines.append(f"    {k:<8} {e[f'latency_ms_{k}']:.3f} ms, int8/float32 latency "
-                                 f"{ratio:.2f}  {_target('int8/float32 latency', ratio)}")
+    for d in results.get("deployment", []):
+        lines.append(f"\nTFLite {d['arch']} {tuple(d['input_shape'])}, {d['num_classes']} classes, 2-bit, "
+                     f"first/last {d['first_last_bits']}-bit (batch 1, LiteRT): "
+                     f"int8 {d['int8_size_bytes'] / 2**20:.2f} MiB"
+                     f" vs float32 {d['float32_size_bytes'] / 2**20:.2f} MiB, int8/float32 size {d['size_ratio']:.3f}  "
+                     f"{_target('int8/float32 size', d['size_ratio'])}")
+        lines.append(f"  exporter: {d['export_s']:.1f} s, peak RSS {d['export_peak_rss_mib']:.0f} MiB "
+                     f"({d['rss_before_export_mib']:.0f} MiB before the export)")
+        for k in ("builtin", "xnnpack"):
+            if f"latency_ratio_{k}" in d:
+                ratio = d[f"latency_ratio_{k}"]
+                target = _target("int8/float32 latency (XNNPACK)", ratio) if k == "xnnpack" else ""
+                lines.append(f"  {k:<8} int8 {d[f'latency_ms_int8_{k}']:.3f} ms vs float32 "
+                             f"{d[f'latency_ms_float32_{k}']:.3f} ms, int8/float32 latency {ratio:.2f}  {target}")
     return "\n".join(lines)
 
 
@@ -205,8 +205,8 @@ def main(argv):
             r["pipeline/step images/s"] = results["input_pipeline"]["images_per_s"] / fastest
         if FLAGS.memory:
             r["peak_rss_mib"] = memory_rows(arch)
-    if FLAGS.tflite_arch:
-        results["tflite"] = tflite(FLAGS.tflite_arch)
+    if FLAGS.deploy:
+        results["deployment"] = deployment()
     results["wall_s"] = time.time() - started
     print(report(results))
     print(f"\nwall time {results['wall_s']:.0f} s")

@@ -1,11 +1,15 @@
 """Export F to a full-integer TFLite model (and verify it against the Keras F).
 
-    python scripts/export_tflite.py --model=f.keras --output=f.tflite [--dataset=fashion_mnist] [--verify]
-        [--c_array] [--max_replicas=259] [--output_range=top]
+    python scripts/export_tflite.py --workdir=runs/default [--verify]          # a training run's F and data
+    python scripts/export_tflite.py --model=f.keras --output=f.tflite [--dataset=fashion_mnist|cifar100|
+        imagenet2012|npz] [--data_dir=...] [--verify] [--c_array] [--max_replicas=N] [--output_range=top]
 
-Writes ``f.tflite`` (int8 in/out, builtin int8 ops), with ``--verify`` also
-``f.json`` (agreement, top-1, grid check, ops, Edge TPU check, sizes, latency),
-with ``--c_array`` ``f.cc`` + ``f.h`` for TensorFlow Lite Micro. See docs/export.md.
+``--workdir`` exports the run's ``f.keras`` to ``f.tflite`` in the same folder and takes the dataset,
+its folder, image size and classes from the run's config (metrics.json), so calibration and
+verification images get the run's own preprocessing. Writes ``f.tflite`` (int8 in/out, builtin int8
+ops), with ``--verify`` also ``f.json`` (agreement per runtime, top-1, grid check, ops, Edge TPU
+check, sizes, latency), with ``--c_array`` ``f.cc`` + ``f.h`` for TensorFlow Lite Micro. See
+docs/export.md.
 """
 
 from __future__ import annotations
@@ -21,49 +25,64 @@ from absl import flags  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "F (or an AG trainer) saved as .keras.")
-flags.DEFINE_string("output", None, "Path of the .tflite to write (its folder must exist).")
-flags.DEFINE_enum("dataset", "fashion_mnist", ["fashion_mnist"], "Calibration / verification data.")
-flags.DEFINE_string("data_dir", None, "Folder of the dataset files (default: the dataset's own).")
+flags.DEFINE_string("workdir", None, "A training run's folder: exports its f.keras with its config's data.")
+flags.DEFINE_string("model", None, "F (or an AG trainer) saved as .keras (default: WORKDIR/f.keras).")
+flags.DEFINE_string("output", None, "Path of the .tflite to write, its folder must exist (default: WORKDIR/f.tflite).")
+flags.DEFINE_enum("dataset", None, ["fashion_mnist", "cifar100", "imagenet2012", "npz"],
+                  "Calibration / verification data (default: the run's, else fashion_mnist).")
+flags.DEFINE_string("data_dir", None, "Folder of the dataset files, or the .npz file (default: the run's, "
+                    "else the dataset's own).")
+flags.DEFINE_integer("image_size", None, "imagenet2012 crop size (default: the run's, else 224).")
+flags.DEFINE_integer("num_classes", None, "npz: number of classes (default: the run's).")
+flags.DEFINE_string("runtimes", "builtin,xnnpack", "--verify: runtimes to compare, of reference, builtin, "
+                    "xnnpack, micro (TensorFlow Lite Micro, on the first 1000 images).")
 flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.")
 flags.DEFINE_bool("verify", False, "Compare with the Keras F on the test set; write <output>.json.")
 flags.DEFINE_integer("verify_images", 10000, "Test images for --verify.")
 flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array for TFLite Micro).")
-flags.DEFINE_integer("max_replicas", 259, "Most input repeats for wide weight codes (1: plain int8 weights).")
+flags.DEFINE_integer("max_replicas", None, "Most input repeats for wide weight codes (1: plain int8 weights; "
+                     "default: 259 unless the file would outgrow its float32 twin, then 1, with a note).")
 flags.DEFINE_enum("output_range", "top", ["top", "full"], "int8 range of the logits (see docs/export.md).")
 flags.DEFINE_enum("residual_bits", "16", ["16", "8"], "Residual stream of residual nets: int16 (16x8 kernels, "
                   "exact to ~1e-4) or int8 (fully 8-bit, e.g. for the Edge TPU; less exact).")
 flags.DEFINE_enum("head_bits", "8", ["8", "16"], "Pooled features of the head: int8 (fully 8-bit plain nets, "
                   "Edge TPU) or int16 (16x8 classifier: finer, e.g. for PACT/LSQ nets).")
+flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (needs --head_bits=16: near-tied "
+                  "classes keep F's order; no Edge TPU).")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
-flags.mark_flags_as_required(["model", "output"])
-
-
-def load_images(split: str, count: int):
-    from agq_keras.data import fashion_mnist
-
-    x, y = fashion_mnist.load(split, data_dir=FLAGS.data_dir, subset=count)
-    return x.astype("float32") / 255.0, y
 
 
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras import export  # ImportError without the `export` extra: reported in one line
+    from agq_keras.data import pipeline
 
-    out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+    where = export.export_source(FLAGS.workdir, model=FLAGS.model, output=FLAGS.output, dataset=FLAGS.dataset,
+                                  data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
+                                  num_classes=FLAGS.num_classes)
+    runtimes = tuple(r for r in FLAGS.runtimes.split(",") if r)
+    bad = [r for r in runtimes if r not in export.RUNTIMES]
+    if bad:
+        raise ValueError(f"--runtimes: {', '.join(bad)} unknown; allowed: {', '.join(export.RUNTIMES)}.")
+    out_dir = os.path.dirname(os.path.abspath(where["output"]))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"Output directory {out_dir!r} does not exist; create it first.")
-    f, notes = export.resolve_model(FLAGS.model)
+    f, notes = export.resolve_model(where["model"])
+
+    def load_images(split, count):
+        return pipeline.arrays(where["dataset"], split, count, **where["data"])
+
     calib, _ = load_images("train", FLAGS.calibration_images)
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
-                   residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits))
+                   residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
+                   output_bits=int(FLAGS.output_bits))
     data, plan, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:
         print("note:", note)
-    export.save_atomic(data, FLAGS.output)
-    print(f"wrote {FLAGS.output} ({len(data)} bytes)")
-    stem = os.path.splitext(FLAGS.output)[0]
+    export.save_atomic(data, where["output"])
+    print(f"wrote {where['output']} ({len(data)} bytes)")
+    stem = os.path.splitext(where["output"])[0]
     if FLAGS.c_array:
         name = os.path.basename(stem).replace("-", "_").replace(".", "_")
         name = name if name[:1].isalpha() else "model_" + name
@@ -76,7 +95,7 @@ def main(argv):
                                      output_range=FLAGS.output_range)[0]
         x, y = load_images("test", FLAGS.verify_images)
         report = export.verify(data, f, x, y, plan=plan, float_bytes=float_bytes,
-                               latency_runs=FLAGS.latency_runs)
+                               latency_runs=FLAGS.latency_runs, runtimes=runtimes)
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]

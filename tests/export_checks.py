@@ -46,6 +46,8 @@ def _checked_tensors(f, graph):
     for op in graph.ops:
         t = graph.tensors[op.output]
         last = op.layer.split("+")[-1]
+        if op.kind == "mean":  # the pooled classifier input (first_last_bits=8): on F's grid, but it pools a
+            continue  # calibrated map, so it is part of the head's budget, not an exact tensor
         if t.stream_grid is not None:
             out.append((op.output, "stream", last, None, op))
         elif t.sign or t.grid is not None:
@@ -205,19 +207,21 @@ def train(f, x, y, epochs, seed=7):
 
 
 def build(kind, bits):
-    """kind: "plain", "residual" (the paper's float residual stream) or "residual16" (F quantizes its
-    residual stream to int16, ``residual_stream="int16"``: the exactly exportable residual F)."""
+    """kind: "plain", "plain_edge8" (plain, ``first_last_bits=8``), "residual" (the paper's float residual
+    stream) or "residual16" (F quantizes its residual stream to int16, ``residual_stream="int16"``: the
+    exactly exportable residual F)."""
     import agq_keras
 
-    extra = {"residual_stream": "int16"} if kind == "residual16" else {}
-    return agq_keras.build("resnet20", plain=kind == "plain", w_bits=bits, a_bits=bits, num_classes=10,
+    extra = {"residual16": {"residual_stream": "int16"}, "plain_edge8": {"first_last_bits": 8}}.get(kind, {})
+    return agq_keras.build("resnet20", plain=kind.startswith("plain"), w_bits=bits, a_bits=bits, num_classes=10,
                            input_shape=(28, 28, 1), **extra)
 
 
 class Family(dict):
     """{(kind, bits): F}, trained on first use (a test marked slow costs nothing when deselected): the
-    2-bit net of ``kind`` trains one epoch on ``x`` (batch 32); another width starts from its weights
-    and trains 20 more steps (so its BatchNorm statistics fit its grid)."""
+    2-bit net of ``kind`` trains one epoch on ``x`` (batch 32); another width (or another kind, e.g.
+    "plain_edge8") starts from its weights (by layer name) and trains 20 more steps (so its BatchNorm
+    statistics fit its grid)."""
 
     def __init__(self, x, y, kind):
         super().__init__()
@@ -230,8 +234,10 @@ class Family(dict):
             keras.utils.set_random_seed(7)
             f = train(build(*key), self.x, self.y, epochs=1)
         else:
+            from agq_keras.training.recipe import load_by_name
+
             f = build(other, bits)
-            f.set_weights(self[base].get_weights())
+            load_by_name(self[base], f)
             f = train(f, self.x[:640], self.y[:640], epochs=1)
         self[key] = f
         return f

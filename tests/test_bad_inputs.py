@@ -58,6 +58,7 @@ BUILD = [
     (dict(arch="resnet18", input_shape=(16, 16, 3)), r"input_shape=\(16, 16, 3\) is too small for 'resnet18'.*>= 32"),
     (dict(num_classes=0), r"num_classes=0 must be an integer >= 2"),
     (dict(aux=True, aux_placement="stage"), r"aux_placement='stage' is not supported; allowed: block, layer"),
+    (dict(first_last_bits=4), r"first_last_bits=4 is not supported; allowed: 8, 16, 32"),
 ]
 
 
@@ -189,6 +190,7 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
     "truncated checkpoint": (dict(init_checkpoint="truncated"),
                              r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
     "text checkpoint": (dict(init_checkpoint="text"), r"is not a \.keras zip archive"),
+    "first_last_bits 4": (dict(first_last_bits=4), r"config\.first_last_bits=4 is not supported; allowed: 0 "),
     "Lambda checkpoint": (dict(init_checkpoint="lambda"),
                           r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
 }
@@ -243,8 +245,20 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
     "unsupported layer": ("sigmoid", "f.tflite", [], r"'squash' \(Activation\)"),
     "Lambda model": ("lambda", "f.tflite", [], r"contains a Lambda layer, which is refused"),
     "max_replicas 0": ("f", "f.tflite", ["--max_replicas=0"], r"max_replicas"),
+    "int16 logits from an int8 head": ("f", "f.tflite", ["--output_bits=16"], r"output_bits=16 needs head_bits=16"),
+    "unknown runtime": ("f", "f.tflite", ["--runtimes=builtin,gpu"],
+                        r"--runtimes: gpu unknown; allowed: reference, builtin, xnnpack, micro"),
 }
-FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer"}
+FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer", "unknown runtime"}
+
+
+def test_export_cli_workdir_must_be_a_run(tmp_path):
+    """--workdir needs a finished training run (metrics.json and f.keras); without one, one line, no file."""
+    pytest.importorskip("ai_edge_litert")
+    assert_one_line_error(script("export_tflite.py", f"--workdir={tmp_path}"),
+                          r"metrics\.json' does not exist: --workdir must be a finished training run")
+    assert_one_line_error(script("export_tflite.py"), r"Give --workdir \(a training run's folder\) or both --model")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("case", [c if c in FAST_EXPORT else pytest.param(c, marks=pytest.mark.slow) for c in EXPORT])

@@ -18,7 +18,7 @@ def _run(tmp_path, *flags):
 def test_smoke_mode_writes_every_figure(tmp_path):
     out = tmp_path / "b.json"
     res = _run(tmp_path, "--archs=resnet20", "--variants=float F,2-bit F", "--steps=1", "--warmup=1",
-               "--tflite_runs=2", "--pipeline_batches=2", "--nomemory", f"--output={out}")
+               "--deploy=resnet20", "--deploy_runs=2", "--pipeline_batches=2", "--nomemory", f"--output={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     steps = r["train_step"]["resnet20"]
@@ -27,9 +27,11 @@ def test_smoke_mode_writes_every_figure(tmp_path):
     ratio = steps["steps"]["2-bit F"]["median_step_s"] / steps["steps"]["float F"]["median_step_s"]
     assert steps["ratios"] == {"quantized/float step time": ratio}
     assert steps["pipeline/step images/s"] > 0 and r["input_pipeline"]["images_per_s"] > 0
-    t = r["tflite"]
-    assert t["float32"]["size_bytes"] > t["int8, max_replicas=1"]["size_bytes"] > 0
-    assert t["int8 exact (default export)"]["latency_ms_builtin"] > 0
+    d = {row["first_last_bits"]: row for row in r["deployment"]}
+    assert set(d) == {8, 16} and all(row["arch"] == "resnet20" for row in d.values())
+    assert d[16]["int8_size_bytes"] > d[8]["int8_size_bytes"] > 0  # 8-bit first/last: no repeated inputs
+    assert all(row["float32_size_bytes"] > row["int8_size_bytes"] for row in d.values())
+    assert all(row["latency_ms_int8_xnnpack"] > 0 and row["export_peak_rss_mib"] > 0 for row in d.values())
     assert "quantized/float step time" in res.stdout and "int8/float32 size" in res.stdout
     assert not list(tmp_path.glob(".tmp_*"))
 

@@ -77,7 +77,24 @@ def test_bad_quantizer_in_layer_is_clear():
 QUANTIZER_FACTORIES = [
     lambda: quantizers.DoReFaWeight(1), lambda: quantizers.DoReFaWeight(4),
     lambda: quantizers.DoReFaActivation(3), lambda: quantizers.FixedPoint(16), lambda: quantizers.Identity(),
+    lambda: quantizers.FixedPoint(8, per_channel=True),
 ]
+
+
+def test_static_range_survives_a_keras_file(tmp_path):
+    """The 8-bit classifier input (first_last_bits=8) keeps its trained range through save/load."""
+    inputs = keras.Input(X_VEC.shape[1:])
+    layer = QDense(4, kernel_quantizer=quantizers.FixedPoint(8, per_channel=True),
+                   input_quantizer=quantizers.RangeActivation(8))
+    model = keras.Model(inputs, layer(inputs))
+    model(np.abs(X_VEC), training=True)  # sets the range
+    top = float(layer.input_quantizer.top.numpy())
+    assert top > 0
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert float(loaded.layers[-1].input_quantizer.top.numpy()) == top
+    np.testing.assert_array_equal(loaded.predict(np.abs(X_VEC), verbose=0), model.predict(np.abs(X_VEC), verbose=0))
 
 
 @pytest.mark.parametrize("make", QUANTIZER_FACTORIES)

@@ -198,3 +198,54 @@ def test_quantizers_without_an_exact_int8_grid_say_so():
     assert quantizers.LQNetWeight(2).export_weight_grid(np.ones((3, 3, 2, 2), "float32")) is None
     assert quantizers.LQNetActivation(2).export_activation_grid() is None
     assert quantizers.BiRealActivation().export_activation_grid() is None
+
+
+# -- the 8-bit first/last layers (first_last_bits=8) -------------------------------------------------
+def test_per_channel_fixed_point_matches_numpy_and_exports_its_codes():
+    w = (RNG.standard_normal((3, 3, 4, 6)) * RNG.uniform(0.1, 2.0, 6)).astype("float32")
+    q = quantizers.FixedPoint(8, per_channel=True)
+    y, grad = forward_and_grad(q, w, np.ones_like(w))
+    s = np.abs(w.astype("float64")).reshape(-1, 6).max(axis=0) / 127
+    np.testing.assert_allclose(y, np_round(w / s) * s, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(grad, np.ones_like(w))
+    codes, steps = q.export_weight_grid(y)
+    assert np.abs(codes).max() == 127 and np.allclose(steps, s, rtol=1e-6)
+    assert np.allclose(codes * steps, y, rtol=1e-5, atol=1e-7)
+    config = keras.saving.serialize_keras_object(q)
+    assert quantizers.get(config).per_channel is True
+    with pytest.raises(ValueError, match="per_channel"):
+        quantizers.FixedPoint(8, unit=0.5, per_channel=True)
+
+
+def test_range_activation_tracks_its_range_in_training_only():
+    q = quantizers.RangeActivation(8, momentum=0.9)
+    x = np.abs(X) * 2.0
+    q.build(x.shape)
+    y = q(x, training=True).numpy()  # the first pass sets top = max(x)
+    top = float(x.max())
+    assert np.isclose(float(q.top.numpy()), top, rtol=1e-6)
+    s = top / 255
+    np.testing.assert_allclose(y, np_round(np.clip(x, 0, top) / s) * s, rtol=1e-5, atol=1e-6)
+    q(x * 3.0, training=True)  # EMA: 0.9 top + 0.1 max
+    assert np.isclose(float(q.top.numpy()), 0.9 * top + 0.1 * 3.0 * top, rtol=1e-5)
+    frozen = float(q.top.numpy())
+    with quantizers.frozen_state():  # H's pass in the AG step: no update
+        q(x * 5.0, training=True)
+    q(x * 5.0, training=False)  # inference: no update, clipped at top
+    assert float(q.top.numpy()) == frozen
+    step, levels = q.export_activation_grid()
+    assert levels == 255 and np.isclose(step, frozen / 255, rtol=1e-6)
+    _, grad = forward_and_grad(q, x * 5.0, np.ones_like(x))
+    np.testing.assert_array_equal(grad, ((x * 5.0 >= 0) & (x * 5.0 <= frozen)).astype("float32"))
+    with pytest.raises(ValueError, match="momentum"):
+        quantizers.RangeActivation(8, momentum=1.0)
+
+
+@pytest.mark.parametrize("bits,kinds", [(8, ("FixedPoint", "RangeActivation")), (16, ("FixedPoint", "FixedPoint")),
+                                        (32, ("Identity", "Identity"))])
+def test_edge_pair(bits, kinds):
+    w, a = quantizers.edge_pair(bits)
+    assert (type(w).__name__, type(a).__name__) == kinds
+    assert bits != 8 or (w.per_channel and w.bits == 8 and a.bits == 8)
+    with pytest.raises(ValueError, match=r"first_last_bits=4 is not supported; allowed: 8, 16, 32"):
+        quantizers.edge_pair(4)

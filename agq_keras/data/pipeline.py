@@ -148,15 +148,18 @@ def load_npz(path: str, split: str):
 
 
 def make(dataset: str, split: str, *, batch_size: int, data_dir: str = "", subset: int = 0, seed: int = 0,
-         epoch: tf.Variable | None = None, image_size: int = 224, num_classes: int = 0):
-    """``(tf.data.Dataset, num_classes, input_shape)`` for a dataset name and split."""
+         epoch: tf.Variable | None = None, image_size: int = 224, num_classes: int = 0, augment=None):
+    """``(tf.data.Dataset, num_classes, input_shape)`` for a dataset name and split.
+
+    ``augment`` (default: the training split) shuffles and augments; ``augment=False`` on the training
+    split gives its images in order with the test-time preprocessing (e.g. for export calibration)."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset={dataset!r} is not supported; allowed: {', '.join(DATASETS)}.")
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; allowed: train, test.")
     batch_size = _check_int("batch_size", batch_size)
     subset = _check_int("subset", subset, minimum=0)
-    training = split == "train"
+    training = split == "train" if augment is None else bool(augment)
     if dataset == "fashion_mnist":
         x, y = fashion_mnist.load(split, data_dir or None, subset or None)
         ds = from_arrays(x, y, 10, batch_size=batch_size, training=training, seed=seed, epoch=epoch)
@@ -176,7 +179,7 @@ def make(dataset: str, split: str, *, batch_size: int, data_dir: str = "", subse
         fn, shape = (lambda im: cifar_preprocess(im, training)), (32, 32, 3)
     else:
         image_size = _check_int("image_size", image_size)
-        ds = _load_tfds("imagenet2012", "train" if training else "validation", data_dir)
+        ds = _load_tfds("imagenet2012", "train" if split == "train" else "validation", data_dir)
         resize = max(image_size, round(image_size * 256 / 224))
         fn, shape = (lambda im: imagenet_preprocess(im, training, image_size, resize)), (image_size, image_size, 3)
     if subset:
@@ -186,3 +189,17 @@ def make(dataset: str, split: str, *, batch_size: int, data_dir: str = "", subse
     ds = ds.map(lambda im, lab: (fn(im), tf.cast(lab, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds, NUM_CLASSES[dataset], shape
+
+
+def arrays(dataset: str, split: str, count: int, *, data_dir: str = "", image_size: int = 224, num_classes: int = 0,
+           batch_size: int = 250):
+    """The first ``count`` images of a split (test-time preprocessing, in order) and their labels, as NumPy
+    arrays: calibration and verification data for the export, preprocessed exactly as in training."""
+    count = _check_int("count", count)
+    ds, _, _ = make(dataset, split, batch_size=batch_size, data_dir=data_dir, subset=count, image_size=image_size,
+                    num_classes=num_classes, augment=False)
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)

@@ -9,10 +9,11 @@ The pipeline: :mod:`lower` (Keras F -> graph) -> :mod:`calibrate` (observed rang
 >>> report = export.verify(data, f, test_images, test_labels, plan=plan)  # agreement, grid check, ...
 """
 
-from agq_keras.export.api import check_images, convert, resolve_model, save_atomic
+from agq_keras.export.api import check_images, convert, export_source, resolve_model, save_atomic
 from agq_keras.export.plan import MODES
 from agq_keras.export.targets import EDGETPU_OPS, c_array, edgetpu_report
-from agq_keras.export.verify import Runner, grid_check, model_ops, verify
+from agq_keras.export.verify import RUNTIMES, Runner, grid_check, model_ops, runner, tensor_codes, verify
 
-__all__ = ["EDGETPU_OPS", "MODES", "Runner", "c_array", "check_images", "convert", "edgetpu_report", "grid_check",
-           "model_ops", "resolve_model", "save_atomic", "verify"]
+__all__ = ["EDGETPU_OPS", "MODES", "RUNTIMES", "Runner", "c_array", "check_images", "convert", "edgetpu_report",
+           "export_source", "grid_check", "model_ops", "resolve_model", "runner", "save_atomic", "tensor_codes",
+           "verify"]

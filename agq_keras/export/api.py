@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -38,8 +39,11 @@ def check_images(model, images, what: str = "representative dataset"):
     return images.astype(np.float32)
 
 
-def convert(model, representative_data, *, mode: str = "int8", max_replicas: int = 259,
-            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8):
+AUTO_REPLICAS = 259  # what max_replicas=None tries first: makes 16-bit first/last layers exact
+
+
+def convert(model, representative_data, *, mode: str = "int8", max_replicas=None,
+            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8, output_bits: int = 8):
     """Convert F to TFLite bytes. Returns ``(bytes, plan, notes)``.
 
     Args:
@@ -50,26 +54,101 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas: int
       mode: ``"int8"`` (full integer) or ``"float32"``.
       max_replicas: the most times a layer's input may be repeated to hold
         weight codes wider than int8 (259 makes 16-bit first/last layers exact;
-        1 gives plain int8 weights everywhere).
+        1 gives plain int8 weights everywhere). None (default): 259, unless the
+        int8 file would then be larger than the float32 TFLite of F; then 1 (the
+        closest int8 form of the wide layers), and a note says so. An explicit
+        value whose file would be larger than float32 is refused.
       output_range: ``"top"`` or ``"full"`` (see :func:`calibrate.calibrate`).
       residual_bits: 16 (default) keeps the residual stream of residual nets in int16 (16x8 kernels,
         see docs/export.md); 8 makes every activation int8 (Edge TPU), less exact.
       head_bits: 8 (default) or 16: the pooled features in int16 (finer calibrated head; no Edge TPU).
+      output_bits: 8 (default) or 16: int16 logits (near-tied classes keep their order; no Edge TPU).
 
     The returned :class:`~agq_keras.export.plan.Plan` holds every decision (``plan.layers``,
     ``plan.tensors``) and the lowered graph (``plan.graph``).
     """
-    plan_lib.check_options(mode, residual_bits, head_bits, max_replicas)
+    auto = max_replicas is None
+    plan_lib.check_options(mode, residual_bits, head_bits, AUTO_REPLICAS if auto else max_replicas, output_bits)
     if output_range not in calibrate_lib.OUTPUT_RANGES:
         raise ValueError(f"output_range={output_range!r} is not supported; allowed: "
                          f"{', '.join(calibrate_lib.OUTPUT_RANGES)}.")
     f, notes = resolve_model(model)
     images = check_images(f, representative_data)
-    graph = lower.lower(f, max_replicas=max_replicas)
-    ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, max_replicas=max_replicas)
-    frozen = plan_lib.make_plan(graph, ranges, mode=mode, max_replicas=max_replicas, residual_bits=residual_bits,
-                                head_bits=head_bits, description=f"agq_keras {mode} export of {f.name}")
-    return flatbuffer.to_bytes(frozen), frozen, notes + list(frozen.notes)
+
+    def export(replicas, export_mode):
+        graph = lower.lower(f, max_replicas=replicas)
+        ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, max_replicas=replicas)
+        frozen = plan_lib.make_plan(graph, ranges, mode=export_mode, max_replicas=replicas,
+                                    residual_bits=residual_bits, head_bits=head_bits, output_bits=output_bits,
+                                    description=f"agq_keras {export_mode} export of {f.name}")
+        return flatbuffer.to_bytes(frozen), frozen
+
+    replicas = AUTO_REPLICAS if auto else max_replicas
+    data, frozen = export(replicas, mode)
+    # the float32 file holds at least 4 bytes per weight: only a larger int8 file needs the float32 twin built
+    weights = sum(4 * (op.codes.size + len(op.bias)) for op in frozen.graph.ops if op.codes is not None)
+    if mode == "int8" and replicas > 1 and len(data) > weights:
+        float_size = len(export(1, "float32")[0])
+        if len(data) > float_size:
+            wide = sorted(r.layer.split("+")[0] for r in frozen.layers.values() if r.replicas > 1)
+            if not auto:
+                ratio = len(data) / float_size
+                raise ValueError(f"The int8 export with max_replicas={max_replicas} would be {ratio:.2f}x "
+                                 f"its float32 TFLite ({len(data)} vs {float_size} bytes): layers {wide} repeat their "
+                                 "input for wide weight codes. Export with max_replicas=1 (the closest int8 form of "
+                                 "those layers), or build F with first_last_bits=8 (exact, plain int8).")
+            exact_size = len(data)
+            data, frozen = export(1, mode)
+            notes.append(f"max_replicas=1 chosen: the exact form of {wide} (input repeats) would make the file "
+                         f"{exact_size / float_size:.2f}x its float32 TFLite; their weights are the closest "
+                         "per-channel int8 instead (not exact). Build F with first_last_bits=8 for a small exact "
+                         "export.")
+    return data, frozen, notes + list(frozen.notes) + input_notes(frozen, images)
+
+def input_notes(plan, images) -> list:
+    """A note when the representative images are not exactly on the int8 input grid (e.g. pixels with a
+    per-channel mean subtracted: k/255 - mean_c lie on one int8 grid only if every 255·mean_c is an
+    integer and the whole span fits 256 codes), with the largest rounding, in input codes."""
+    quant = plan.tensor(plan.graph.input).quant
+    if quant is None:
+        return []
+    codes = images.astype(np.float64) / quant.scale[0] + quant.zero_point[0]
+    off = float(np.abs(codes - np.round(codes)).max(initial=0.0))
+    if off <= 1e-3 and codes.min(initial=0) >= -128.5 and codes.max(initial=0) <= 127.5:
+        return []
+    return [f"model input: the images are not on one int8 grid (scale {quant.scale[0]:.6g}, zero point "
+            f"{quant.zero_point[0]}): quantizing them rounds by up to {off:.3f} codes, so the first layer is "
+            "closest, not exact (per-channel mean subtraction does this unless every 255·mean is an integer "
+            "and the values span at most 256 codes)"]
+
+
+def export_source(workdir=None, *, model=None, output=None, dataset=None, data_dir=None, image_size=None,
+                  num_classes=None) -> dict:
+    """Where an export's model, output file and data come from. With ``workdir`` (a training run's folder):
+    its ``f.keras``, ``f.tflite`` next to it, and the dataset, data folder, image size and classes of its
+    config (``metrics.json``), so the images get the run's own preprocessing; explicit values override.
+    Returns ``{"model", "output", "dataset", "data": {data_dir, image_size, num_classes}}``."""
+    config = {}
+    if workdir:
+        metrics = os.path.join(workdir, "metrics.json")
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(f"workdir {workdir!r} does not exist.")
+        if not os.path.isfile(metrics):
+            raise FileNotFoundError(f"{metrics!r} does not exist: --workdir must be a finished training run "
+                                    "(scripts/train.py writes metrics.json and f.keras there).")
+        try:
+            with open(metrics) as fh:
+                config = dict(json.load(fh)["config"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{metrics!r} is not a training run's metrics.json (no 'config': {err}).") from None
+        model = model or os.path.join(workdir, "f.keras")
+        output = output or os.path.join(workdir, "f.tflite")
+    if not model or not output:
+        raise ValueError("Give --workdir (a training run's folder) or both --model and --output.")
+    return {"model": model, "output": output, "dataset": dataset or config.get("dataset") or "fashion_mnist",
+            "data": {"data_dir": config.get("data_dir", "") if data_dir is None else data_dir,
+                     "image_size": image_size or config.get("image_size") or 224,
+                     "num_classes": num_classes or config.get("num_classes") or 0}}
 
 
 def save_atomic(data: bytes, path: str):

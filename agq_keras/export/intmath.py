@@ -16,8 +16,8 @@ runtime:
 
 They agree on every accumulator value whose real output ``(acc + B) * M`` (in output steps) is not
 close to a half integer. :func:`exact_thresholds` picks biases (and code multipliers) so that every
-achievable accumulator stays at least :data:`MIN_MARGIN` output steps away from every rounding
-boundary, and reports the smallest distance per channel (its ``margins``).
+achievable accumulator (except F's own float32 ties) stays at least :data:`MIN_MARGIN` output steps
+away from every rounding boundary, and reports the smallest distance per channel (its ``margins``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ import math
 
 import numpy as np
 
-MIN_MARGIN = 1e-4  # output steps between any achievable accumulator and a rounding tie ("rank 0")
+# Output steps between an accumulator's exact value (acc + B)·M and the kernel's rounding tie that make
+# every runtime round alike ("rank 0"): XNNPACK converts acc exactly (|acc| < 2^24), takes its scale
+# as a float32 product/quotient of the stored scales (<= 3 roundings) and rounds one float32 product:
+# relative error <= 2.4e-7, i.e. <= 3.7e-6 output steps at the top of a 15-level grid.
+MIN_MARGIN = 1e-5
+# F's own float32 conv + BatchNorm decide values closer than this to a tie either way (an "F tie"):
+# such accumulators may round to either neighbour and do not constrain the bias.
+F_TIE = 1e-5
 SCALE_CANDIDATES = 4096
 
 
@@ -148,16 +155,19 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     ``(acc + B) * M``: TFLite with its fixed-point multiplier (two roundings: off by up to
     ``2^-(right shift + 1)`` output steps near a tie), XNNPACK in float32. The accumulator only
     takes multiples of m (every code is m times a base code), so it suffices to look at the two
-    multiples of m around each of F's ``levels`` thresholds ``(j + 1/2) / M - beta``.
+    multiples of m around each of F's ``levels`` thresholds ``(j + 1/2) / M - beta``. Those whose
+    F value lies within :data:`F_TIE` of the tie are F's own float32 ties: either code is F's.
 
-    For each m (largest first: the finest accumulator unit), B is chosen in the middle of the
-    integers that keep every such point at least :data:`MIN_MARGIN` output steps on F's side of the
-    kernel's rounding boundary, so the exact value, TFLite's fixed point and XNNPACK's float32 all
-    round as F does (rank 0). Else ``floor``/``ceil(beta)`` exact under TFLite's fixed point alone
-    (rank 1), else the largest m with B = round(beta) (rank 2, closest).
+    For each m (largest first: the finest bias), B is chosen in the middle of the integers that
+    keep every other checked point at least :data:`MIN_MARGIN` output steps on F's side of the
+    kernel's rounding boundary, and accepted when TFLite's fixed point (emulated exactly) and
+    XNNPACK's float32 (emulated) give F's codes there: rank 0, exact on every runtime. Else
+    ``floor``/``ceil(beta)`` exact under TFLite's fixed point alone (rank 1), else the largest m
+    with B = round(beta) (rank 2, closest).
 
     Returns ``(codes, steps, bias, ranks, margins)``; per channel the rank and the smallest distance
-    (output steps) of a checked accumulator's exact value ``(acc + B) * M`` from a rounding tie.
+    (output steps) of a checked accumulator's exact value ``(acc + B) * M`` from the kernel's tie
+    (F ties left out).
     """
     multiply = multiply or fixed_point_multiply
     step_out, levels = grid
@@ -182,18 +192,21 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
             below, above = m * (np.ceil(t / m) - 1), m * np.ceil(t / m)
             acc = np.concatenate([below, above])
             real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
+            firm = tie_distance(acc + beta, mult) >= F_TIE  # not an F tie
             m0, shift = quantize_multiplier(mult)
-            # integers B keeping every checked point MIN_MARGIN on F's side of the kernel's boundary
-            b_hi = np.floor(np.min((half - MIN_MARGIN) / mult - below))
-            b_lo = np.ceil(np.max((half + MIN_MARGIN) / mult - above))
+            # integers B keeping every firm point MIN_MARGIN on F's side of the kernel's boundary
+            n = len(half)
+            # (a side without firm points is bounded by one lattice step around beta)
+            b_hi = np.floor(np.min(((half - MIN_MARGIN) / mult - below)[firm[:n]], initial=np.floor(beta) + m))
+            b_lo = np.ceil(np.max(((half + MIN_MARGIN) / mult - above)[firm[n:]], initial=np.ceil(beta) - m))
             centred = [np.floor((b_lo + b_hi) / 2)] if b_lo <= b_hi else []
             for b_int in centred + [np.floor(beta), np.ceil(beta)]:
                 fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
-                if not np.array_equal(fixed, real):
+                if not np.array_equal(fixed[firm], real[firm]):
                     continue
-                margin = float(tie_distance(acc + b_int, mult).min())
+                margin = float(tie_distance(acc + b_int, mult)[firm].min(initial=0.5))
                 floats = np.clip(xnnpack_requantize(acc + b_int, mult), 0, levels)
-                rank = 0 if margin >= MIN_MARGIN and np.array_equal(floats, real) else 1
+                rank = 0 if margin >= MIN_MARGIN and np.array_equal(floats[firm], real[firm]) else 1
                 if best is None or rank < best[0]:
                     best = (rank, m, b_int, margin)
                 if rank == 0:

@@ -299,6 +299,15 @@ def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, val
                         weight_note="BatchNorm as a 1x1 depthwise conv (one code per channel: exact)"))
 
 
+def _mean_of_relu(graph: Graph, op: Op) -> bool:
+    """A global average pool of a ReLU output: non-negative, so its int8 MEAN writes F's grid
+    (``round(clip(mean, 0, top) / step)``; the pooled input itself is a calibrated tensor)."""
+    if op.kind != "mean":
+        return False
+    src = graph.producer(op.inputs[0])
+    return src is not None and src.relu
+
+
 def _resolve_grids(graph: Graph):
     for tensor in graph.tensors.values():
         wanted = tensor.wanted_grids
@@ -317,7 +326,7 @@ def _resolve_grids(graph: Graph):
         if len(grids) != 1 or tensor.consumers != len(wanted):
             graph.notes.append(f"{tensor.name}: consumers ({names}) do not all apply the same activation grid; "
                                "calibrated int8 tensor (closest, not exact)")
-        elif prod is None or not prod.relu:
+        elif prod is None or not (prod.relu or _mean_of_relu(graph, prod)):
             graph.notes.append(f"{tensor.name}: not produced by an op with a fused ReLU; calibrated int8 tensor "
                                "(closest, not exact)")
         elif grids.pop()[1] > 255:

@@ -48,8 +48,14 @@ THRESHOLD_REPLICAS = 16
 STREAM_MAX_MULTIPLIER = 1 << 14  # an integer multiplier below 2^14 is exact in the 16x8 kernels' 15 bits
 
 
-def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259):
+def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259, output_bits=8):
     """A ValueError naming the bad value and what is allowed."""
+    if output_bits not in RESIDUAL_BITS:
+        raise ValueError(f"output_bits={output_bits!r} is not supported; allowed: 8, 16.")
+    if output_bits == 16 and head_bits != 16:
+        raise ValueError("output_bits=16 needs head_bits=16: TFLite's FULLY_CONNECTED writes int16 logits only "
+                         "from int16 inputs (measured: an int8-input FULLY_CONNECTED with an int16 output "
+                         "returns wrong values).")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
     if residual_bits not in RESIDUAL_BITS:
@@ -293,21 +299,25 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
 
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits: int = 16,
-              head_bits: int = 8, description: str = "agq_keras export") -> Plan:
+              head_bits: int = 8, output_bits: int = 8, description: str = "agq_keras export") -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
     on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU).
     ``head_bits=16`` also stores the last feature map and the pooled features as int16 (16x8
     kernels, then QUANTIZE to the int8 logits): the calibrated head then rounds ~256x more finely
-    and has headroom beyond the calibrated range (no Edge TPU)."""
-    check_options(mode, residual_bits, head_bits, max_replicas)
+    and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
+    int16 (symmetric, 1.5x the calibrated range): int8 logits cannot order two classes closer than one
+    output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU)."""
+    check_options(mode, residual_bits, head_bits, max_replicas, output_bits)
     missing = sorted(set(graph.tensors) - set(ranges))
     if missing:
         raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
     forms, notes = weight_forms(graph, max_replicas)
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
+    if mode == "int8" and output_bits == 16:
+        acts[graph.output].int16 = True
     if mode == "int8" and head_bits == 16:
         for op in graph.ops:
             if op.kind == "mean" and op.output != graph.output:

@@ -12,20 +12,23 @@ FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.Tens
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
-KERNELS = ("builtin", "xnnpack")
+# LiteRT's op resolvers: TFLite's reference kernels (what TensorFlow Lite Micro runs), the optimized
+# builtin kernels, and the default interpreter (XNNPACK delegate, what phones and desktops run).
+KERNELS = ("reference", "builtin", "xnnpack")
+RUNTIMES = KERNELS + ("micro",)  # + TensorFlow Lite Micro (the `tflite-micro` package, on the host)
 
 
 def _interpreter(model_bytes: bytes, kernels: str = "builtin", preserve: bool = False):
-    """A LiteRT interpreter; ``kernels="builtin"`` runs TFLite's own kernels (the reference
-    fixed-point arithmetic, as TensorFlow Lite Micro), ``"xnnpack"`` adds the XNNPACK delegate."""
+    """A LiteRT interpreter with the ``kernels`` of :data:`KERNELS`."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as err:  # pragma: no cover
         raise ImportError("Running exported models needs LiteRT: pip install 'agq-keras[export]'") from err
-    if kernels not in KERNELS:
+    resolvers = {"reference": OpResolverType.BUILTIN_REF, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "xnnpack": OpResolverType.AUTO}
+    if kernels not in resolvers:
         raise ValueError(f"kernels={kernels!r} is not supported; allowed: {', '.join(KERNELS)}.")
-    resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if kernels == "builtin" else OpResolverType.AUTO)
-    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver,
+    return Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolvers[kernels],
                        experimental_preserve_all_tensors=preserve)
 
 
@@ -48,10 +51,11 @@ class Runner:
         self.output = self.interpreter.get_output_details()[0]
 
     def quantize(self, x):
-        if self.input["dtype"] != np.int8:
+        if self.input["dtype"] not in (np.int8, np.int16):
             return x.astype(self.input["dtype"])
         scale, zp = self.input["quantization"]
-        return np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
+        info = np.iinfo(self.input["dtype"])
+        return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(self.input["dtype"])
 
     def raw(self, images):
         """The raw output tensor (int8 codes for an int8 model)."""
@@ -74,10 +78,47 @@ class Runner:
 
     def __call__(self, images):
         raw = self.raw(np.asarray(images, np.float32))
-        if self.output["dtype"] != np.int8:
+        if self.output["dtype"] not in (np.int8, np.int16):
             return raw.astype(np.float32)
         scale, zp = self.output["quantization"]
         return (raw.astype(np.float32) - zp) * scale
+
+
+class MicroRunner(Runner):
+    """:class:`Runner` on TensorFlow Lite Micro's host interpreter (one image per invoke)."""
+
+    def __init__(self, model_bytes: bytes, arena_size: int = 16_000_000):
+        try:
+            from tflite_micro.python.tflite_micro import runtime
+        except ImportError as err:
+            raise ImportError("Running on TensorFlow Lite Micro needs the `tflite-micro` package "
+                              "(pip install tflite-micro)") from err
+        self.interpreter = runtime.Interpreter.from_bytes(model_bytes, arena_size=arena_size)
+        self.batch_size = 1
+
+        def details(d):  # LiteRT's layout: dtype and (scale, zero point)
+            q = d["quantization_parameters"]
+            return {"dtype": d["dtype"], "quantization": (float(q["scales"][0]), int(q["zero_points"][0]))}
+
+        self.input = details(self.interpreter.get_input_details(0))
+        self.output = details(self.interpreter.get_output_details(0))
+
+    def raw(self, images):
+        out = []
+        for image in images:
+            self.interpreter.set_input(self.quantize(image[None]), 0)
+            self.interpreter.invoke()
+            out.append(np.array(self.interpreter.get_output(0))[0])
+        return np.stack(out)
+
+
+def runner(model_bytes: bytes, runtime: str, batch_size: int = 250):
+    """A :class:`Runner` for one of :data:`RUNTIMES`."""
+    if runtime == "micro":
+        return MicroRunner(model_bytes)
+    if runtime not in KERNELS:
+        raise ValueError(f"runtime={runtime!r} is not supported; allowed: {', '.join(RUNTIMES)}.")
+    return Runner(model_bytes, batch_size=batch_size, kernels=runtime)
 
 
 def _model(model_bytes: bytes):
@@ -169,10 +210,13 @@ def latency_ms(model_bytes: bytes, shape, runs: int = 50, kernels: str = "builti
 
 
 def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes: bytes | None = None,
-           latency_runs: int = 50) -> dict:
+           latency_runs: int = 50, runtimes=("builtin", "xnnpack"), micro_images: int = 1000) -> dict:
     """Compare the TFLite model with the Keras F on ``images`` (float, as F takes them).
 
-    Returns a JSON-able dict: argmax agreement, top-1 of both (with labels),
+    ``runtimes`` (of :data:`RUNTIMES`) are each run on the images (TensorFlow Lite Micro, one image per
+    invoke, on the first ``micro_images``); the builtin kernels always.
+
+    Returns a JSON-able dict: argmax agreement (per runtime), top-1 of both (with labels),
     max |logit difference| (all logits and the winning logit), ops, float
     tensors, I/O types, the per-layer grid check (with ``plan``, from :func:`convert`), sizes and
     latencies (with ``float_bytes``, the float32 TFLite of the same F).
@@ -182,13 +226,18 @@ def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes
     batch = max(1, min(250, len(images)))  # a runner holds buffers for its whole batch
     runner_out = Runner(model_bytes, batch_size=batch)(images)
     win = ref.argmax(axis=1)
+    agreement = {"builtin": float(np.mean(runner_out.argmax(axis=1) == win))}
+    for runtime in runtimes:
+        if runtime not in agreement:
+            count = len(images) if runtime != "micro" else min(len(images), micro_images)
+            out = runner(model_bytes, runtime, batch_size=batch)(images[:count])
+            agreement[runtime] = float(np.mean(out.argmax(axis=1) == win[:count]))
     report = {
         "images": int(len(images)),
-        "kernels": "builtin (TFLite reference kernels, as TensorFlow Lite Micro)",
-        "argmax_agreement": float(np.mean(runner_out.argmax(axis=1) == win)),
-        # XNNPACK has no 16x8 kernels (it would fall back to the builtin ones): not run for int16 models
-        "argmax_agreement_xnnpack": None if int16_tensors(model_bytes) else
-        float(np.mean(Runner(model_bytes, batch_size=batch, kernels="xnnpack")(images).argmax(axis=1) == win)),
+        "kernels": "builtin (TFLite's optimized kernels, bit-identical to the reference kernels)",
+        "argmax_agreement": agreement["builtin"],
+        "argmax_agreement_xnnpack": agreement.get("xnnpack"),
+        "agreement_per_runtime": agreement,  # images: all, TensorFlow Lite Micro: the first micro_images
         "max_abs_logit_diff": float(np.abs(runner_out - ref).max()),
         "max_abs_winning_logit_diff": float(np.abs(runner_out[np.arange(len(win)), win] - ref.max(axis=1)).max()),
         "ops": model_ops(model_bytes),
@@ -211,7 +260,48 @@ def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes
         report["size_ratio"] = len(model_bytes) / len(float_bytes)
         if latency_runs:
             shape = images.shape[1:]
-            for kernels in KERNELS:
+            for kernels in ("builtin", "xnnpack"):
                 report[f"latency_ms_int8_{kernels}"] = latency_ms(model_bytes, shape, latency_runs, kernels)
                 report[f"latency_ms_float32_{kernels}"] = latency_ms(float_bytes, shape, latency_runs, kernels)
     return report
+
+
+def expose(model_bytes: bytes, names) -> bytes:
+    """The same model with the tensors ``names`` added to its outputs (nothing else changes), so that
+    every runtime, a delegate included, has to write them: op-by-op comparison across runtimes."""
+    m = _model(model_bytes)
+    sub = m.subgraphs[0]
+    index = {(t.name.decode() if isinstance(t.name, bytes) else t.name): i for i, t in enumerate(sub.tensors)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise KeyError(f"No tensor(s) {missing[:3]} in the model.")
+    sub.outputs = np.asarray(list(sub.outputs) + [index[n] for n in names], np.int32)
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def tensor_codes(model_bytes: bytes, names, images, runtime: str = "builtin") -> dict:
+    """``{name: stored integer codes}`` of the tensors ``names`` for ``images`` under ``runtime`` (one of
+    :data:`RUNTIMES`), read as extra outputs of the model (:func:`expose`)."""
+    names = list(names)
+    exposed = expose(model_bytes, names)
+    run = runner(exposed, runtime, batch_size=len(images)) if runtime != "micro" else MicroRunner(exposed)
+    out = {n: [] for n in names}
+    batches = [images] if runtime != "micro" else [image[None] for image in images]
+    for batch in batches:
+        if runtime == "micro":
+            run.interpreter.set_input(run.quantize(batch), 0)
+            run.interpreter.invoke()
+            for i, n in enumerate(names, start=1):
+                out[n].append(np.array(run.interpreter.get_output(i)))
+        else:
+            it = run.interpreter
+            it.set_tensor(run.input["index"], run.quantize(np.asarray(batch, np.float32)))
+            it.invoke()
+            details = {d["name"]: d["index"] for d in it.get_output_details()}
+            for n in names:
+                out[n].append(it.get_tensor(details[n]).copy())
+    return {n: np.concatenate(v) for n, v in out.items()}

@@ -27,8 +27,8 @@ from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet, Tap
 
 
 def real_projection(filters: int, bits: int, name: str) -> QConv2D:
-    """The real-valued (``bits`` = 16 or 32) 1x1 conv of a downsampling shortcut."""
-    kernel_q = quantizers.make_pair("dorefa", bits, bits)[0]
+    """The real-valued (``bits`` = 8, 16 or 32: ``first_last_bits``) 1x1 conv of a downsampling shortcut."""
+    kernel_q = quantizers.edge_pair(bits)[0]
     return QConv2D(filters, 1, padding="same", kernel_quantizer=kernel_q, kernel_initializer="he_normal",
                    name=name)
 

@@ -34,7 +34,7 @@ STEMS = ("imagenet", "cifar")
 _EXTRA_KWARGS = {
     "bn_momentum": 0.9,  # Keras's 0.99 evaluates badly after short runs
     "bn_epsilon": 1e-5,
-    "first_last_bits": None,  # None: 16, or 32 for a full-precision model
+    "first_last_bits": None,  # None: 16, or 32 for a full-precision model; 8: plain int8 in the export
     "aux_relu": False,  # ReLU after each aggregation sum in H
     "stem": None,  # "imagenet" or "cifar"; None: the arch's own
     "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
@@ -67,7 +67,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         Returns a trainer (with H when ``aux``); add
         ``agq_keras.training.ssp.DeltaSchedule(trainer.ssp)`` to ``fit``'s callbacks.
       **kwargs: ``bn_momentum`` (0.9), ``bn_epsilon`` (1e-5),
-        ``first_last_bits`` (16; 32 when w_bits = a_bits = 32),
+        ``first_last_bits`` (16, the paper's; 32 when w_bits = a_bits = 32; 8: per-channel int8
+        weights and an 8-bit static-range classifier input, exported as plain int8),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
         ``num_bases`` (GroupNet archs: M, default 5), ``residual_stream`` (``"float"``, the
         paper's F; ``"int16"``: F rounds its residual stream to the int16 grid the integer export
@@ -91,8 +92,7 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     first_last = opts["first_last_bits"]
     if first_last is None:
         first_last = 32 if (w_bits == 32 and a_bits == 32) else quantizers.base.FIXED_POINT_BITS
-    if first_last not in (16, 32):
-        raise ValueError(f"first_last_bits={first_last!r} is not supported; allowed: 16, 32.")
+    quantizers.edge_pair(first_last)  # a ValueError naming the bad value and 8, 16, 32
 
     arch_kwargs = {}
     if opts["num_bases"] is not None:

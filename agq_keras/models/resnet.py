@@ -131,7 +131,7 @@ class ResNet:
             return QConv2D(filters, size, strides=strides, padding="same", kernel_quantizer=wq,
                            input_quantizer=aq, kernel_initializer="he_normal", name=name)
 
-        edge_q = quantizers.make_pair("dorefa", first_last_bits, first_last_bits)[0]
+        edge_q = quantizers.edge_pair(first_last_bits)[0]
         if self.stream_step is not None and spec.stem == "cifar" and first_last_bits == 16:
             # stem weight steps: power-of-two multiples of (stem output step / input step), so the
             # exported stem's output multiplier is a power of two, i.e. exact (docs/export.md)
@@ -161,7 +161,7 @@ class ResNet:
                     shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut")
                 self.blocks.append(Block(name, convs, shortcut, strides != 1))
                 channels = out_channels
-        head_q = quantizers.make_pair("dorefa", first_last_bits, first_last_bits)
+        head_q = quantizers.edge_pair(first_last_bits)
         self.classifier = QDense(num_classes, kernel_quantizer=head_q[0], input_quantizer=head_q[1],
                                  name="classifier")
 

@@ -16,7 +16,8 @@ from agq_keras.quantizers.base import (
     state_updates_enabled,
 )
 from agq_keras.quantizers.dorefa import DoReFaActivation, DoReFaWeight, dorefa_activation, dorefa_weight
-from agq_keras.quantizers.fixed import FixedPoint, FixedStep, Identity, fixed_point, fixed_step
+from agq_keras.quantizers.fixed import (FixedPoint, FixedStep, Identity, RangeActivation, edge_pair, fixed_point,
+                                       fixed_step, range_activation)
 from agq_keras.quantizers.bireal import BiRealActivation, BiRealWeight, approx_sign, magnitude_aware_sign
 from agq_keras.quantizers.groupnet import GroupNetActivation, GroupNetWeight, ste_sign
 from agq_keras.quantizers.lqnet import LQNetActivation, LQNetWeight, lq_quantize, qem_step
@@ -46,8 +47,10 @@ __all__ = [
     "FixedStep",
     "Identity",
     "Quantizer",
+    "RangeActivation",
     "dorefa_activation",
     "dorefa_weight",
+    "edge_pair",
     "families",
     "fixed_point",
     "fixed_step",
@@ -55,6 +58,7 @@ __all__ = [
     "get",
     "make_pair",
     "names",
+    "range_activation",
     "register",
     "register_family",
     "state_updates_enabled",

@@ -7,25 +7,29 @@ The paper keeps the first convolution and the last dense layer at 16 bits
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, uniform_codes
+from agq_keras.quantizers.base import Quantizer, register, state_updates_enabled, uniform_codes
 
 
-def fixed_point(x, bits: int, unit=None):
-    r"""Symmetric per-tensor fixed point with the straight-through gradient.
+def fixed_point(x, bits: int, unit=None, per_channel: bool = False):
+    r"""Symmetric fixed point with the straight-through gradient.
 
     Forward:  s = max|x| / (2^{b-1} - 1)   (``unit=None``), or the smallest ``unit * 2^e`` (integer e)
               that is >= it;   q = s * round(x / s)   (q = 0 where max|x| = 0)
+              ``per_channel``: one s per slice of the last axis (a kernel's output channels), max over
+              the other axes.
     Gradient: dq/dx = 1 (straight-through; s is treated as a constant).
     """
     x = tf.convert_to_tensor(x)
     qmax = float(2 ** (bits - 1) - 1)
+    axes = list(range(len(x.shape) - 1)) if per_channel else None
 
     @tf.custom_gradient
     def _fixed(x):
-        scale = tf.reduce_max(tf.abs(x)) / qmax
+        scale = tf.reduce_max(tf.abs(x), axis=axes, keepdims=per_channel) / qmax
         if unit is not None:
             pot = unit * tf.pow(2.0, tf.math.ceil(tf.math.log(tf.maximum(scale, 1e-30) / unit) / np.log(2.0)))
             pot = tf.where(pot < scale, 2.0 * pot, pot)  # log/ceil rounding: never finer than needed
@@ -56,25 +60,38 @@ class FixedPoint(Quantizer):
 
     allowed_bits = tuple(range(2, 17))
 
-    def __init__(self, bits: int = 16, unit=None, **kwargs):
+    def __init__(self, bits: int = 16, unit=None, per_channel: bool = False, **kwargs):
         super().__init__(bits=bits, **kwargs)
         if unit is not None and not (isinstance(unit, (int, float)) and not isinstance(unit, bool)
                                      and np.isfinite(unit) and unit > 0):
             raise ValueError(f"FixedPoint: unit={unit!r} must be None or a positive finite number.")
+        if not isinstance(per_channel, bool) or (per_channel and unit is not None):
+            raise ValueError(f"FixedPoint: per_channel={per_channel!r} must be True or False, and False with a unit.")
         self.unit = None if unit is None else float(unit)
+        self.per_channel = per_channel
 
     def call(self, x):
-        return fixed_point(x, self.bits, self.unit)
+        return fixed_point(x, self.bits, self.unit, self.per_channel)
 
     def get_config(self):
         config = super().get_config()
-        config["unit"] = self.unit
+        config.update(unit=self.unit, per_channel=self.per_channel)
         return config
 
     def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """Codes round(w/s), |code| <= 2^{b-1} - 1, one step s per tensor (as in the forward)."""
-        top = float(np.abs(q_kernel).max(initial=0.0))
+        """Codes round(w/s), |code| <= 2^{b-1} - 1, one step s per tensor or per output channel (as in
+        the forward)."""
         qmax = 2 ** (self.bits - 1) - 1
+        if self.per_channel:
+            q = np.asarray(q_kernel, np.float64)
+            tops = np.abs(q.reshape(-1, q.shape[-1])).max(axis=0)
+            steps = np.where(tops > 0, tops / qmax, 1.0)
+            codes = np.round(q / steps)
+            if np.abs(codes).max(initial=0) > min(max_code, qmax) or not np.allclose(codes * steps, q, rtol=1e-5,
+                                                                                     atol=1e-7):
+                return None
+            return codes.astype(np.int32), steps
+        top = float(np.abs(q_kernel).max(initial=0.0))
         if top == 0:
             return uniform_codes(q_kernel, 1.0, max_code)
         if self.unit is None:
@@ -136,6 +153,84 @@ class FixedStep(Quantizer):
     def export_stream_grid(self):
         """``(step, limit)``: outputs are ``step * n``, integer ``|n| <= limit``."""
         return self.step, self.limit
+
+
+def range_activation(x, top, bits: int):
+    r"""Unsigned k-bit activation on a static range ``[0, top]`` (``top`` a tensor, not learned by gradient).
+
+    Forward:  s = top / (2^k - 1);   q = s * round(clip(x, 0, top) / s)
+    Gradient: dq/dx = 1 if 0 <= x <= top else 0 (straight-through, clipped).
+    """
+    x = tf.convert_to_tensor(x)
+    n = float(2**bits - 1)
+
+    @tf.custom_gradient
+    def _range(x):
+        step = top / n
+        q = tf.round(tf.clip_by_value(x, 0.0, top) / step) * step
+        return q, lambda dy: dy * tf.cast(tf.logical_and(x >= 0.0, x <= top), dy.dtype)
+
+    return _range(x)
+
+
+@register("range_activation")
+class RangeActivation(Quantizer):
+    """Unsigned k-bit activations on a static range: the 8-bit input of the classifier.
+
+    Forward ``q = s·round(clip(x, 0, top)/s)``, ``s = top/(2^k - 1)``; gradient 1 inside
+    ``[0, top]`` (see :func:`range_activation`). ``top`` is a non-trainable variable: in every training
+    forward pass it moves to ``m·top + (1 - m)·max(x)`` (the first pass sets it to ``max(x)``) and the
+    pass uses the new value; in inference it is fixed, so the exported int8 tensor has the same grid
+    (scale ``s``, zero point ``127 - (2^k - 1)``). k = 2..8, m = ``momentum`` (0.9).
+    """
+
+    allowed_bits = tuple(range(2, 9))
+
+    def __init__(self, bits: int = 8, momentum: float = 0.9, **kwargs):
+        super().__init__(bits=bits, **kwargs)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"RangeActivation: momentum={momentum!r} must be a number in [0, 1).")
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        self.top = self.add_weight(name="top", shape=(), initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        top = tf.convert_to_tensor(self.top)
+        if training and state_updates_enabled():
+            batch = tf.reduce_max(x)
+            top = tf.where(top > 0, self.momentum * top + (1.0 - self.momentum) * batch, batch)
+            self.top.assign(top)
+        return range_activation(x, tf.maximum(top, MIN_TOP), self.bits)
+
+    def get_config(self):
+        config = super().get_config()
+        config["momentum"] = self.momentum
+        return config
+
+    def export_activation_grid(self):
+        """``(top / (2^k - 1), 2^k - 1)`` with the stored range (floored at ``MIN_TOP``)."""
+        n = 2**self.bits - 1
+        return max(float(keras.ops.convert_to_numpy(self.top)), MIN_TOP) / n, n
+
+
+MIN_TOP = 1e-6
+EDGE_BITS = (8, 16, 32)
+
+
+def edge_pair(bits: int) -> tuple[Quantizer, Quantizer]:
+    """``(weight quantizer, input quantizer)`` of the first conv and the classifier (``first_last_bits``):
+    32 full precision; 16 the paper's per-tensor 16-bit fixed point (the input's range per batch);
+    8 per-channel symmetric int8 weights (``max|w_c|/127``) and an 8-bit input on a static range
+    (:class:`RangeActivation`), which export as plain int8 (no repeated inputs)."""
+    if isinstance(bits, bool) or bits not in EDGE_BITS:
+        raise ValueError(f"first_last_bits={bits!r} is not supported; allowed: 8, 16, 32.")
+    if bits == 32:
+        return Identity(), Identity()
+    if bits == 16:
+        return FixedPoint(16), FixedPoint(16)
+    return FixedPoint(8, per_channel=True), RangeActivation(8)
 
 
 @register("identity")

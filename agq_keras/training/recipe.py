@@ -34,4 +34,6 @@ def stage1_config(config):
         c.epochs, c.optimizer = config.pretrain_epochs, config.pretrain_optimizer
         c.learning_rate, c.lr_decay_epochs = config.pretrain_learning_rate, config.pretrain_lr_decay_epochs
         c.pretrain_epochs, c.init_checkpoint = 0, ""
+        if "first_last_bits" in c:
+            c.first_last_bits = 0  # the full-precision counterpart: 32 bits everywhere
     return c

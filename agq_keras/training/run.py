@@ -65,6 +65,9 @@ def validate(config) -> None:
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
                          ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)
+    if config.get("first_last_bits", 0) not in (0, 8, 16, 32):
+        raise ValueError(f"config.first_last_bits={config.first_last_bits!r} is not supported; allowed: 0 (the "
+                         "default: 16, or 32 at full precision), 8, 16, 32.")
     _choice(config, "baseline", BASELINES)
     _choice(config, "strategy", STRATEGIES)
     _choice(config, "optimizer", OPTIMIZERS)
@@ -127,6 +130,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
         kwargs["num_bases"] = config.num_bases
     if config.get("residual_stream", "float") != "float":
         kwargs["residual_stream"] = config.residual_stream
+    if config.get("first_last_bits", 0):
+        kwargs["first_last_bits"] = config.first_last_bits
     ssp = None
     if config.ssp:
         ssp = SSP(config.ssp_fragments, wa=config.ssp_wa, delta0=config.ssp_delta0,
@@ -140,7 +145,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
     if config.baseline == "additional_losses":
         return baselines.additional_losses_trainer(f, alpha=config.aux_alpha, ssp=ssp)
     if config.baseline == "kd":
-        teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32, "residual_stream": "float"})
+        teacher = build(config.arch, **{**kwargs, "w_bits": 32, "a_bits": 32, "residual_stream": "float",
+                                        "first_last_bits": 32})
         return baselines.kd_trainer(f, teacher, beta=config.kd_beta, ssp=ssp)
     raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
