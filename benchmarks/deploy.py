@@ -42,6 +42,8 @@ def measure(arch: str, input_shape, num_classes: int, first_last_bits: int, runs
     float_bytes = export.convert(f, images, mode="float32")[0]
     out["int8_size_bytes"], out["float32_size_bytes"] = len(data), len(float_bytes)
     out["size_ratio"] = len(data) / len(float_bytes)
+    packed = export.convert(f, images, weights="packed")[0]  # packed INT4 k-bit convs (size only)
+    out["packed_size_bytes"], out["packed_size_ratio"] = len(packed), len(packed) / len(float_bytes)
     if runs:
         for kernels in ("builtin", "xnnpack"):  # side by side, alternating models
             int8_ms = latency_ms(data, input_shape, runs, kernels)

@@ -53,6 +53,7 @@ TARGETS = {  # ratio name: (comparison, bound)
     "AG/KD step time": ("<=", 1.0),
     "int8/float32 latency (XNNPACK)": ("<=", 0.5),
     "int8/float32 size": ("<=", 0.27),
+    "packed/float32 size": ("<=", 0.14),
     "pipeline/step images/s": (">=", 5.0),
 }
 
@@ -176,6 +177,8 @@ def report(results: dict) -> str:
                      f"int8 {d['int8_size_bytes'] / 2**20:.2f} MiB"
                      f" vs float32 {d['float32_size_bytes'] / 2**20:.2f} MiB, int8/float32 size {d['size_ratio']:.3f}  "
                      f"{_target('int8/float32 size', d['size_ratio'])}")
+        lines.append(f"  packed INT4 convs: {d['packed_size_bytes'] / 2**20:.2f} MiB, packed/float32 size "
+                     f"{d['packed_size_ratio']:.3f}  {_target('packed/float32 size', d['packed_size_ratio'])}")
         lines.append(f"  exporter: {d['export_s']:.1f} s, peak RSS {d['export_peak_rss_mib']:.0f} MiB "
                      f"({d['rss_before_export_mib']:.0f} MiB before the export)")
         for k in ("builtin", "xnnpack"):

@@ -35,7 +35,8 @@ flags.DEFINE_string("data_dir", None, "Folder of the dataset files, or the .npz 
 flags.DEFINE_integer("image_size", None, "imagenet2012 crop size (default: the run's, else 224).")
 flags.DEFINE_integer("num_classes", None, "npz: number of classes (default: the run's).")
 flags.DEFINE_string("runtimes", "builtin,xnnpack", "--verify: runtimes to compare, of reference, builtin, "
-                    "xnnpack, micro (TensorFlow Lite Micro, on the first 1000 images).")
+                    "xnnpack, micro (TensorFlow Lite Micro, on the first --micro_images).")
+flags.DEFINE_integer("micro_images", 1000, "--verify: test images run through TensorFlow Lite Micro (one per invoke).")
 flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.")
 flags.DEFINE_bool("verify", False, "Compare with the Keras F on the test set; write <output>.json.")
 flags.DEFINE_integer("verify_images", 10000, "Test images for --verify.")
@@ -49,6 +50,8 @@ flags.DEFINE_enum("head_bits", "8", ["8", "16"], "Pooled features of the head: i
                   "Edge TPU) or int16 (16x8 classifier: finer, e.g. for PACT/LSQ nets).")
 flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (needs --head_bits=16: near-tied "
                   "classes keep F's order; no Edge TPU).")
+flags.DEFINE_enum("weights", "int8", ["int8", "packed"], "Weight storage: int8, or packed INT4 for the convs of "
+                  "<= 4-bit grids (half the bytes; XNNPACK runs them on the builtin kernels; no Edge TPU).")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
 
 
@@ -76,7 +79,7 @@ def main(argv):
     calib, _ = load_images("train", FLAGS.calibration_images)
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
                    residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
-                   output_bits=int(FLAGS.output_bits))
+                   output_bits=int(FLAGS.output_bits), weights=FLAGS.weights)
     data, plan, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:
         print("note:", note)
@@ -95,7 +98,7 @@ def main(argv):
                                      output_range=FLAGS.output_range)[0]
         x, y = load_images("test", FLAGS.verify_images)
         report = export.verify(data, f, x, y, plan=plan, float_bytes=float_bytes,
-                               latency_runs=FLAGS.latency_runs, runtimes=runtimes)
+                               latency_runs=FLAGS.latency_runs, runtimes=runtimes, micro_images=FLAGS.micro_images)
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]

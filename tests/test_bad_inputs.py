@@ -245,7 +245,6 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
     "unsupported layer": ("sigmoid", "f.tflite", [], r"'squash' \(Activation\)"),
     "Lambda model": ("lambda", "f.tflite", [], r"contains a Lambda layer, which is refused"),
     "max_replicas 0": ("f", "f.tflite", ["--max_replicas=0"], r"max_replicas"),
-    "int16 logits from an int8 head": ("f", "f.tflite", ["--output_bits=16"], r"output_bits=16 needs head_bits=16"),
     "unknown runtime": ("f", "f.tflite", ["--runtimes=builtin,gpu"],
                         r"--runtimes: gpu unknown; allowed: reference, builtin, xnnpack, micro"),
 }

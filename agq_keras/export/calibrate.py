@@ -58,9 +58,9 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
     return np.concatenate(results), ranges
 
 
-def calibrate(graph: Graph, images, output_range: str = "top", max_replicas: int = 259) -> dict:
+def calibrate(graph: Graph, images, output_range: str = "top", max_replicas: int = 259, weights: str = "int8") -> dict:
     """``{tensor: (lo, hi)}`` observed on ``images`` (the IR run with the integer weights the plan
-    will store for ``max_replicas``).
+    will store for ``max_replicas`` and ``weights``).
 
     ``output_range="full"`` covers every logit seen. ``"top"`` (default, for
     classifiers) covers only the winning logits: from the smallest per-image
@@ -70,7 +70,7 @@ def calibrate(graph: Graph, images, output_range: str = "top", max_replicas: int
     """
     if output_range not in OUTPUT_RANGES:
         raise ValueError(f"output_range={output_range!r} is not supported; allowed: {', '.join(OUTPUT_RANGES)}.")
-    forms, _ = weight_forms(graph, max_replicas)
+    forms, _ = weight_forms(graph, max_replicas, weights)
     outputs, ranges = evaluate(graph, forms, images)
     if output_range == "top" and outputs.ndim == 2 and outputs.shape[1] > 1:
         lo, hi = ranges[graph.output]

@@ -16,7 +16,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("agq_keras.export needs LiteRT: pip install 'agq-keras[export]' (ai-edge-litert)") from err
 
-TENSOR_TYPES = {"int8": schema.TensorType.INT8, "int16": schema.TensorType.INT16, "int32": schema.TensorType.INT32,
+TENSOR_TYPES = {"int4": schema.TensorType.INT4, "int8": schema.TensorType.INT8, "int16": schema.TensorType.INT16,
+                "int32": schema.TensorType.INT32,
                 "int64": schema.TensorType.INT64, "float32": schema.TensorType.FLOAT32}
 # option fields whose values are enum names
 _ENUMS = {"padding": schema.Padding, "fusedActivationFunction": schema.ActivationFunctionType,
@@ -33,7 +34,8 @@ def _tensor(record, buffers):
     t.buffer = 0
     if record.data is not None:
         buf = schema.BufferT()
-        buf.data = np.frombuffer(np.ascontiguousarray(record.data).tobytes(), np.uint8)
+        raw = pack_int4(record.data) if record.dtype == "int4" else np.ascontiguousarray(record.data).tobytes()
+        buf.data = np.frombuffer(raw, np.uint8)
         buffers.append(buf)
         t.buffer = len(buffers) - 1
     if record.quant is not None:
@@ -43,6 +45,22 @@ def _tensor(record, buffers):
         q.quantizedDimension = record.quant.axis
         t.quantization = q
     return t
+
+
+def pack_int4(codes) -> bytes:
+    """TFLite's packed INT4 layout: two codes per byte in row-major order, the first in the low nibble."""
+    flat = np.asarray(codes, np.int64).ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, [0]])
+    nibbles = (flat & 0xF).astype(np.uint8)
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
+
+
+def unpack_int4(data: bytes, count: int) -> np.ndarray:
+    """The ``count`` signed codes of packed INT4 ``data`` (:func:`pack_int4`'s inverse)."""
+    raw = np.frombuffer(bytes(data), np.uint8)
+    nibbles = np.stack([raw & 0xF, raw >> 4], axis=1).ravel()[:count].astype(np.int64)
+    return np.where(nibbles > 7, nibbles - 16, nibbles)
 
 
 def _options(options):

@@ -113,12 +113,15 @@ def fallback_codes(weights: np.ndarray, replicas: int = 1):
     return codes.reshape(weights.shape), steps
 
 
-def widen(codes: np.ndarray, steps: np.ndarray, replicas: int):
-    """Multiply each channel's codes by the largest integer m keeping |code| <= 127 * replicas
+INT4_MAX = 7  # packed INT4 weights: symmetric codes -7..7
+
+
+def widen(codes: np.ndarray, steps: np.ndarray, replicas: int, limit: int = 127):
+    """Multiply each channel's codes by the largest integer m keeping |code| <= limit * replicas
     (and divide its step by m): same real weights, same grid ratios, but an m-times finer
     int32 accumulator unit s_in * s_w, so the int32 bias is rounded m times more finely."""
     top = np.abs(codes.reshape(codes.shape[0], -1)).max(axis=1)
-    m = np.where(top > 0, (127 * replicas) // np.maximum(top, 1), 1)
+    m = np.where(top > 0, (limit * replicas) // np.maximum(top, 1), 1)
     return codes * m.reshape((-1,) + (1,) * (codes.ndim - 1)), steps / m
 
 
@@ -165,9 +168,13 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     ``floor``/``ceil(beta)`` exact under TFLite's fixed point alone (rank 1), else the largest m
     with B = round(beta) (rank 2, closest).
 
-    Returns ``(codes, steps, bias, ranks, margins)``; per channel the rank and the smallest distance
-    (output steps) of a checked accumulator's exact value ``(acc + B) * M`` from the kernel's tie
-    (F ties left out).
+    When no integer B does it, the stored weight step (hence the multiplier) is also scaled by a gain
+    within 1 ± 0.25 (:func:`_gain_candidates`): only the thresholds matter for a ReLU + k-bit output,
+    so the codes stay F's; the stored weights are then F's times that positive gain.
+
+    Returns ``(codes, steps, bias, ranks, margins, gains)``; per channel the rank, the smallest
+    distance (output steps) of a checked accumulator's exact value ``(acc + B) * M`` from the kernel's
+    tie (F ties left out), and the gain (stored step / F's step; 1 when unscaled).
     """
     multiply = multiply or fixed_point_multiply
     step_out, levels = grid
@@ -176,7 +183,8 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     steps = steps.astype(np.float64).copy()
     out_bias = np.zeros(len(steps))
     half = np.arange(levels) + 0.5
-    ranks, margins = [], []
+    n = len(half)
+    ranks, margins, gains = [], [], []
     for c in range(len(steps)):
         row = codes[c].astype(np.int64)
         g = int(np.gcd.reduce(np.abs(row.ravel()))) or 1
@@ -184,7 +192,7 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
         top = int(np.abs(base).max(initial=0)) or 1
         best = None
         for m in range(limit // top, 0, -1):
-            s_w = float(np.float32(base_step / m))
+            s_w = float(np.float32(base_step / m))  # F's weight per code unit
             mult = s_in32 * s_w / s_out32
             beta = bias[c] / (s_in32 * s_w)
             t = half / mult - beta
@@ -193,36 +201,69 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
             acc = np.concatenate([below, above])
             real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
             firm = tie_distance(acc + beta, mult) >= F_TIE  # not an F tie
-            m0, shift = quantize_multiplier(mult)
+
+            def judge(stored, b_int):
+                """(rank, margin) of storing weight step ``stored`` and int32 bias ``b_int``, or None."""
+                kernel = s_in32 * float(np.float32(stored)) / s_out32
+                m0, shift = quantize_multiplier(kernel)
+                fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
+                if not np.array_equal(fixed[firm], real[firm]):
+                    return None
+                margin = float(tie_distance(acc + b_int, kernel)[firm].min(initial=0.5))
+                floats = np.clip(xnnpack_requantize(acc + b_int, kernel), 0, levels)
+                return (0 if margin >= MIN_MARGIN and np.array_equal(floats[firm], real[firm]) else 1), margin
+
             # integers B keeping every firm point MIN_MARGIN on F's side of the kernel's boundary
-            n = len(half)
             # (a side without firm points is bounded by one lattice step around beta)
             b_hi = np.floor(np.min(((half - MIN_MARGIN) / mult - below)[firm[:n]], initial=np.floor(beta) + m))
             b_lo = np.ceil(np.max(((half + MIN_MARGIN) / mult - above)[firm[n:]], initial=np.ceil(beta) - m))
-            centred = [np.floor((b_lo + b_hi) / 2)] if b_lo <= b_hi else []
-            for b_int in centred + [np.floor(beta), np.ceil(beta)]:
-                fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
-                if not np.array_equal(fixed[firm], real[firm]):
-                    continue
-                margin = float(tie_distance(acc + b_int, mult)[firm].min(initial=0.5))
-                floats = np.clip(xnnpack_requantize(acc + b_int, mult), 0, levels)
-                rank = 0 if margin >= MIN_MARGIN and np.array_equal(floats[firm], real[firm]) else 1
-                if best is None or rank < best[0]:
-                    best = (rank, m, b_int, margin)
-                if rank == 0:
+            candidates = [(s_w, b) for b in ([np.floor((b_lo + b_hi) / 2)] if b_lo <= b_hi else [])
+                          + [np.floor(beta), np.ceil(beta)]]
+            candidates += list(_gain_candidates(half, below, above, firm, mult, beta, m, s_w))
+            for stored, b_int in candidates:
+                verdict = judge(stored, b_int)
+                if verdict is not None and (best is None or verdict[0] < best[0]):
+                    best = (verdict[0], m, b_int, verdict[1], float(np.float32(stored)), s_w)
+                if best is not None and best[0] == 0:
                     break
             if best is not None and best[0] == 0:
                 break
         if best is None:
             m = limit // top
-            best = (2, m, np.round(bias[c] / (s_in32 * float(np.float32(base_step / m)))), 0.0)
-        rank, m, b_int, margin = best
+            s_w = float(np.float32(base_step / m))
+            best = (2, m, np.round(bias[c] / (s_in32 * s_w)), 0.0, s_w, s_w)
+        rank, m, b_int, margin, stored, s_w = best
         codes[c] = base * m
-        steps[c] = float(np.float32(base_step / m))
+        steps[c] = stored
         out_bias[c] = b_int
         ranks.append(rank)
         margins.append(margin)
-    return codes, steps, out_bias, np.asarray(ranks), np.asarray(margins)
+        gains.append(stored / s_w)
+    return codes, steps, out_bias, np.asarray(ranks), np.asarray(margins), np.asarray(gains)
+
+
+def _gain_candidates(half, below, above, firm, mult, beta, m, s_w, max_gain=0.25):
+    """(stored weight step, int32 bias) pairs that move the kernel's boundaries into F's gaps by also
+    scaling the stored weight step (the output multiplier) by a gain within 1 +- ``max_gain``.
+
+    With multiplier M' and bias B the kernel's boundary j sits at ``(j + 1/2)/M' - B``; it must stay
+    above the lattice point below F's threshold and below the one above it, MIN_MARGIN output steps
+    clear: ``(below_j + B) M' <= j + 1/2 - MIN_MARGIN`` and ``(above_j + B) M' >= j + 1/2 + MIN_MARGIN``.
+    For each integer B near beta this is an interval of M'; its middle is the candidate. Ordered by
+    the interval's relative width (the widest first)."""
+    n = len(half)
+    out = []
+    for b in np.arange(np.floor(beta) - 2 * m, np.ceil(beta) + 2 * m + 1):
+        lo_pts, hi_pts = above[firm[n:]] + b, below[firm[:n]] + b
+        if np.any(lo_pts <= 0):
+            continue
+        lo = np.max((half[firm[n:]] + MIN_MARGIN) / lo_pts, initial=mult * (1 - max_gain))
+        pos = hi_pts > 0
+        hi = np.min((half[firm[:n]][pos] - MIN_MARGIN) / hi_pts[pos], initial=mult * (1 + max_gain))
+        lo, hi = max(lo, mult * (1 - max_gain)), min(hi, mult * (1 + max_gain))
+        if lo < hi:
+            out.append(((hi - lo) / (hi + lo), (lo + hi) / 2 / mult * s_w, b))
+    return [(stored, b) for _, stored, b in sorted(out, key=lambda item: -item[0])[:4]]
 
 
 def sign_weights(codes: np.ndarray, steps: np.ndarray, bias: np.ndarray, s_in: float):

@@ -41,6 +41,7 @@ _VERSIONS = {
 _VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
                    "MAX_POOL_2D": 3, "CONCATENATION": 3}
 RESIDUAL_BITS = (16, 8)
+WEIGHTS = ("int8", "packed")
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
 SIGN_ZERO_POINT = 126
 MAX_SEARCH_LEVELS = 15
@@ -48,14 +49,13 @@ THRESHOLD_REPLICAS = 16
 STREAM_MAX_MULTIPLIER = 1 << 14  # an integer multiplier below 2^14 is exact in the 16x8 kernels' 15 bits
 
 
-def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259, output_bits=8):
+def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259, output_bits=8, weights="int8"):
     """A ValueError naming the bad value and what is allowed."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} is not supported; allowed: {', '.join(WEIGHTS)}.")
     if output_bits not in RESIDUAL_BITS:
         raise ValueError(f"output_bits={output_bits!r} is not supported; allowed: 8, 16.")
-    if output_bits == 16 and head_bits != 16:
-        raise ValueError("output_bits=16 needs head_bits=16: TFLite's FULLY_CONNECTED writes int16 logits only "
-                         "from int16 inputs (measured: an int8-input FULLY_CONNECTED with an int16 output "
-                         "returns wrong values).")
+
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
     if residual_bits not in RESIDUAL_BITS:
@@ -146,14 +146,17 @@ class WeightForm:
     exact: bool
     note: str
     float_weights: np.ndarray
+    packed: bool = False  # stored as packed INT4 (codes within +-INT4_MAX)
 
     def real_weights(self) -> np.ndarray:
         return self.codes * self.steps.reshape((-1,) + (1,) * (self.codes.ndim - 1))
 
 
-def weight_forms(graph: Graph, max_replicas: int):
+def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
     """Per conv/dense op: int codes (F's grid codes, or the closest int8 form of F's weights), the
-    input repeats they need and the widened codes (:func:`intmath.widen`). Returns (forms, notes)."""
+    input repeats they need and the widened codes (:func:`intmath.widen`). With ``weights="packed"``
+    the convs of k <= 4-bit grids that read a grid tensor keep their codes within +-7 (INT4, no input
+    repeats). Returns (forms, notes)."""
     forms, notes = {}, []
     for op in graph.ops:
         if op.kind not in ("conv", "dense"):
@@ -164,15 +167,18 @@ def weight_forms(graph: Graph, max_replicas: int):
         replicas = max_replicas if (op.kind == "dense" or src.name == graph.input or src.grid is not None) else 1
         float_weights = op.real_weights()
         codes, steps, exact, note = op.codes, op.steps, op.exact_weights, op.weight_note
+        packed = (weights == "packed" and op.kind == "conv" and exact and op.weight_bits <= 4 and src.grid is not None
+                  and int(np.abs(codes).max(initial=0)) <= intmath.INT4_MAX)
         if not exact or int(np.abs(codes).max(initial=0)) > 127 * replicas:
             if exact:
                 exact = False
                 note = f"grid needs codes beyond ±{127 * replicas}; re-quantized to int8 (closest)"
                 notes.append(f"{op.layer}: {note}")
             codes, steps = intmath.fallback_codes(float_weights, replicas)
-        used = max(1, -(-int(np.abs(codes).max(initial=0)) // 127))
-        codes, steps = intmath.widen(codes, steps, used)
-        forms[op.output] = WeightForm(codes, steps, used, exact, note, float_weights)
+        used = 1 if packed else max(1, -(-int(np.abs(codes).max(initial=0)) // 127))
+        codes, steps = intmath.widen(codes, steps, used, intmath.INT4_MAX if packed else 127)
+        forms[op.output] = WeightForm(codes, steps, used, exact, note + ("; packed INT4" if packed else ""),
+                                      float_weights, packed)
     return forms, notes
 
 
@@ -299,7 +305,8 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
 
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits: int = 16,
-              head_bits: int = 8, output_bits: int = 8, description: str = "agq_keras export") -> Plan:
+              head_bits: int = 8, output_bits: int = 8, weights: str = "int8",
+              description: str = "agq_keras export") -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
@@ -309,11 +316,11 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
     int16 (symmetric, 1.5x the calibrated range): int8 logits cannot order two classes closer than one
     output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU)."""
-    check_options(mode, residual_bits, head_bits, max_replicas, output_bits)
+    check_options(mode, residual_bits, head_bits, max_replicas, output_bits, weights)
     missing = sorted(set(graph.tensors) - set(ranges))
     if missing:
         raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
-    forms, notes = weight_forms(graph, max_replicas)
+    forms, notes = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
     if mode == "int8" and output_bits == 16:
@@ -337,6 +344,12 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
         notes += stream_grids(graph, acts, forms)
     planner = _Planner(graph, acts, forms, mode, max_replicas)
     planner.run()
+    for record in planner.layers.values():
+        ranks = record.threshold_ranks
+        if ranks is not None and np.any(ranks == 2):
+            packed = " with packed INT4 codes (+-7)" if "packed" in record.note else ""
+            notes.append(f"{record.layer}: {int(np.sum(ranks == 2))} of {len(ranks)} channels keep the closest "
+                         f"thresholds (not exact){packed}")
     return Plan(graph=graph, mode=mode, description=description, tensors=tuple(planner.tensors),
                 ops=tuple(planner.ops), inputs=(planner.index[graph.input],),
                 outputs=(planner.index[graph.output],), layers=planner.layers,
@@ -435,22 +448,25 @@ class _Planner:
             # THRESHOLD_REPLICAS and max_replicas) until no channel is left closest (rank 2): repeats
             # cost size, so TFLite-only channels (rank 1) do not buy more of them
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
-            if op.kind == "affine":
-                cap = 1
+            if op.kind == "affine" or (form is not None and form.packed):
+                cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7
             best = None
             for replicas in range(record["replicas"], cap + 1):
                 found = intmath.exact_thresholds(
-                    codes.reshape(len(steps), -1), steps, op.bias, s_in, grid, 127 * replicas,
+                    codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
+                    intmath.INT4_MAX if form is not None and form.packed else 127 * replicas,
                     multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply)
-                key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only channels
+                key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only
                 if best is None or key < best[0]:
                     best = (key, replicas, found)
                 if key[0] == 0:
                     break
-            _, replicas, (flat, new_steps, bias, ranks, margins) = best
+            _, replicas, (flat, new_steps, bias, ranks, margins, gains) = best
             record["replicas"] = replicas
             codes, steps = flat.reshape(codes.shape), new_steps
             record["threshold_ranks"], record["margins"] = _frozen(ranks), _frozen(margins)
+            if np.any(gains != 1.0):
+                record["gain"] = _frozen(gains)
         else:
             if op.kind == "affine" and wide_in:
                 codes, steps = intmath.affine_codes_16x8(codes, steps, s_in, self.scale_of(self._wide_out(op)))
@@ -461,7 +477,8 @@ class _Planner:
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
         layout = codes.reshape(1, 1, 1, -1) if op.kind == "affine" else intmath.split_codes(codes, record["replicas"])
-        w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int8", scale=steps,
+        packed = form is not None and form.packed and int(np.abs(layout).max(initial=0)) <= intmath.INT4_MAX
+        w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int4" if packed else "int8", scale=steps,
                        zero_point=np.zeros(len(steps), np.int64), axis=axis)
         bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
         if np.abs(bias).max(initial=0) >= 2**31 - 1 and not wide_in:
@@ -522,6 +539,10 @@ class _Planner:
         # op reads its input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
         as_stored = op.kind in ("affine", "dense")
         in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
+        if op.kind == "dense" and out.int16 and not self.acts[in_name].int16:
+            # int16 logits come from the 16x8 kernel: an int8-input FULLY_CONNECTED with an int16 output
+            # returned wrong values (measured); QUANTIZE int8 -> int16 at the same scale is exact
+            in_name = self.typed(in_name, True)
         widened = as_stored and self.acts[in_name].int16 and not out.int16
         if widened:  # a 16x8 kernel writes int16; QUANTIZE brings it to the int8 output
             tmp = f"{out_name}/i16"

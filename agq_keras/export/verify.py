@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from agq_keras.export.flatbuffer import schema  # one home for the schema bindings
+from agq_keras.export.flatbuffer import schema, unpack_int4  # one home for the schema bindings
 
 FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.TensorType.FLOAT64)
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -171,7 +171,9 @@ def grid_check(model_bytes: bytes, plan) -> list:
         t = tensors.get(f"{rec.output}/weights")
         if t is None:
             continue
-        codes = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int8).reshape(t.shape).astype(np.int64)
+        data = bytes(m.buffers[t.buffer].data)
+        codes = (unpack_int4(data, int(np.prod(t.shape))) if t.type == schema.TensorType.INT4 else
+                 np.frombuffer(data, np.int8).astype(np.int64)).reshape(t.shape)
         if rec.replicas > 1:  # sum the repeated-input parts back
             codes = codes.reshape(codes.shape[:-1] + (rec.replicas, -1)).sum(axis=-2)
         scale = np.asarray(t.quantization.scale, np.float64)
