@@ -101,3 +101,25 @@ def test_missing_datasets_say_how_to_get_them(tmp_path):
 def test_custom_arrays_are_validated(x, y, match):
     with pytest.raises(ValueError, match=match):
         pipeline.from_arrays(x, y, 5, batch_size=2, training=True)
+
+
+def test_export_arrays_take_the_runs_preprocessing_in_order(tmp_path):
+    """pipeline.arrays (the export CLI's calibration and verification data): the first images of a split,
+    in order, with test-time preprocessing; for CIFAR-100 the training split is neither cropped nor
+    flipped (mock data), for an npz file uint8 pixels are scaled by 1/255."""
+    with tfds.testing.mock_data(num_examples=6):
+        x, y = pipeline.arrays("cifar100", "train", 5, data_dir="/nonexistent")
+        again, _ = pipeline.arrays("cifar100", "train", 5, data_dir="/nonexistent")
+        raw = [im for im, _ in tfds.load("cifar100", split="train", as_supervised=True).take(5)]
+    assert x.shape == (5, 32, 32, 3) and x.dtype == np.float32 and y.shape == (5,)
+    np.testing.assert_array_equal(x, again)
+    expected = np.stack([im.numpy() / 255.0 - np.array(pipeline.CIFAR100_MEAN) for im in raw]).astype(np.float32)
+    np.testing.assert_allclose(x, expected, atol=1e-6)
+    path = str(tmp_path / "d.npz")
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 6, 6, 1)).astype(np.uint8)
+    np.savez(path, x_train=pixels, y_train=np.arange(7) % 3, x_test=pixels[:2], y_test=np.arange(2))
+    x, y = pipeline.arrays("npz", "train", 7, data_dir=path, num_classes=3)
+    np.testing.assert_allclose(x, pixels / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(y, np.arange(7) % 3)
+    with pytest.raises(ValueError, match="count"):
+        pipeline.arrays("npz", "train", 0, data_dir=path, num_classes=3)

@@ -93,8 +93,8 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
     replicas = AUTO_REPLICAS if auto else max_replicas
     data, frozen = export(replicas, mode)
     # the float32 file holds at least 4 bytes per weight: only a larger int8 file needs the float32 twin built
-    weights = sum(4 * (op.codes.size + len(op.bias)) for op in frozen.graph.ops if op.codes is not None)
-    if mode == "int8" and replicas > 1 and len(data) > weights:
+    weight_bytes = sum(4 * (op.codes.size + len(op.bias)) for op in frozen.graph.ops if op.codes is not None)
+    if mode == "int8" and replicas > 1 and len(data) > weight_bytes:
         float_size = len(export(1, "float32")[0])
         if len(data) > float_size:
             wide = sorted(r.layer.split("+")[0] for r in frozen.layers.values() if r.replicas > 1)
