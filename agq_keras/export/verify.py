@@ -290,7 +290,7 @@ def tensor_codes(model_bytes: bytes, names, images, runtime: str = "builtin") ->
     :data:`RUNTIMES`), read as extra outputs of the model (:func:`expose`)."""
     names = list(names)
     exposed = expose(model_bytes, names)
-    run = runner(exposed, runtime, batch_size=len(images)) if runtime != "micro" else MicroRunner(exposed)
+    run = runner(exposed, runtime, batch_size=len(images))  # a MicroRunner for "micro"
     out = {n: [] for n in names}
     batches = [images] if runtime != "micro" else [image[None] for image in images]
     for batch in batches:
