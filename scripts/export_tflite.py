@@ -44,8 +44,9 @@ flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array 
 flags.DEFINE_integer("max_replicas", None, "Most input repeats for wide weight codes (1: plain int8 weights; "
                      "default: 259 unless the file would outgrow its float32 twin, then 1, with a note).")
 flags.DEFINE_enum("output_range", "top", ["top", "full"], "int8 range of the logits (see docs/export.md).")
-flags.DEFINE_enum("residual_bits", "16", ["16", "8"], "Residual stream of residual nets: int16 (16x8 kernels, "
-                  "exact to ~1e-4) or int8 (fully 8-bit, e.g. for the Edge TPU; less exact).")
+flags.DEFINE_enum("residual_bits", "auto", ["auto", "16", "8"], "Residual stream of residual nets: auto (F's "
+                  "own: int8 for residual_stream=int8, else int16), int16 (16x8 kernels) or int8 (fully 8-bit, "
+                  "e.g. for the Edge TPU; exact only for an F trained with residual_stream=int8).")
 flags.DEFINE_enum("head_bits", "8", ["8", "16"], "Pooled features of the head: int8 (fully 8-bit plain nets, "
                   "Edge TPU) or int16 (16x8 classifier: finer, e.g. for PACT/LSQ nets).")
 flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (needs --head_bits=16: near-tied "
@@ -78,7 +79,7 @@ def main(argv):
 
     calib, _ = load_images("train", FLAGS.calibration_images)
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
-                   residual_bits=int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
+                   residual_bits=None if FLAGS.residual_bits == "auto" else int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
                    output_bits=int(FLAGS.output_bits), weights=FLAGS.weights)
     data, plan, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:

@@ -208,11 +208,13 @@ def train(f, x, y, epochs, seed=7):
 
 def build(kind, bits):
     """kind: "plain", "plain_edge8" (plain, ``first_last_bits=8``), "residual" (the paper's float residual
-    stream) or "residual16" (F quantizes its residual stream to int16, ``residual_stream="int16"``: the
-    exactly exportable residual F)."""
+    stream), "residual16" (F quantizes its residual stream to int16, ``residual_stream="int16"``: the
+    exactly exportable residual F) or "residual8" (``residual_stream="int8"`` with 8-bit first/last layers:
+    exact with every tensor int8)."""
     import agq_keras
 
-    extra = {"residual16": {"residual_stream": "int16"}, "plain_edge8": {"first_last_bits": 8}}.get(kind, {})
+    extra = {"residual16": {"residual_stream": "int16"}, "plain_edge8": {"first_last_bits": 8},
+             "residual8": {"residual_stream": "int8", "first_last_bits": 8}}.get(kind, {})
     return agq_keras.build("resnet20", plain=kind.startswith("plain"), w_bits=bits, a_bits=bits, num_classes=10,
                            input_shape=(28, 28, 1), **extra)
 

@@ -39,6 +39,8 @@ CASES = {
     "residual-2bit-int8": (dict(arch="resnet20", plain=False, bits=2), dict(residual_bits=8)),
     "residual16-2bit": (dict(arch="resnet20", plain=False, bits=2, residual_stream="int16"), {}),
     "residual16-4bit": (dict(arch="resnet20", plain=False, bits=4, residual_stream="int16"), {}),
+    "residual8-2bit-edge8": (dict(arch="resnet20", plain=False, bits=2, residual_stream="int8", first_last_bits=8), {}),
+    "plain-2bit-edge8": (dict(arch="resnet20", plain=True, bits=2, first_last_bits=8), {}),
     "lsq-2bit": (dict(arch="resnet20", plain=True, bits=2, quantizer="lsq"), {}),
     "pact-2bit": (dict(arch="resnet20", plain=True, bits=2, quantizer="pact"), {}),
     "bireal-1bit": (dict(arch="birealnet20", plain=True, bits=1, quantizer="bireal"), {}),
@@ -74,7 +76,7 @@ def golden_net(arch, plain, bits, quantizer="dorefa", input_shape=(16, 16, 1), *
     return f
 
 
-def export_bytes(f, images, mode="int8", max_replicas=259, output_range="top", residual_bits=16, head_bits=8):
+def export_bytes(f, images, mode="int8", max_replicas=259, output_range="top", residual_bits=None, head_bits=8):
     """The exporter's bytes with the calibrated ranges rounded to 4 significant digits (see the module doc)."""
     graph = lower.lower(f, max_replicas=max_replicas)
     ranges = calibrate.calibrate(graph, images, output_range=output_range, max_replicas=max_replicas)

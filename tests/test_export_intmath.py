@@ -169,3 +169,37 @@ def test_sign_weights_give_fs_sign_for_every_accumulator():
             real = Fraction(a) * Fraction(steps[c]) + Fraction(bias[c])
             acc = 2 * a + int(int_bias[c])
             assert acc != 0 and (acc > 0) == (real >= 0), (c, a)
+
+
+@pytest.mark.parametrize("divisor", [1, 3, 5, 7])
+def test_stream_requantization_divides_exactly_on_every_runtime(divisor):
+    """A conv writing F's int8 stream: base codes (2-bit DoReFa: odd, |c| <= 3) widened to +-126, input
+    step 1/3, output step N u (u = 1/9 the base accumulator unit). Every achievable accumulator gives F's
+    clip(floor(a / N + 1/2), -128, 127) under TFLite's fixed point and XNNPACK's float32 (brute force),
+    and the margin is the odd N's 1 / (2N) output steps."""
+    rng = np.random.default_rng(divisor)
+    base = rng.choice([-3, -1, 1, 3], (4, 27))
+    codes, steps = intmath.widen(base, np.full(4, 1.0 / 3), 1)
+    s_in, s_out = 1.0 / 3, divisor / 9.0
+    ranks, margins = intmath.stream_requantization(codes, steps, s_in, s_out)
+    assert ranks.tolist() == [0] * 4
+    np.testing.assert_allclose(margins, 1 / (2 * divisor), atol=1e-4)  # float32 scales: ~1e-5 steps at 127
+    for c in range(4):
+        top = 3 * int(np.abs(base[c]).sum())  # input codes 0..3
+        acc_b = np.arange(-top, top + 1)
+        want = np.clip(np.floor(acc_b / divisor + 0.5), -128, 127)
+        kernel = intmath.runtime_scale(s_in, steps[c], s_out)
+        m0, shift = intmath.quantize_multiplier(kernel)
+        acc = acc_b * (codes[c, 0] // base[c, 0])
+        assert np.array_equal(np.clip(intmath.fixed_point_multiply(acc, m0, shift), -128, 127), want)
+        assert np.array_equal(np.clip(intmath.xnnpack_requantize(acc, kernel), -128, 127), want)
+
+
+def test_stream_requantization_finds_tflites_double_rounding():
+    """Unwidened codes (m = 1) and N = 3: TFLite's multiplier 2/3 * 2^-1 rounds acc = 1 to 1 in its first
+    rounding and then 0.5 up to 1, where F has round(1/3) = 0. The check says so (rank 2)."""
+    base = np.array([[1, -1, 3, 1]])
+    ranks, margins = intmath.stream_requantization(base, np.array([1.0 / 3]), 1.0 / 3, 3 / 9.0)
+    assert ranks.tolist() == [2]
+    m0, shift = intmath.quantize_multiplier(intmath.runtime_scale(1.0 / 3, 1.0 / 3, 3 / 9.0))
+    assert int(intmath.fixed_point_multiply(np.array([1]), m0, shift)[0]) == 1

@@ -1,5 +1,6 @@
-"""Exact integer TFLite export of residual nets: F's int16 stream (exact), the float stream (closest),
-the int8 stream for the Edge TPU, the float32 twin, determinism."""
+"""Exact integer TFLite export of residual nets: F's int16 stream (exact), F's int8 stream (exact, every
+tensor int8: the Edge TPU), the float stream (closest; residual_bits=8 for the Edge TPU), the float32
+twin, determinism."""
 
 import importlib
 
@@ -8,9 +9,11 @@ import pytest
 
 import agq_keras
 from agq_keras import export
+from agq_keras.export import intmath
 
 pytest.importorskip("ai_edge_litert")  # the `export` extra; CI installs it through the `test` extra
 
+import export_checks  # noqa: E402
 from export_checks import CALIB, check_explained, check_grid, convert_and_verify, explain, load_data, Family  # noqa: E402
 
 verify_module = importlib.import_module("agq_keras.export.verify")  # the module (export.verify is the function)
@@ -24,10 +27,11 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data):
     """{(kind, bits): F} for the residual nets, trained on first use: F's int16 stream (residual16)
-    2-bit trained 25 steps, 3/4-bit from its weights + 20 steps; the float stream (residual) 2-bit, and
-    8-bit from it."""
+    2-bit trained 25 steps, 3/4-bit and F's int8 stream (residual8, 2-bit) from its weights + 20 steps; the
+    float stream (residual) 2-bit, and 8-bit from it."""
     x, y = data[0][:800], data[1][:800]
     families = {"residual16": Family(x, y, "residual16"), "residual": Family(x, y, "residual")}
+    families["residual8"] = families["residual16"]
 
     class Nets:  # trained on first use
         def __getitem__(self, key):
@@ -77,6 +81,42 @@ def test_int16_stream_is_exact_in_every_op(trained, data):
         assert plan.graph.tensors[name].stream_grid is not None  # checked by explain() below
     unexplained, summary = explain(f, model, plan, xt)
     assert unexplained == [] and summary["images"] == len(xt), (unexplained[:5], summary)
+
+
+def test_int8_stream_is_exact_on_every_runtime_with_no_int16_tensor(trained, data):
+    """residual_stream="int8" (exported with the default residual_bits, F's own stream): no int16 tensor
+    (the Edge TPU op check passes); every stream tensor has F's step as its int8 scale (zero point 0);
+    every conv writing the stream is proven exact on every runtime (rank 0): the block convs and
+    shortcuts with a margin of 1/(2N) output steps (N = 7 in stage 3), the stem (per-channel weight steps
+    (stream step / input step) / N_c, N_c odd, 3 input repeats) with at least MIN_MARGIN. F's codes op by op
+    (explain()), and reference, builtin, XNNPACK and TensorFlow Lite Micro write the same codes in every
+    stream and k-bit tensor of every image."""
+    pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    f, x, xt = trained[("residual8", 2)], data[0][:CALIB], data[2][:100]
+    model, plan, notes = export.convert(f, x)
+    assert verify_module.int16_tensors(model) == [] and export.edgetpu_report(model)["all_mappable"]
+    steps = {layer.name: layer.step for layer in f.layers if isinstance(layer, agq_keras.quantizers.FixedStep)}
+    streams = {op.output: op.layer.split("+")[-1] for op in plan.graph.ops if op.layer.split("+")[-1] in steps}
+    assert len(streams) == len(steps) == 21
+    for name, layer in streams.items():
+        record = plan.tensor(name)
+        assert record.dtype == "int8" and record.quant.zero_point == (0,)
+        assert record.quant.scale[0] == pytest.approx(steps[layer], rel=1e-7)
+    writers = {r.layer.split("+")[0]: r for r in plan.layers.values() if r.layer.endswith("_stream_q")}
+    assert len(writers) == 12  # the stem, 9 block convs, 2 projection shortcuts
+    for layer, record in writers.items():
+        assert np.all(record.threshold_ranks == 0), layer
+        assert np.min(record.margins) >= (intmath.MIN_MARGIN if layer == "stem_conv" else 1 / 14 - 1e-4), layer
+    assert writers["stem_conv"].replicas == 3
+    assert not [n for n in notes if "not exact" in n], notes
+    unexplained, summary = explain(f, model, plan, xt)
+    assert unexplained == [] and summary["images"] == len(xt), (unexplained[:5], summary)
+    names = [c[0] for c in export_checks._checked_tensors(f, plan.graph) if c[1] in ("grid", "stream")]
+    assert names[0] == "stem_conv" and len(names) == 39  # + per block bn1, conv1 (k-bit), conv2, add (stream); 2 shortcuts
+    codes = {rt: export.tensor_codes(model, names, xt[:20], rt) for rt in export.RUNTIMES}
+    for rt in ("builtin", "xnnpack", "micro"):
+        for name in names:
+            assert np.array_equal(codes[rt][name], codes["reference"][name]), (rt, name)
 
 
 def test_float_stream_residual_is_closest_and_says_so(trained, data):

@@ -96,7 +96,9 @@ def test_aux_relu_option_adds_relu_after_each_sum():
     (dict(input_shape=(28, 28)), r"input_shape=\(28, 28\) must be \(height, width, channels\)"),
     (dict(num_classes=1), r"num_classes=1 must be an integer >= 2"),
     (dict(bogus=1), r"unknown argument\(s\) \['bogus'\]"),
-    (dict(residual_stream="int8"), r"residual_stream='int8' is not supported; allowed: float, int16"),
+    (dict(residual_stream="int4"), r"residual_stream='int4' is not supported; allowed: float, int16, int8"),
+    (dict(residual_stream="int8", plain=True), r"residual_stream='int8' is for residual ResNets"),
+    (dict(residual_stream="int8", w_bits=1, a_bits=1), r"residual_stream='int8' needs weight and activation grids"),
     (dict(residual_stream="int16", plain=True), r"residual_stream='int16' is for residual ResNets"),
     (dict(residual_stream="int16", arch="birealnet20"), r"residual_stream='int16' is for residual ResNets"),
     (dict(residual_stream="int16", w_bits=1, a_bits=1), r"needs weight and activation grids.*w_bits=1"),
@@ -113,6 +115,40 @@ def test_cifar_stem_on_imagenet_arch():
     f = agq_keras.build("resnet18", stem="cifar", num_classes=10, input_shape=(28, 28, 1))
     assert f.get_layer("stem_conv").kernel_size == (3, 3)
     assert f(np.zeros((1, 28, 28, 1), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("bits,divisors", [(2, (3, 5, 7)), (4, (43, 87, 171))])
+def test_int8_residual_stream_rounds_every_stream_writer(bits, divisors, tmp_path):
+    """residual_stream="int8": a FixedStep (limit 127, bits 8) after the stem, after each block's last
+    conv and projection shortcut, and after each Add; stage s's step is N_s u with N_s the smallest odd
+    integer keeping 127 N_s u >= 24 * 2^(s-1) (u = 1/((2^k-1)^2), the block convs' output grid). The
+    stream holds int8 codes; the .keras round trip keeps the steps."""
+    from agq_keras.models import resnet
+
+    f = agq_keras.build("resnet20", plain=False, w_bits=bits, a_bits=bits, num_classes=10,
+                        input_shape=(28, 28, 1), residual_stream="int8", first_last_bits=8)
+    unit = 1.0 / (2**bits - 1) ** 2
+    stream = {layer.name: layer for layer in f.layers if isinstance(layer, agq_keras.quantizers.FixedStep)}
+    adds = [layer.name[:-4] for layer in f.layers if isinstance(layer, keras.layers.Add)]
+    expected = {"stem_stream_q"} | {f"{a}_stream_q" for a in adds} | {f"{a}_conv2_stream_q" for a in adds} \
+        | {"stage2_block1_shortcut_stream_q", "stage3_block1_shortcut_stream_q"}
+    assert set(stream) == expected
+    for name, layer in stream.items():
+        stage = 1 if name.startswith("stem") else int(name[5])
+        n = divisors[stage - 1]
+        assert (layer.limit, layer.bits) == (127, 8)
+        assert layer.step == pytest.approx(n * unit, rel=1e-12)
+        assert n % 2 == 1 and 127 * n * unit >= resnet.INT8_STREAM_RANGE * 2 ** (stage - 1)
+        assert n == 1 or 127 * (n - 2) * unit < resnet.INT8_STREAM_RANGE * 2 ** (stage - 1)
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
+    probe = keras.Model(f.inputs, f.get_layer("stage3_block3_stream_q").output)
+    codes = probe(x).numpy() / stream["stage3_block3_stream_q"].step
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    assert codes.min() >= -128 and codes.max() <= 127
+    f.save(tmp_path / "f.keras")
+    clone = agq_keras.saving.load_model(str(tmp_path / "f.keras"))
+    assert {l.name: (l.step, l.limit, l.bits) for l in clone.layers if isinstance(l, agq_keras.quantizers.FixedStep)} \
+        == {name: (l.step, l.limit, l.bits) for name, l in stream.items()}
 
 
 @pytest.mark.parametrize("bits,multiple", [(2, 28), (3, 5), (4, 1)])

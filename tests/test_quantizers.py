@@ -120,23 +120,34 @@ def test_make_pair_special_widths():
 
 
 def ref_fixed_step(x, step, limit):
-    n = np.clip(np.floor(x / step + 0.5), -limit, limit)  # ties round up, as TFLite's requantization
-    return n * step, (np.abs(x) <= limit * step).astype(x.dtype)
+    n = np.clip(np.floor(x / step + 0.5), -limit - 1, limit)  # ties round up; two's-complement range
+    return n * step, ((x >= -(limit + 1) * step) & (x <= limit * step)).astype(x.dtype)
 
 
-@pytest.mark.parametrize("step,limit", [(1 / 252, 32767), (0.25, 5), (1 / 9, 100)])
-def test_fixed_step_forward_gradient_and_saturation(step, limit):
-    # ties (±step/2: exact in float32) round up; beyond ±limit·step saturates with zero gradient
-    x = np.concatenate([X.ravel() * 3, [0.5 * step, -0.5 * step, limit * step * 2, -limit * step * 3]])
+@pytest.mark.parametrize("step,limit,bits", [(1 / 252, 32767, 16), (0.25, 5, 16), (1 / 9, 100, 16),
+                                             (5 / 9, 127, 8)])
+def test_fixed_step_forward_gradient_and_saturation(step, limit, bits):
+    # ties (±step/2: exact in float32) round up; beyond [-(limit+1), limit]·step saturates with zero gradient
+    x = np.concatenate([X.ravel() * 3, [0.5 * step, -0.5 * step, limit * step * 2, -limit * step * 3,
+                                        -(limit + 1) * step]])
     x = x.astype("float32")
     upstream = RNG.standard_normal(x.shape).astype("float32")
-    y, grad = forward_and_grad(quantizers.FixedStep(step, limit), x, upstream)
+    y, grad = forward_and_grad(quantizers.FixedStep(step, limit, bits=bits), x, upstream)
     expected, local = ref_fixed_step(x.astype("float64"), np.float32(step), limit)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(grad, upstream * local, rtol=1e-6)
-    assert np.abs(np.round(y / np.float32(step))).max() <= limit  # int16-sized codes
-    clone = quantizers.get(keras.saving.serialize_keras_object(quantizers.FixedStep(step, limit)))
-    assert (clone.step, clone.limit) == (quantizers.FixedStep(step, limit).step, limit)
+    codes = np.round(y / np.float32(step))
+    assert codes.max() == limit and codes.min() == -limit - 1  # saturates like an int{bits} tensor
+    clone = quantizers.get(keras.saving.serialize_keras_object(quantizers.FixedStep(step, limit, bits=bits)))
+    assert (clone.step, clone.limit, clone.bits) == (float(step), limit, bits)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(limit=128, bits=8), "limit=128.*1..127 \\(int8\\)"),
+                                          (dict(limit=0), "limit=0.*1..32767"),
+                                          (dict(bits=4), "bits=4")])
+def test_fixed_step_rejects_bad_limits(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantizers.FixedStep(0.5, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,match", [({"step": 0}, "step=0"), ({"step": float("nan")}, "step=nan"),

@@ -43,7 +43,7 @@ AUTO_REPLICAS = 259  # what max_replicas=None tries first: makes 16-bit first/la
 
 
 def convert(model, representative_data, *, mode: str = "int8", max_replicas=None,
-            output_range: str = "top", residual_bits: int = 16, head_bits: int = 8, output_bits: int = 8,
+            output_range: str = "top", residual_bits=None, head_bits: int = 8, output_bits: int = 8,
             weights: str = "int8"):
     """Convert F to TFLite bytes. Returns ``(bytes, plan, notes)``.
 
@@ -60,8 +60,10 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
         closest int8 form of the wide layers), and a note says so. An explicit
         value whose file would be larger than float32 is refused.
       output_range: ``"top"`` or ``"full"`` (see :func:`calibrate.calibrate`).
-      residual_bits: 16 (default) keeps the residual stream of residual nets in int16 (16x8 kernels,
-        see docs/export.md); 8 makes every activation int8 (Edge TPU), less exact.
+      residual_bits: None (default): F's own stream, i.e. int8 for an F built with
+        ``residual_stream="int8"`` (exact, every tensor int8: Edge TPU) and int16 otherwise (16x8
+        kernels, exact for ``residual_stream="int16"``; see docs/export.md). 8 on a float or int16
+        stream makes every activation int8 at calibrated scales (less exact).
       head_bits: 8 (default) or 16: the pooled features in int16 (finer calibrated head; no Edge TPU).
       output_bits: 8 (default) or 16: int16 logits (near-tied classes keep their order; no Edge TPU).
       weights: ``"int8"`` (default) or ``"packed"``: the convs of <= 4-bit grids store packed INT4

@@ -242,6 +242,47 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     return codes, steps, out_bias, np.asarray(ranks), np.asarray(margins), np.asarray(gains)
 
 
+def stream_requantization(codes, steps, s_in, s_out, lo=-128, hi=127, multiply=None):
+    """Per output channel of a bias-free conv that writes an integer stream (``residual_stream="int8"``):
+    is the int8 output F's ``clip(floor(acc_b r + 1/2), lo, hi)`` on every runtime?
+
+    ``codes`` (channels first) are the stored codes, ``m`` times F's base codes per channel (the gcd;
+    :func:`widen`), so the accumulator is ``m acc_b``; ``r = s_in s_b / s_out`` is F's ratio of its
+    base accumulator unit to the output step (``1 / N`` for the int8 stream: ``N`` odd, so F never
+    ties). Both runtimes are monotone in the accumulator, so it suffices to check the two multiples of
+    ``m`` around each of F's rounding boundaries ``(j + 1/2) / r``; points within :data:`F_TIE` of
+    F's own tie do not count. A wider ``m`` is what makes TFLite's double rounding (off by up to
+    ``2^-(right shift + 1)`` steps) small next to ``1 / 2N``.
+
+    Returns ``(ranks, margins)``: rank 0 when TFLite's fixed point (emulated exactly) and XNNPACK's
+    float32 both give F's codes with every checked point at least :data:`MIN_MARGIN` output steps
+    from the kernel's tie, 1 when TFLite alone does, 2 otherwise; the margin is that smallest distance.
+    """
+    multiply = multiply or fixed_point_multiply
+    s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(s_out))
+    half = np.arange(lo, hi) + 0.5
+    ranks, margins = [], []
+    for c in range(len(steps)):
+        row = np.asarray(codes[c], np.int64).ravel()
+        m = int(np.gcd.reduce(np.abs(row))) or 1
+        r = s_in32 * float(steps[c]) * m / s_out32  # F: output steps per base accumulator unit
+        kernel = runtime_scale(s_in, float(steps[c]), s_out)
+        t = half / r
+        acc_b = np.concatenate([np.ceil(t) - 1, np.ceil(t)])
+        real = np.clip(np.floor(acc_b * r + 0.5), lo, hi)
+        firm = tie_distance(acc_b, r) >= F_TIE
+        acc = acc_b * m
+        m0, shift = quantize_multiplier(kernel)
+        fixed = np.clip(multiply(acc, m0, shift), lo, hi)
+        floats = np.clip(xnnpack_requantize(acc, kernel), lo, hi)
+        margin = float(tie_distance(acc, kernel)[firm].min(initial=0.5))
+        tflite_ok = np.array_equal(fixed[firm], real[firm])
+        rank = 2 if not tflite_ok else (0 if margin >= MIN_MARGIN and np.array_equal(floats[firm], real[firm]) else 1)
+        ranks.append(rank)
+        margins.append(margin)
+    return np.asarray(ranks), np.asarray(margins)
+
+
 def _gain_candidates(half, below, above, firm, mult, beta, m, s_w, max_gain=0.25):
     """(stored weight step, int32 bias) pairs that move the kernel's boundaries into F's gaps by also
     scaling the stored weight step (the output multiplier) by a gain within 1 +- ``max_gain``.

@@ -46,10 +46,11 @@ INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond 
 SIGN_ZERO_POINT = 126
 MAX_SEARCH_LEVELS = 15
 THRESHOLD_REPLICAS = 16
+STREAM_STEM_REPLICAS = 4  # the most input repeats for an image-reading conv writing F's int8 stream
 STREAM_MAX_MULTIPLIER = 1 << 14  # an integer multiplier below 2^14 is exact in the 16x8 kernels' 15 bits
 
 
-def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259, output_bits=8, weights="int8"):
+def check_options(mode="int8", residual_bits=None, head_bits=8, max_replicas=259, output_bits=8, weights="int8"):
     """A ValueError naming the bad value and what is allowed."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r} is not supported; allowed: {', '.join(WEIGHTS)}.")
@@ -58,8 +59,9 @@ def check_options(mode="int8", residual_bits=16, head_bits=8, max_replicas=259, 
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
-    if residual_bits not in RESIDUAL_BITS:
-        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: 16, 8.")
+    if residual_bits is not None and residual_bits not in RESIDUAL_BITS:
+        raise ValueError(f"residual_bits={residual_bits!r} is not supported; allowed: None (F's own stream), "
+                         f"16, 8.")
     if head_bits not in RESIDUAL_BITS:
         raise ValueError(f"head_bits={head_bits!r} is not supported; allowed: 16, 8.")
     if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or not 1 <= max_replicas <= 1024:
@@ -147,6 +149,8 @@ class WeightForm:
     note: str
     float_weights: np.ndarray
     packed: bool = False  # stored as packed INT4 (codes within +-INT4_MAX)
+    ranks: Optional[np.ndarray] = None  # per channel, a conv writing F's int8 stream: 0 exact on every runtime
+    margins: Optional[np.ndarray] = None  # ... and the smallest distance from a rounding tie (output steps)
 
     def real_weights(self) -> np.ndarray:
         return self.codes * self.steps.reshape((-1,) + (1,) * (self.codes.ndim - 1))
@@ -195,11 +199,13 @@ class _Act:
     stream_grid: Optional[tuple] = None
     int16: bool = False
     int16_like: Optional["_Act"] = None  # an int16 copy of this int8 tensor (same scale: exact)
-    stream_scale: Optional[float] = None  # int16 scale of an exact residual stream
+    stream_scale: Optional[float] = None  # scale of an exact residual stream (int16, or F's int8 grid)
 
 
 def int8_params(tensor: _Act) -> tuple[float, int]:
     """(scale, zero_point) of an activation tensor in the int8 model."""
+    if tensor.stream_scale is not None and not tensor.int16:  # F's int8 residual stream (stream_grids)
+        return tensor.stream_scale, 0
     if tensor.sign:  # {-1, +1} as codes {125, 127}; the producer's RELU_N1_TO_1 clamps to them
         return 1.0, SIGN_ZERO_POINT
     if tensor.grid is not None:
@@ -222,9 +228,9 @@ def int16_params(tensor: _Act) -> tuple[float, int]:
     return float(top / 32767.0), 0
 
 
-def _groups(graph: Graph, acts: dict) -> list:
-    """The int16 tensors joined by ADD ops (operands and result of an ADD share one scale)."""
-    parent = {name: name for name in graph.tensors if acts[name].int16}
+def _groups(graph: Graph, members) -> list:
+    """The tensors of ``members`` joined by ADD ops (operands and result of an ADD share one scale)."""
+    parent = {name: name for name in graph.tensors if name in members}
 
     def find(n):
         while parent[n] != n:
@@ -242,6 +248,47 @@ def _groups(graph: Graph, acts: dict) -> list:
     return [sorted(members) for members in groups.values()]
 
 
+def int8_stream_grids(graph: Graph, acts: dict, forms: dict, max_replicas: int) -> list:
+    """F's int8 residual stream (``residual_stream="int8"``): every tensor F rounds to its int8 grid
+    (``FixedStep``, limit 127) keeps that step as its scale (zero point 0), so each ADD has equal input
+    and output scales (exact), and each conv writing the stream divides its accumulator by F's odd
+    ``N`` (:func:`intmath.stream_requantization` checks every runtime and gives ranks and margins per
+    channel). Off-grid producers (the image-reading stem) round once, as F does. Returns notes."""
+    notes = []
+    for name, tensor in acts.items():
+        if tensor.stream_grid is None:
+            continue
+        if tensor.stream_grid[1] > 127:
+            notes.append(f"{name}: F's residual stream is int16 (residual_stream='int16'); stored as int8 at a "
+                         "calibrated scale (closest, not exact; export with residual_bits=16)")
+            continue
+        tensor.stream_scale = float(tensor.stream_grid[0])
+        op = graph.producer(name)
+        form = forms.get(name)
+        src = graph.tensors[op.inputs[0]] if op is not None else None
+        if op is None or op.kind != "conv" or form is None or op.relu or np.any(op.bias != 0) or \
+                (src.grid is None and src.name != graph.input) or not form.exact:
+            continue  # an ADD (exact), or a producer off the grid (rounds once, as in F)
+        if src.grid is not None:
+            ranks, margins = intmath.stream_requantization(form.codes.reshape(len(form.steps), -1), form.steps,
+                                                           src.grid[0], tensor.stream_scale)
+        else:  # the stem reads the image: wider codes (input repeats) make TFLite's rounding finer than 1/(2N)
+            s_in = int8_params(acts[src.name])[0]
+            base, base_steps, _ = intmath.base_codes(form.codes, form.steps)
+            for replicas in range(1, min(STREAM_STEM_REPLICAS, max_replicas) + 1):
+                codes, steps = intmath.widen(base, base_steps, replicas)
+                ranks, margins = intmath.stream_requantization(codes.reshape(len(steps), -1), steps, s_in,
+                                                               tensor.stream_scale)
+                if np.all(ranks == 0):
+                    break
+            form.codes, form.steps, form.replicas = codes, steps, replicas
+        form.ranks, form.margins = ranks, margins
+        if np.any(ranks != 0):
+            notes.append(f"{op.layer}: {int(np.sum(ranks != 0))} of {len(ranks)} channels of its int8 stream output "
+                         "are not exact on every runtime")
+    return notes
+
+
 def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
     """Give each residual stream (a group of int16 tensors joined by ADDs) one exact scale when it can.
 
@@ -256,7 +303,7 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
     mean|w|`` per layer) or too fine a grid (8-bit: ``u = 1/255^2``, ``M < 1``) keep the calibrated
     scale (not exact). Sets ``stream_scale`` on ``acts`` and base codes on ``forms``; returns notes."""
     notes = []
-    for members in _groups(graph, acts):
+    for members in _groups(graph, {name for name, tensor in acts.items() if tensor.int16}):
         gridded, units, off_grid = [], [], False
         for name in members:
             op = graph.producer(name)
@@ -304,13 +351,14 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
 
 
 # -- the planner ---------------------------------------------------------------------------------
-def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits: int = 16,
+def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits=None,
               head_bits: int = 8, output_bits: int = 8, weights: str = "int8",
               description: str = "agq_keras export") -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
-    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU).
+    on an activation grid) as int16; 8 keeps every tensor int8 (e.g. for the Edge TPU); None (the
+    default) is 8 for an F with an int8 stream (``residual_stream="int8"``: exact) and 16 otherwise.
     ``head_bits=16`` also stores the last feature map and the pooled features as int16 (16x8
     kernels, then QUANTIZE to the int8 logits): the calibrated head then rounds ~256x more finely
     and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
@@ -320,6 +368,9 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     missing = sorted(set(graph.tensors) - set(ranges))
     if missing:
         raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
+    if residual_bits is None:
+        residual_bits = 8 if any(t.stream_grid is not None and t.stream_grid[1] <= 127
+                                 for t in graph.tensors.values()) else 16
     forms, notes = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
@@ -342,6 +393,8 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
                     and op.output != graph.output:
                 out.int16 = True
         notes += stream_grids(graph, acts, forms)
+    if mode == "int8" and residual_bits == 8:
+        notes += int8_stream_grids(graph, acts, forms, max_replicas)
     planner = _Planner(graph, acts, forms, mode, max_replicas)
     planner.run()
     for record in planner.layers.values():
@@ -473,6 +526,8 @@ class _Planner:
             elif wide_in:
                 steps = intmath.exact_multiplier_steps(s_in, steps, self.scale_of(self._wide_out(op)))
             bias = np.round(op.bias / (s_in * steps))
+            if form is not None and form.ranks is not None:  # a conv writing F's int8 stream
+                record["threshold_ranks"], record["margins"] = _frozen(form.ranks), _frozen(form.margins)
         self.layers[op.output] = LayerRecord(**record)
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform

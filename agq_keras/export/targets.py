@@ -31,7 +31,8 @@ def edgetpu_report(model_bytes: bytes) -> dict:
     if float_tensors(model_bytes):
         unsupported.append("float tensors (the Edge TPU needs a fully 8-bit model)")
     if int16_tensors(model_bytes):
-        unsupported.append("int16 tensors (the Edge TPU needs a fully 8-bit model: export with residual_bits=8)")
+        unsupported.append("int16 tensors (the Edge TPU needs a fully 8-bit model: a residual F trained with "
+                           "residual_stream='int8', or export with residual_bits=8)")
     return {"ops": ops, "unsupported": unsupported, "all_mappable": not unsupported,
             "compiler": "not run: edgetpu_compiler is not installable here; static check against Coral's op table"}
 

@@ -38,7 +38,7 @@ _EXTRA_KWARGS = {
     "aux_relu": False,  # ReLU after each aggregation sum in H
     "stem": None,  # "imagenet" or "cifar"; None: the arch's own
     "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
-    "residual_stream": "float",  # "int16": F quantizes its residual stream as the int8 export stores it
+    "residual_stream": "float",  # "int16" / "int8": F quantizes its residual stream as the export stores it
 }
 
 
@@ -71,8 +71,9 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         weights and an 8-bit static-range classifier input, exported as plain int8),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
         ``num_bases`` (GroupNet archs: M, default 5), ``residual_stream`` (``"float"``, the
-        paper's F; ``"int16"``: F rounds its residual stream to the int16 grid the integer export
-        uses, which makes residual nets exactly exportable, DoReFa 2..4 bits; docs/export.md).
+        paper's F; ``"int16"`` / ``"int8"``: F rounds its residual stream to the int16 / int8 grid
+        the integer export uses, which makes residual nets exactly exportable, DoReFa 2..4 bits; int8
+        needs no int16 tensor (Edge TPU); docs/export.md).
     """
     unknown = sorted(set(kwargs) - set(_EXTRA_KWARGS))
     if unknown:

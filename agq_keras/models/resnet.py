@@ -17,6 +17,7 @@ import dataclasses
 from typing import Callable, Optional
 
 import keras
+import numpy as np
 
 from agq_keras import quantizers
 from agq_keras.layers import QConv2D, QDense
@@ -82,22 +83,34 @@ class Block:
     convs: list  # main-path QConv2D, in order
     shortcut: Optional[QConv2D]  # projection shortcut (residual nets only)
     downsamples: bool
+    stage: int = 1
 
 
-RESIDUAL_STREAMS = ("float", "int16")
+RESIDUAL_STREAMS = ("float", "int16", "int8")
 STREAM_RANGE = 128.0  # the int16 residual stream holds at least [-128, 128]
+INT8_STREAM_RANGE = 24.0  # the int8 stream of stage s holds at least +-24 * 2^(s-1) (docs/export.md: measured)
 INPUT_STEP = 1.0 / 255  # the int8 input's step for images scaled to [0, 1] from 8 bits (x / 255)
-STEM_STEP_MULTIPLE = 8  # the stem output's step: 8x the stream's (a power of two: the first ADD stays exact)
+STEM_STEP_MULTIPLE = 8  # the int16 stem output's step: 8x the stream's (a power of two: the first ADD stays exact)
 
 
-def stream_step(residual_stream: str, quantizer: str, w_bits: int, a_bits: int):
-    """The int16 step of the residual stream (``residual_stream="int16"``), or None (``"float"``).
+def stream_grid(residual_stream: str, quantizer: str, w_bits: int, a_bits: int, stage: int = 1):
+    """``(step, limit, bits)`` of the residual stream's integer grid in ``stage`` (1, 2, ...), or None
+    (``"float"``).
 
     A block's last conv (and a projection shortcut) outputs integers times ``u = s_w s_a``, the
-    product of the weight and activation grid steps (1/9 for 2-bit DoReFa). The stream's step is
-    ``u / M`` with the largest integer ``M`` that keeps ``32767 * step >= STREAM_RANGE``: sums of
-    conv outputs are then exact int16 values and only the stem is rounded, in F and in the export
-    alike. Needs constant grid steps (DoReFa with 2..4-bit weights and activations)."""
+    product of the weight and activation grid steps (1/9 for 2-bit DoReFa).
+
+    - ``"int16"``: step ``u / M`` with the largest integer ``M`` that keeps ``32767 * step >=
+      STREAM_RANGE``; sums of conv outputs are then exact int16 values and only the stem is rounded,
+      in F and in the export alike.
+    - ``"int8"``: step ``N u`` with the smallest odd ``N`` that keeps ``127 * step >=
+      INT8_STREAM_RANGE * 2^(stage - 1)`` (a float stream's range roughly doubles per stage). F rounds
+      each conv output that writes the stream to this grid (``acc / N`` to the nearest integer: never
+      a tie, as ``N`` is odd) and saturates it and every sum to int8, as the exported int8 convs and
+      ADDs do, so the export is exact with no int16 tensor. The step changes only at a stage's first
+      block, whose skip is a projection conv (the old stream reaches it through BN, ReLU and q).
+
+    Needs constant grid steps (DoReFa with 2..4-bit weights and activations)."""
     if residual_stream not in RESIDUAL_STREAMS:
         raise ValueError(f"residual_stream={residual_stream!r} is not supported; allowed: "
                          f"{', '.join(RESIDUAL_STREAMS)}.")
@@ -106,13 +119,16 @@ def stream_step(residual_stream: str, quantizer: str, w_bits: int, a_bits: int):
     wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
     w_step, a_grid = wq.export_weight_step(), aq.export_activation_grid()
     unit = None if w_step is None or a_grid is None else w_step * a_grid[0]
+    if residual_stream == "int8" and unit is not None:
+        n = max(1, int(np.ceil(INT8_STREAM_RANGE * 2 ** (stage - 1) / (127 * unit))))
+        return unit * (n + 1 - n % 2), 127, 8
     multiple = 0 if unit is None else int((2**15 - 1) * unit // STREAM_RANGE)
     if multiple < 1:
         raise ValueError(
-            f"residual_stream='int16' needs weight and activation grids with constant steps whose product "
-            f"u satisfies 32767·u >= {STREAM_RANGE:g} (DoReFa with 2..4-bit weights and activations); got "
-            f"quantizer={quantizer!r}, w_bits={w_bits}, a_bits={a_bits}. Use residual_stream='float'.")
-    return unit / multiple
+            f"residual_stream={residual_stream!r} needs weight and activation grids with constant steps (DoReFa "
+            f"with 2..4-bit weights and activations); got quantizer={quantizer!r}, w_bits={w_bits}, "
+            f"a_bits={a_bits}. Use residual_stream='float'.")
+    return unit / multiple, 2**15 - 1, 16
 
 
 class ResNet:
@@ -124,7 +140,9 @@ class ResNet:
         self.spec = spec
         self.plain = plain
         self.first_last_bits = first_last_bits
-        self.stream_step = None if plain else stream_step(residual_stream, quantizer, w_bits, a_bits)
+        stream_grid(residual_stream, quantizer, w_bits, a_bits)  # a ValueError for a bad value, plain or not
+        self.stream_grids = {} if plain or residual_stream == "float" else {
+            s: stream_grid(residual_stream, quantizer, w_bits, a_bits, s) for s in range(1, len(spec.depths) + 1)}
 
         def q_conv(filters, size, strides, name):
             wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
@@ -132,10 +150,15 @@ class ResNet:
                            input_quantizer=aq, kernel_initializer="he_normal", name=name)
 
         edge_q = quantizers.edge_pair(first_last_bits)[0]
-        if self.stream_step is not None and spec.stem == "cifar" and first_last_bits == 16:
+        if self.int16_stream and spec.stem == "cifar" and first_last_bits == 16:
             # stem weight steps: power-of-two multiples of (stem output step / input step), so the
             # exported stem's output multiplier is a power of two, i.e. exact (docs/export.md)
-            edge_q = quantizers.FixedPoint(16, unit=self.stream_step * STEM_STEP_MULTIPLE / INPUT_STEP)
+            edge_q = quantizers.FixedPoint(16, unit=self.stream_grids[1][0] * STEM_STEP_MULTIPLE / INPUT_STEP)
+        elif self.int8_stream and spec.stem == "cifar" and first_last_bits in (8, 16):
+            # per-channel stem weight steps (stream step / input step) / N_c, N_c odd: the exported stem's
+            # output multiplier is 1/N_c, so F's rounding of it to the int8 stream never ties (docs/export.md)
+            edge_q = quantizers.FixedPoint(first_last_bits, per_channel=True, odd_fraction=True,
+                                           unit=self.stream_grids[1][0] / INPUT_STEP)
         stem_size, stem_stride = (7, 2) if spec.stem == "imagenet" else (3, 1)
         self.stem_conv = QConv2D(spec.widths[0], stem_size, strides=stem_stride, padding="same",
                                  kernel_quantizer=edge_q, kernel_initializer="he_normal",
@@ -159,7 +182,7 @@ class ResNet:
                 shortcut = None
                 if needs_projection and not plain:
                     shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut")
-                self.blocks.append(Block(name, convs, shortcut, strides != 1))
+                self.blocks.append(Block(name, convs, shortcut, strides != 1, s))
                 channels = out_channels
         head_q = quantizers.edge_pair(first_last_bits)
         self.classifier = QDense(num_classes, kernel_quantizer=head_q[0], input_quantizer=head_q[1],
@@ -173,7 +196,7 @@ class ResNet:
         if self.spec.stem == "imagenet":
             x = bn.bn_relu(x, "stem_bn")
             x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=bn.name("stem_pool"))(x)
-        x = self.stream(x, bn, "stem")
+        x = self.stream(x, bn, "stem", 1)
         for block in self.blocks:
             inputs = x
             pre = None
@@ -181,21 +204,35 @@ class ResNet:
                 act = bn.bn_relu(x, f"{block.name}_bn{i}")
                 pre = act if pre is None else pre
                 x = conv(act)
+                if i == len(block.convs) and self.int8_stream:
+                    x = self.stream(x, bn, conv.name, block.stage)
                 tap("layer", x, conv.name)
             if not self.plain:
-                skip = block.shortcut(pre) if block.shortcut is not None else inputs
+                skip = inputs
+                if block.shortcut is not None:
+                    skip = block.shortcut(pre)
+                    skip = self.stream(skip, bn, block.shortcut.name, block.stage) if self.int8_stream else skip
                 x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, skip])
-                x = self.stream(x, bn, block.name)
+                x = self.stream(x, bn, block.name, block.stage)
             tap("block", x, block.name)
         return x
 
-    def stream(self, x, bn: BNPersonality, where: str):
-        """The residual stream's int16 quantizer after the stem and every Add
-        (``residual_stream="int16"``); the identity otherwise."""
-        if self.stream_step is None:
+    @property
+    def int16_stream(self) -> bool:
+        return bool(self.stream_grids) and self.stream_grids[1][2] == 16
+
+    @property
+    def int8_stream(self) -> bool:
+        return bool(self.stream_grids) and self.stream_grids[1][2] == 8
+
+    def stream(self, x, bn: BNPersonality, where: str, stage: int):
+        """The residual stream's quantizer (:func:`stream_grid` of ``stage``) after the stem and every
+        Add, and for the int8 stream also after the convs writing it; the identity for a float stream."""
+        if not self.stream_grids:
             return x
-        step = self.stream_step * (STEM_STEP_MULTIPLE if where == "stem" else 1)
-        return quantizers.FixedStep(step, name=bn.name(f"{where}_stream_q"))(x)
+        step, limit, bits = self.stream_grids[stage]
+        step *= STEM_STEP_MULTIPLE if where == "stem" and bits == 16 else 1
+        return quantizers.FixedStep(step, limit, bits=bits, name=bn.name(f"{where}_stream_q"))(x)
 
     def head(self, x, bn: BNPersonality):
         """Final BN -> ReLU -> global average pool -> 16-bit classifier (logits)."""

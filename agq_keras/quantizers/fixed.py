@@ -14,11 +14,12 @@ import tensorflow as tf
 from agq_keras.quantizers.base import Quantizer, register, state_updates_enabled, uniform_codes
 
 
-def fixed_point(x, bits: int, unit=None, per_channel: bool = False):
+def fixed_point(x, bits: int, unit=None, per_channel: bool = False, odd_fraction: bool = False):
     r"""Symmetric fixed point with the straight-through gradient.
 
     Forward:  s = max|x| / (2^{b-1} - 1)   (``unit=None``), or the smallest ``unit * 2^e`` (integer e)
-              that is >= it;   q = s * round(x / s)   (q = 0 where max|x| = 0)
+              that is >= it, or with ``odd_fraction`` the smallest ``unit / N`` (N odd) that is >= it
+              (s itself where that would need N < 1);   q = s * round(x / s)   (q = 0 where max|x| = 0)
               ``per_channel``: one s per slice of the last axis (a kernel's output channels), max over
               the other axes.
     Gradient: dq/dx = 1 (straight-through; s is treated as a constant).
@@ -30,7 +31,11 @@ def fixed_point(x, bits: int, unit=None, per_channel: bool = False):
     @tf.custom_gradient
     def _fixed(x):
         scale = tf.reduce_max(tf.abs(x), axis=axes, keepdims=per_channel) / qmax
-        if unit is not None:
+        if unit is not None and odd_fraction:
+            n = tf.floor(unit / tf.maximum(scale, 1e-30))
+            n = n - 1.0 + tf.math.floormod(n, 2.0)  # the largest odd N <= unit / s
+            scale = tf.where(n >= 1.0, unit / tf.maximum(n, 1.0), scale)
+        elif unit is not None:
             pot = unit * tf.pow(2.0, tf.math.ceil(tf.math.log(tf.maximum(scale, 1e-30) / unit) / np.log(2.0)))
             pot = tf.where(pot < scale, 2.0 * pot, pot)  # log/ceil rounding: never finer than needed
             scale = tf.where(scale > 0, pot, scale)
@@ -47,35 +52,56 @@ def _pot_step(top: float, qmax: float, unit: float) -> float:
     return float(2 * step if step < top / qmax else step)
 
 
+def _odd_fraction_step(q: np.ndarray, top: float, qmax: int, unit: float) -> float:
+    """``unit / N`` (N odd) on which the quantized values ``q`` (max ``top``) lie: the forward's N is
+    computed from max|x|, within a step of ``top``, so the neighbouring odd N are tried too."""
+    n = int(np.floor(unit * qmax / top))
+    for cand in sorted({n - 2, n - 1, n, n + 1, n + 2}, key=lambda v: abs(v - n)):
+        if cand >= 1 and cand % 2 == 1:
+            step = unit / cand
+            codes = q / step
+            if np.abs(codes).max() <= qmax + 1e-6 and np.allclose(codes, np.round(codes), rtol=0, atol=1e-4):
+                return step
+    return top / qmax
+
+
 @register("fixed_point")
 class FixedPoint(Quantizer):
     """Symmetric fixed point, ``2^{bits-1}-1`` positive levels, STE gradient.
 
-    Forward ``q = s·round(x/s)`` with ``s = max|x| / (2^{b-1}-1)`` per tensor, or with
-    ``unit`` the smallest ``unit·2^e >= max|x| / (2^{b-1}-1)`` (a power-of-two multiple of
-    ``unit``: at most one bit coarser); gradient ``1``. Used at 16 bits for the first and last
-    layers (paper §4.1); ``unit`` makes the first conv of a residual F with an int16 stream
-    exactly exportable (its integer output multiplier is then a power of two, docs/export.md).
+    Forward ``q = s·round(x/s)`` with ``s = max|x| / (2^{b-1}-1)`` per tensor (or per output channel),
+    or with ``unit`` the smallest ``unit·2^e >= max|x| / (2^{b-1}-1)`` (a power-of-two multiple of
+    ``unit``: at most one bit coarser), or with ``odd_fraction`` the smallest ``unit / N`` (N odd)
+    above it (see :func:`fixed_point`); gradient ``1``. Used at 16 bits for the first and last layers
+    (paper §4.1). ``unit`` makes the first conv of a residual F with an int16 stream exactly exportable
+    (its integer output multiplier is then a power of two); ``unit`` with ``odd_fraction`` and
+    ``per_channel`` does it for an int8 stream (the multiplier is ``1/N``: never a tie; docs/export.md).
     """
 
     allowed_bits = tuple(range(2, 17))
 
-    def __init__(self, bits: int = 16, unit=None, per_channel: bool = False, **kwargs):
+    def __init__(self, bits: int = 16, unit=None, per_channel: bool = False, odd_fraction: bool = False,
+                 **kwargs):
         super().__init__(bits=bits, **kwargs)
         if unit is not None and not (isinstance(unit, (int, float)) and not isinstance(unit, bool)
                                      and np.isfinite(unit) and unit > 0):
             raise ValueError(f"FixedPoint: unit={unit!r} must be None or a positive finite number.")
-        if not isinstance(per_channel, bool) or (per_channel and unit is not None):
-            raise ValueError(f"FixedPoint: per_channel={per_channel!r} must be True or False, and False with a unit.")
+        if not isinstance(odd_fraction, bool) or (odd_fraction and unit is None):
+            raise ValueError(f"FixedPoint: odd_fraction={odd_fraction!r} must be True or False, and False "
+                             "without a unit.")
+        if not isinstance(per_channel, bool) or (per_channel and unit is not None and not odd_fraction):
+            raise ValueError(f"FixedPoint: per_channel={per_channel!r} must be True or False, and False with a "
+                             "power-of-two unit.")
         self.unit = None if unit is None else float(unit)
         self.per_channel = per_channel
+        self.odd_fraction = odd_fraction
 
     def call(self, x):
-        return fixed_point(x, self.bits, self.unit, self.per_channel)
+        return fixed_point(x, self.bits, self.unit, self.per_channel, self.odd_fraction)
 
     def get_config(self):
         config = super().get_config()
-        config.update(unit=self.unit, per_channel=self.per_channel)
+        config.update(unit=self.unit, per_channel=self.per_channel, odd_fraction=self.odd_fraction)
         return config
 
     def export_weight_grid(self, q_kernel, max_code: int = 127):
@@ -86,6 +112,9 @@ class FixedPoint(Quantizer):
             q = np.asarray(q_kernel, np.float64)
             tops = np.abs(q.reshape(-1, q.shape[-1])).max(axis=0)
             steps = np.where(tops > 0, tops / qmax, 1.0)
+            if self.odd_fraction:
+                steps = np.asarray([_odd_fraction_step(q[..., c], top, qmax, self.unit) if top > 0 else 1.0
+                                    for c, top in enumerate(tops)])
             codes = np.round(q / steps)
             if np.abs(codes).max(initial=0) > min(max_code, qmax) or not np.allclose(codes * steps, q, rtol=1e-5,
                                                                                      atol=1e-7):
@@ -106,40 +135,44 @@ class FixedPoint(Quantizer):
 
 
 def fixed_step(x, step: float, limit: int):
-    r"""Fixed point on a constant grid, saturating (an int16 tensor of scale ``step``).
+    r"""Fixed point on a constant grid, saturating like a two's-complement integer tensor of scale
+    ``step`` (int16: ``limit = 32767``; int8: ``limit = 127``).
 
-    Forward:  q = step * clip(floor(x / step + 1/2), -limit, limit)   (ties round up, as TFLite)
-    Gradient: dq/dx = 1 where |x| <= limit * step, else 0 (straight-through, clipped).
+    Forward:  q = step * clip(floor(x / step + 1/2), -limit - 1, limit)   (ties round up)
+    Gradient: dq/dx = 1 where -(limit + 1) * step <= x <= limit * step, else 0 (straight-through, clipped).
     """
     x = tf.convert_to_tensor(x)
-    top = step * limit
+    top, bottom = step * limit, -step * (limit + 1)
 
     @tf.custom_gradient
     def _step(x):
-        q = tf.clip_by_value(tf.floor(x / step + 0.5), -float(limit), float(limit)) * step
-        return q, lambda dy: dy * tf.cast(tf.abs(x) <= top, dy.dtype)
+        q = tf.clip_by_value(tf.floor(x / step + 0.5), -float(limit + 1), float(limit)) * step
+        return q, lambda dy: dy * tf.cast(tf.logical_and(x >= bottom, x <= top), dy.dtype)
 
     return _step(x)
 
 
 @register("fixed_step")
 class FixedStep(Quantizer):
-    """Saturating fixed point on a constant grid: the int16 residual stream of a residual F.
+    """Saturating fixed point on a constant grid: the int16 or int8 residual stream of a residual F.
 
-    Forward ``q = step·clip(floor(x/step + 1/2), -limit, limit)``; gradient 1 inside
-    ``[-limit·step, limit·step]``, 0 outside. ``build(..., residual_stream="int16")`` puts one after
-    the stem and after every residual ``Add``, with ``step`` dividing the block convs' output grid,
-    so the exported int16 stream computes exactly what F computes (docs/export.md).
+    Forward ``q = step·clip(floor(x/step + 1/2), -limit - 1, limit)``; gradient 1 inside
+    ``[-(limit + 1)·step, limit·step]``, 0 outside (see :func:`fixed_step`).
+    ``build(..., residual_stream="int16"|"int8")`` puts them on the stream (after the stem and every
+    residual ``Add``; int8 also after the convs writing the stream), with ``step`` tied to the block
+    convs' output grid, so the exported stream computes exactly what F computes (docs/export.md).
+    ``bits`` is the integer type the export stores (16 or 8); ``limit`` is at most ``2^(bits-1) - 1``.
     """
 
-    allowed_bits = (16,)
+    allowed_bits = (8, 16)
 
     def __init__(self, step: float = 1.0 / 256, limit: int = 2**15 - 1, bits: int = 16, **kwargs):
         super().__init__(bits=bits, **kwargs)
         if not (isinstance(step, (int, float)) and not isinstance(step, bool) and np.isfinite(step) and step > 0):
             raise ValueError(f"FixedStep: step={step!r} must be a positive finite number.")
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= 2**15 - 1:
-            raise ValueError(f"FixedStep: limit={limit!r} must be an integer in 1..32767 (int16).")
+        top = 2 ** (self.bits - 1) - 1
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= top:
+            raise ValueError(f"FixedStep: limit={limit!r} must be an integer in 1..{top} (int{self.bits}).")
         self.step, self.limit = float(step), int(limit)
 
     def call(self, x):
