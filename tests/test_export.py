@@ -55,7 +55,8 @@ def test_int8_model_matches_f(trained, data, kind, bits):
 
 def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     """first_last_bits=8: the stem's and the classifier's per-channel int8 weights are stored as they are
-    (no repeated input for the classifier, no wide codes), the pooled classifier input is an int8 tensor
+    (no repeated input for the classifier, no wide codes; the stem repeats the image until its thresholds
+    are exact on every runtime), the pooled classifier input is an int8 tensor
     on F's static range grid, the file is smaller than the 16-bit export, and every disagreement with F
     is explained (tests/export_checks.py)."""
     f, x, xt, yt = trained[("plain_edge8", 2)], data[0], data[2], data[3]
@@ -64,6 +65,8 @@ def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     rows = {r["layer"].split("+")[0]: r for r in report["grid_check"]}
     assert rows["classifier"]["replicas"] == 1 and rows["classifier"]["weight_bits"] == 8
     assert rows["stem_conv"]["weight_bits"] == 8 and rows["stem_conv"]["levels_max"] <= 255
+    # the image-reading layer takes input repeats until every channel is exact on every runtime (rank 0)
+    assert rows["stem_conv"]["all_runtimes_exact_channels"] == rows["stem_conv"]["channels"] == 16
     pooled = plan.graph.producer(plan.graph.producer(plan.graph.output).inputs[0])
     step, levels = f.get_layer("classifier").input_quantizer.export_activation_grid()
     assert pooled.kind == "mean" and plan.tensor(pooled.output).quant == \

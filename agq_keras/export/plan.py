@@ -499,7 +499,9 @@ class _Planner:
         elif grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
             # more input repeats allow larger codes, hence a finer accumulator unit; add repeats (up to
             # THRESHOLD_REPLICAS and max_replicas) until no channel is left closest (rank 2): repeats
-            # cost size, so TFLite-only channels (rank 1) do not buy more of them
+            # cost size, so TFLite-only channels (rank 1) do not buy more of them, except in the layer that
+            # reads the image (its repeats cost next to nothing; XNNPACK users then get F's codes there too)
+            reads_image = op.inputs[0] == self.graph.input
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
             if op.kind == "affine" or (form is not None and form.packed):
                 cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7
@@ -512,7 +514,7 @@ class _Planner:
                 key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only
                 if best is None or key < best[0]:
                     best = (key, replicas, found)
-                if key[0] == 0:
+                if key == (0, 0) or (key[0] == 0 and not reads_image):
                     break
             _, replicas, (flat, new_steps, bias, ranks, margins, gains) = best
             record["replicas"] = replicas
