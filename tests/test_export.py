@@ -68,7 +68,8 @@ def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     # the image-reading layer takes input repeats until every channel is exact on every runtime (rank 0)
     assert rows["stem_conv"]["all_runtimes_exact_channels"] == rows["stem_conv"]["channels"] == 16
     pooled = plan.graph.producer(plan.graph.producer(plan.graph.output).inputs[0])
-    step, levels = f.get_layer("classifier").input_quantizer.export_activation_grid()
+    grid = f.get_layer("classifier").input_quantizer.export_grid()
+    step, levels = grid.step, grid.levels
     assert pooled.kind == "mean" and plan.tensor(pooled.output).quant == \
         type(plan.tensor(pooled.output).quant)((float(step),), (127 - levels,), 0)
     assert len(model) < len(export.convert(trained[("plain", 2)], x[:CALIB])[0])

@@ -164,7 +164,8 @@ def test_fixed_point_unit_gives_power_of_two_multiples(unit):
         w = (RNG.standard_normal((3, 3, 4, 8)) * scale).astype("float32")
         q = quantizers.FixedPoint(16, unit=unit)
         y, grad = forward_and_grad(q, w, np.ones_like(w))
-        codes, steps = q.export_weight_grid(y, 2**15)
+        grid = q.export_grid(y, 2**15)
+        codes, steps = grid.codes, grid.steps
         step = steps[0]
         exponent = np.log2(step / unit)
         assert abs(exponent - round(exponent)) < 1e-6
@@ -187,7 +188,9 @@ ACTIVATION_GRIDS = ([quantizers.DoReFaActivation(b) for b in (1, 2, 8)] + [quant
 def test_export_weight_grid_reproduces_the_quantized_kernel(q):
     w = (RNG.standard_normal((3, 3, 8, 16)) * 0.2).astype("float32")
     y = q(w).numpy()
-    codes, steps = q.export_weight_grid(y, 127 * 259)
+    grid = q.export_grid(y, 127 * 259)
+    assert grid.kind == "weights"
+    codes, steps = grid.codes, grid.steps
     np.testing.assert_allclose(codes * np.asarray(steps).reshape(1, 1, 1, -1), y, rtol=1e-5, atol=1e-7)
     assert np.issubdtype(codes.dtype, np.integer) and np.all(np.asarray(steps) > 0)
     if q.bits <= 8:
@@ -199,16 +202,26 @@ def test_export_weight_grid_reproduces_the_quantized_kernel(q):
 def test_export_activation_grid_reproduces_the_quantizer(q):
     x = (RNG.standard_normal((4, 5, 5, 8)) * 0.8 + 0.3).astype("float32")
     y = q(x).numpy()
-    step, levels = q.export_activation_grid()
+    grid = q.export_grid()
+    assert grid.kind == "activation"
+    step, levels = grid.step, grid.levels
     assert levels == 2**q.bits - 1
     np.testing.assert_allclose(np.round(np.clip(x, 0, levels * step) / step) * step, y, rtol=1e-6, atol=1e-6)
 
 
 def test_quantizers_without_an_exact_int8_grid_say_so():
-    """Non-uniform (LQ-Net) and sign (Bi-Real) activations have no int8 grid; the export falls back."""
-    assert quantizers.LQNetWeight(2).export_weight_grid(np.ones((3, 3, 2, 2), "float32")) is None
-    assert quantizers.LQNetActivation(2).export_activation_grid() is None
-    assert quantizers.BiRealActivation().export_activation_grid() is None
+    """Non-uniform (LQ-Net) weights and activations have no int8 grid (the export falls back); Bi-Real's
+    activations are a sign grid, its weights' steps (max|w| per channel) and 1-bit DoReFa's (mean|w|) depend
+    on the kernel, LSQ's is learned: no constant weight step without a kernel."""
+    assert quantizers.LQNetWeight(2).export_grid(np.ones((3, 3, 2, 2), "float32")) is None
+    assert quantizers.LQNetActivation(2).export_grid() is None
+    assert quantizers.BiRealActivation().export_grid().kind == "sign"
+    assert quantizers.FixedStep(0.25, 127, bits=8).export_grid() == quantizers.Grid("stream", step=0.25, limit=127)
+    for q in (quantizers.BiRealWeight(), quantizers.DoReFaWeight(1), quantizers.LSQWeight(2), quantizers.FixedPoint(16)):
+        assert q.export_grid() is None, q
+    assert quantizers.DoReFaWeight(3).export_grid() == quantizers.Grid("weights", step=1 / 7)
+    with pytest.raises(ValueError, match="kind='bits' is not supported; allowed: weights, activation, sign, stream"):
+        quantizers.Grid("bits")
 
 
 # -- the 8-bit first/last layers (first_last_bits=8) -------------------------------------------------
@@ -219,14 +232,33 @@ def test_per_channel_fixed_point_matches_numpy_and_exports_its_codes():
     s = np.abs(w.astype("float64")).reshape(-1, 6).max(axis=0) / 127
     np.testing.assert_allclose(y, np_round(w / s) * s, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(grad, np.ones_like(w))
-    codes, steps = q.export_weight_grid(y)
+    grid = q.export_grid(y)
+    codes, steps = grid.codes, grid.steps
     assert np.abs(codes).max() == 127 and np.allclose(steps, s, rtol=1e-6)
     assert np.allclose(codes * steps, y, rtol=1e-5, atol=1e-7)
     config = keras.saving.serialize_keras_object(q)
     assert quantizers.get(config).per_channel is True
     with pytest.raises(ValueError, match="per_channel"):
         quantizers.FixedPoint(8, unit=0.5, per_channel=True)
+    with pytest.raises(ValueError, match="odd_fraction=True.*without a unit"):
+        quantizers.FixedPoint(8, per_channel=True, odd_fraction=True)
 
+
+def test_odd_fraction_fixed_point_steps_are_unit_over_odd_integers():
+    """FixedPoint(8, per_channel=True, unit=U, odd_fraction=True) (the stem of an int8-stream F): per channel
+    the step U/N with N the largest odd integer keeping max|w_c| within 127 codes; its grid gives the codes."""
+    unit = 85.0
+    w = (RNG.standard_normal((3, 3, 1, 6)) * RNG.uniform(0.05, 1.0, 6)).astype("float32")
+    q = quantizers.FixedPoint(8, per_channel=True, unit=unit, odd_fraction=True)
+    y = q(w).numpy()
+    top = np.abs(w.astype("float64")).reshape(-1, 6).max(axis=0)
+    n = np.floor(unit * 127 / top)
+    n = n - 1 + n % 2
+    np.testing.assert_allclose(y, np_round(w / (unit / n)) * (unit / n), rtol=1e-5, atol=1e-7)
+    grid = q.export_grid(y)
+    np.testing.assert_allclose(unit / grid.steps, n, rtol=1e-9)
+    assert np.all(np.abs(grid.codes) <= 127) and np.allclose(grid.codes * grid.steps, y, rtol=1e-5, atol=1e-7)
+    assert quantizers.get(keras.saving.serialize_keras_object(q)).odd_fraction is True
 
 def test_range_activation_tracks_its_range_in_training_only():
     q = quantizers.RangeActivation(8, momentum=0.9)
@@ -244,8 +276,8 @@ def test_range_activation_tracks_its_range_in_training_only():
         q(x * 5.0, training=True)
     q(x * 5.0, training=False)  # inference: no update, clipped at top
     assert float(q.top.numpy()) == frozen
-    step, levels = q.export_activation_grid()
-    assert levels == 255 and np.isclose(step, frozen / 255, rtol=1e-6)
+    grid = q.export_grid()
+    assert grid.levels == 255 and np.isclose(grid.step, frozen / 255, rtol=1e-6)
     _, grad = forward_and_grad(q, x * 5.0, np.ones_like(x))
     np.testing.assert_array_equal(grad, ((x * 5.0 >= 0) & (x * 5.0 <= frozen)).astype("float32"))
     with pytest.raises(ValueError, match="momentum"):

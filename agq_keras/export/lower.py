@@ -16,9 +16,11 @@ The IR has five op kinds, each a TFLite builtin with an int8 kernel:
 Weights are held as integer ``codes`` and a positive per-output-channel
 ``steps`` vector (real weight = codes * steps). A BatchNorm directly after a
 conv is folded into it by scaling the steps by |gamma/sigma| and flipping the
-codes' sign, so the codes stay on the quantizer's grid. A tensor whose every
-consumer applies the same activation quantizer with an
-``export_activation_grid()`` of ``(step, levels)`` is an *exact* tensor: its
+codes' sign, so the codes stay on the quantizer's grid. Quantizers describe their outputs through
+one protocol, :meth:`agq_keras.quantizers.Quantizer.export_grid` (a :class:`~agq_keras.quantizers.Grid`
+of kind weights, activation, sign or stream). A tensor whose every
+consumer applies the same activation quantizer with an activation grid of
+``(step, levels)`` is an *exact* tensor: its
 int8 form (scale = step, zero point = 127 - levels) makes TFLite's output
 requantization compute ``round(clip(x, 0, levels*step) / step)``, the
 quantizer itself (the fused ReLU clips at 0, int8 saturation at 127 clips at
@@ -34,6 +36,7 @@ import keras
 import numpy as np
 
 from agq_keras.layers import QConv2D, QDense
+from agq_keras.quantizers import Quantizer
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDense", "Dense", "BatchNormalization", "ReLU", "Add",
                     "GlobalAveragePooling2D", "MaxPooling2D", "FixedStep")
@@ -46,7 +49,7 @@ class Tensor:
     grid: Optional[tuple] = None  # (step, levels) for an exact tensor
     consumers: int = 0
     wanted_grids: list = dataclasses.field(default_factory=list)
-    stream_grid: Optional[tuple] = None  # (step, limit) of F's FixedStep on this tensor (residual_stream="int16")
+    stream_grid: Optional[tuple] = None  # (step, limit) of F's stream quantizer on this tensor (residual_stream)
     sign: bool = False  # every consumer applies sign(): int8 codes {125, 127}, zero point 126, scale 1
 
 
@@ -119,10 +122,10 @@ def _kernel_codes(layer, notes, max_replicas):
     q_kernel = np.asarray(keras.ops.convert_to_numpy(
         layer.quantized_kernel() if isinstance(layer, (QConv2D, QDense)) else layer.kernel), dtype=np.float64)
     bits = 32 if kernel_q is None else int(kernel_q.bits)
-    grid = kernel_q.export_weight_grid(q_kernel, 127 * max_replicas) if kernel_q is not None else None
+    grid = kernel_q.export_grid(q_kernel, 127 * max_replicas) if kernel_q is not None else None
     out_first = lambda a: np.moveaxis(a, -1, 0)  # noqa: E731  (H,W,I,O)->(O,H,W,I), (I,O)->(O,I)
-    if grid is not None:
-        codes, steps = grid
+    if grid is not None and grid.kind == "weights" and grid.codes is not None:
+        codes, steps = grid.codes, grid.steps
         codes = out_first(np.asarray(codes))
         wide = int(np.abs(codes).max(initial=0)) > 127
         return codes, np.asarray(steps, dtype=np.float64), True, bits, \
@@ -208,12 +211,13 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
-            elif cls == "FixedStep":  # F's int16 residual stream: the producer writes int16 at this step
+            elif isinstance(layer, Quantizer) and _stream_grid(layer) is not None:
+                # F's integer residual stream: the producer writes the stream's integers at this step
                 prod = graph.producer(src.name)
                 if prod is None or src.consumers != 1 or src.stream_grid is not None:
-                    raise unsupported(layer, "a FixedStep must directly follow a conv, add or pooling whose output "
-                                             "has no other consumer")
-                src.stream_grid = layer.export_stream_grid()
+                    raise unsupported(layer, "a stream quantizer must directly follow a conv, add or pooling whose "
+                                             "output has no other consumer")
+                src.stream_grid = _stream_grid(layer)
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
@@ -250,21 +254,27 @@ def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dic
                 weight_bits=bits, weight_note=note)
 
 
+def _stream_grid(layer):
+    """``(step, limit)`` of a standalone quantizer layer with a stream grid (``FixedStep``), else None."""
+    grid = layer.export_grid()
+    return None if grid is None or grid.kind != "stream" else (grid.step, grid.limit)
+
+
 def _want_input_grid(layer, src: Tensor, graph: Graph):
     quantizer = getattr(layer, "input_quantizer", None)
     if quantizer is None:
         src.wanted_grids.append(("none", layer.name))
         return
-    if quantizer.export_sign_grid():
+    grid = quantizer.export_grid()
+    if grid is not None and grid.kind == "sign":
         src.wanted_grids.append(("sign", layer.name))
         return
-    grid = quantizer.export_activation_grid()
-    if grid is None:
+    if grid is None or grid.kind != "activation":
         graph.notes.append(f"{layer.name}: input quantizer {type(quantizer).__name__}({quantizer.bits}) has no "
                            "exact int8 grid; its input is a calibrated int8 tensor (closest, not exact)")
         src.wanted_grids.append(("none", layer.name))
     else:
-        src.wanted_grids.append((tuple(float(g) for g in grid), layer.name))
+        src.wanted_grids.append(((float(grid.step), float(grid.levels)), layer.name))
 
 
 def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, value, _uses):

@@ -117,8 +117,9 @@ def stream_grid(residual_stream: str, quantizer: str, w_bits: int, a_bits: int, 
     if residual_stream == "float":
         return None
     wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
-    w_step, a_grid = wq.export_weight_step(), aq.export_activation_grid()
-    unit = None if w_step is None or a_grid is None else w_step * a_grid[0]
+    w_grid, a_grid = wq.export_grid(), aq.export_grid()
+    w_step = None if w_grid is None else w_grid.step
+    unit = None if w_step is None or a_grid is None or a_grid.kind != "activation" else w_step * a_grid.step
     if residual_stream == "int8" and unit is not None:
         n = max(1, int(np.ceil(INT8_STREAM_RANGE * 2 ** (stage - 1) / (127 * unit))))
         return unit * (n + 1 - n % 2), 127, 8

@@ -5,6 +5,7 @@
 """
 
 from agq_keras.quantizers.base import (
+    Grid,
     Quantizer,
     families,
     frozen_state,
@@ -46,6 +47,7 @@ __all__ = [
     "FixedPoint",
     "FixedStep",
     "Identity",
+    "Grid",
     "Quantizer",
     "RangeActivation",
     "dorefa_activation",

@@ -15,8 +15,10 @@ Two registries live here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 import threading
+from typing import Optional
 
 import keras
 import numpy as np
@@ -119,46 +121,67 @@ class Quantizer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    # -- integer export protocol (agq_keras.export) -----------------------
-    def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """Integer form of an already-quantized kernel, or None.
+    # -- the integer export protocol (agq_keras.export) ------------------
+    def export_grid(self, q_kernel=None, max_code: int = 127) -> Optional["Grid"]:
+        """The :class:`Grid` of this quantizer's outputs, or None when they are on no integer grid
+        (the exporter then re-quantizes weights at max|w|/127 per channel, or calibrates an int8
+        activation tensor, and says so). The one link between quantizers and the exporter.
 
         Args:
-          q_kernel: NumPy array, ``self(kernel)``; output channels on the last axis.
-          max_code: the largest |code| the exporter can take (127 for one int8
-            weight; r * 127 when it repeats the layer input r times).
-        Returns:
-          ``(codes, steps)``: integer ``codes`` (same shape, |code| <= max_code) and a
-          positive per-output-channel ``steps`` vector with
-          ``q_kernel == codes * steps`` exactly (up to float rounding); or None
-          when the grid cannot be written as int8 codes (the exporter then
-          re-quantizes the kernel at max|w|/127 per channel and says so).
+          q_kernel: for a weight quantizer, the quantized kernel ``self(kernel)`` as a NumPy array
+            (output channels on the last axis): the grid then carries its codes and steps. None asks
+            for what holds whatever the kernel (a weight grid's constant ``step``, an activation grid).
+          max_code: the largest |code| the exporter can take (127 for one int8 weight; r * 127 when
+            it repeats the layer input r times).
         """
         return None
 
-    def export_weight_step(self):
-        """The constant step of a weight grid (outputs ``codes * step`` whatever the kernel), or
-        None when the step depends on the kernel (e.g. 1-bit ``mean|w|``, fixed point ``max|w|``)."""
-        return None
 
-    def export_sign_grid(self) -> bool:
-        """True when outputs are exactly ``sign(x)`` in {-1, +1} with sign(0) = +1 (the exporter
-        then stores them as int8 codes {125, 127} around zero point 126, see docs/export.md)."""
-        return False
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """What the exporter needs to know about a quantizer's outputs: integers times steps.
 
-    def export_activation_grid(self):
-        """``(step, levels)`` when outputs are always ``{0, step, ..., levels*step}``
-        (``levels <= 255``) and the quantizer computes ``step*round(clip(x, 0,
-        levels*step)/step)``; else None (the exporter then uses a calibrated
-        int8 tensor and says so)."""
-        return None
+    ``kind``:
+
+    * ``"weights"``: ``codes * steps`` per output channel (``codes`` an integer array of the
+      kernel's shape, |code| <= max_code; ``steps`` positive, one per output channel), given a
+      kernel; ``step`` the constant step when it does not depend on the kernel (else None).
+    * ``"activation"``: outputs ``step * round(clip(x, 0, levels * step) / step)``, i.e. in
+      ``{0, step, ..., levels * step}`` (``levels <= 255``).
+    * ``"sign"``: outputs ``sign(x)`` in {-1, +1} with sign(0) = +1 (stored as int8 codes {125, 127}
+      around zero point 126, docs/export.md).
+    * ``"stream"``: outputs ``step * n`` with integer ``n`` in ``[-(limit + 1), limit]``, saturating (F's
+      integer residual stream).
+    """
+    kind: str
+    step: Optional[float] = None
+    levels: Optional[int] = None
+    limit: Optional[int] = None
+    codes: Optional[np.ndarray] = None
+    steps: Optional[np.ndarray] = None
+
+    KINDS = ("weights", "activation", "sign", "stream")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Grid kind={self.kind!r} is not supported; allowed: {', '.join(self.KINDS)}.")
+
+
+def weight_grid(q_kernel, step=None, max_code: int = 127) -> Optional[Grid]:
+    """The ``"weights"`` :class:`Grid` of a kernel on a uniform grid of ``step`` (see
+    :func:`uniform_codes`), or of the constant ``step`` alone when ``q_kernel`` is None."""
+    if q_kernel is None:
+        return None if step is None else Grid("weights", step=float(step))
+    found = uniform_codes(q_kernel, step, max_code)
+    return None if found is None else Grid("weights", step=None if step is None else float(step),
+                                           codes=found[0], steps=found[1])
 
 
 def uniform_codes(q_kernel, step=None, max_code: int = 127):
     """``(codes, steps)`` with ``q_kernel == codes * step`` and |codes| <= max_code, or None.
 
     ``step=None`` takes the smallest nonzero |value| of the whole tensor
-    (binary ±alpha kernels). Shared helper of :meth:`Quantizer.export_weight_grid`.
+    (binary ±alpha kernels). Shared helper of :meth:`Quantizer.export_grid`.
     """
     q = np.asarray(q_kernel, dtype=np.float64)
     if step is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family
+from agq_keras.quantizers.base import Grid, Quantizer, register, register_family
 
 
 def binary_sign(x):
@@ -79,15 +79,17 @@ class BiRealWeight(BinaryQuantizer):
     def call(self, w):
         return magnitude_aware_sign(w)
 
-    def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """Codes ±1 with one step per output channel (alpha_c = its max |value|)."""
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Codes ±1 with one step per output channel (alpha_c = its max |value|: depends on the kernel)."""
+        if q_kernel is None:
+            return None
         q = np.asarray(q_kernel, dtype=np.float64)
         steps = np.abs(q.reshape(-1, q.shape[-1])).max(axis=0)
         steps = np.where(steps > 0, steps, 1.0)
         codes = np.round(q / steps)
         if np.abs(codes).max(initial=0) > max_code or not np.allclose(codes * steps, q, rtol=1e-5, atol=1e-7):
             return None
-        return codes.astype(np.int32), steps
+        return Grid("weights", codes=codes.astype(np.int32), steps=steps)
 
 
 @register("bireal_activation")
@@ -101,8 +103,8 @@ class BiRealActivation(BinaryQuantizer):
     def call(self, x):
         return approx_sign(x)
 
-    def export_sign_grid(self) -> bool:
-        return True
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        return Grid("sign")
 
 
 register_family("bireal", BiRealWeight, BiRealActivation)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family, uniform_codes
+from agq_keras.quantizers.base import Grid, Quantizer, register, register_family, weight_grid
 
 
 def round_k(x, bits: int):
@@ -82,14 +82,10 @@ class DoReFaWeight(Quantizer):
     def call(self, w):
         return dorefa_weight(w, self.bits)
 
-    def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """k = 1: codes ±1, step mean|w|; k >= 2: odd codes 2i - (2^k-1), step
-        1/(2^k-1) (|code| <= 2^k - 1: one int8 weight for k <= 7, k = 8 needs 255)."""
-        return uniform_codes(q_kernel, self.export_weight_step(), max_code)
-
-    def export_weight_step(self):
-        """1/(2^k-1) for k >= 2; None for k = 1 (the step mean|w| depends on the kernel)."""
-        return None if self.bits == 1 else 1.0 / (2**self.bits - 1)
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """k >= 2: odd codes 2i - (2^k-1), constant step 1/(2^k-1) (|code| <= 2^k - 1: one int8 weight
+        for k <= 7, k = 8 needs 255); k = 1: codes ±1, step mean|w| (depends on the kernel)."""
+        return weight_grid(q_kernel, None if self.bits == 1 else 1.0 / (2**self.bits - 1), max_code)
 
 
 @register("dorefa_activation")
@@ -104,9 +100,9 @@ class DoReFaActivation(Quantizer):
     def call(self, x):
         return dorefa_activation(x, self.bits)
 
-    def export_activation_grid(self):
+    def export_grid(self, q_kernel=None, max_code: int = 127):
         n = 2**self.bits - 1
-        return 1.0 / n, n
+        return Grid("activation", step=1.0 / n, levels=n)
 
 
 register_family("dorefa", DoReFaWeight, DoReFaActivation)

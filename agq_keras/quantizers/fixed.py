@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, state_updates_enabled, uniform_codes
+from agq_keras.quantizers.base import Grid, Quantizer, register, state_updates_enabled, uniform_codes
 
 
 def fixed_point(x, bits: int, unit=None, per_channel: bool = False, odd_fraction: bool = False):
@@ -53,15 +53,15 @@ def _pot_step(top: float, qmax: float, unit: float) -> float:
 
 
 def _odd_fraction_step(q: np.ndarray, top: float, qmax: int, unit: float) -> float:
-    """``unit / N`` (N odd) on which the quantized values ``q`` (max ``top``) lie: the forward's N is
-    computed from max|x|, within a step of ``top``, so the neighbouring odd N are tried too."""
-    n = int(np.floor(unit * qmax / top))
-    for cand in sorted({n - 2, n - 1, n, n + 1, n + 2}, key=lambda v: abs(v - n)):
-        if cand >= 1 and cand % 2 == 1:
-            step = unit / cand
-            codes = q / step
-            if np.abs(codes).max() <= qmax + 1e-6 and np.allclose(codes, np.round(codes), rtol=0, atol=1e-4):
-                return step
+    """``unit / N`` (N odd) on which the quantized values ``q`` (max ``top``) lie, found from the code of
+    the largest value (``top = c unit / N`` with c <= qmax, close to qmax: the forward's N keeps max|x|
+    within qmax codes); ``top / qmax`` when no such N fits."""
+    for c in range(qmax, max(qmax - 32, 0), -1):
+        n = int(round(c * unit / top))
+        if n >= 1 and n % 2 == 1:
+            codes = q * n / unit
+            if np.abs(codes).max() <= qmax + 1e-3 and np.allclose(codes, np.round(codes), rtol=0, atol=1e-3):
+                return unit / n
     return top / qmax
 
 
@@ -104,9 +104,16 @@ class FixedPoint(Quantizer):
         config.update(unit=self.unit, per_channel=self.per_channel, odd_fraction=self.odd_fraction)
         return config
 
-    def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """Codes round(w/s), |code| <= 2^{b-1} - 1, one step s per tensor or per output channel (as in
-        the forward)."""
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Weights: codes round(w/s), |code| <= 2^{b-1} - 1, one step s per tensor or per output channel
+        (as in the forward; s depends on the kernel). As an activation quantizer (the 16-bit classifier
+        input) its step is per batch: no grid."""
+        if q_kernel is None:
+            return None
+        found = self._codes(q_kernel, max_code)
+        return None if found is None else Grid("weights", codes=found[0], steps=found[1])
+
+    def _codes(self, q_kernel, max_code):
         qmax = 2 ** (self.bits - 1) - 1
         if self.per_channel:
             q = np.asarray(q_kernel, np.float64)
@@ -183,9 +190,9 @@ class FixedStep(Quantizer):
         config.update(step=self.step, limit=self.limit)
         return config
 
-    def export_stream_grid(self):
-        """``(step, limit)``: outputs are ``step * n``, integer ``|n| <= limit``."""
-        return self.step, self.limit
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Outputs ``step * n``, integer ``n`` in ``[-(limit + 1), limit]``."""
+        return Grid("stream", step=self.step, limit=self.limit)
 
 
 def range_activation(x, top, bits: int):
@@ -242,10 +249,10 @@ class RangeActivation(Quantizer):
         config["momentum"] = self.momentum
         return config
 
-    def export_activation_grid(self):
-        """``(top / (2^k - 1), 2^k - 1)`` with the stored range (floored at ``MIN_TOP``)."""
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Step ``top / (2^k - 1)``, ``2^k - 1`` levels, with the stored range (floored at ``MIN_TOP``)."""
         n = 2**self.bits - 1
-        return max(float(keras.ops.convert_to_numpy(self.top)), MIN_TOP) / n, n
+        return Grid("activation", step=max(float(keras.ops.convert_to_numpy(self.top)), MIN_TOP) / n, levels=n)
 
 
 MIN_TOP = 1e-6

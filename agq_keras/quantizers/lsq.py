@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family, uniform_codes
+from agq_keras.quantizers.base import Grid, Quantizer, register, register_family, weight_grid
 
 MIN_STEP = 1e-8
 
@@ -103,9 +103,10 @@ class LSQWeight(_LSQ):
     def count(input_shape):
         return int(np.prod(input_shape))
 
-    def export_weight_grid(self, q_kernel, max_code: int = 127):
-        """Integer codes -2^{b-1} .. 2^{b-1}-1 times the learned step (one per tensor)."""
-        return uniform_codes(q_kernel, self.learned_step(), max_code)
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Integer codes -2^{b-1} .. 2^{b-1}-1 times the learned step (one per tensor); no constant
+        step without a kernel (it is learned)."""
+        return None if q_kernel is None else weight_grid(q_kernel, self.learned_step(), max_code)
 
     def default_step(self, input_shape):
         fan_in = max(1, int(np.prod(input_shape[:-1])))
@@ -132,9 +133,9 @@ class LSQActivation(_LSQ):
     def default_step(self, input_shape):
         return 2.0 * 0.4 / math.sqrt(self.q_p)
 
-    def export_activation_grid(self):
-        """``(s, 2^b - 1)``: outputs ``s * round(clip(x/s, 0, Q_P))``, s the learned step."""
-        return self.learned_step(), self.q_p
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Step s, ``2^b - 1`` levels: outputs ``s * round(clip(x/s, 0, Q_P))``, s the learned step."""
+        return Grid("activation", step=self.learned_step(), levels=self.q_p)
 
 
 register_family("lsq", LSQWeight, LSQActivation)

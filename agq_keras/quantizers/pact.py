@@ -15,7 +15,7 @@ import numbers
 import keras
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Quantizer, register, register_family
+from agq_keras.quantizers.base import Grid, Quantizer, register, register_family
 from agq_keras.quantizers.dorefa import DoReFaWeight
 
 MIN_ALPHA = 1e-3
@@ -79,11 +79,11 @@ class PACTActivation(Quantizer):
         config["alpha_init"] = self.alpha_init
         return config
 
-    def export_activation_grid(self):
-        """``(alpha / (2^k - 1), 2^k - 1)`` with the learned alpha (floored at ``MIN_ALPHA``)."""
+    def export_grid(self, q_kernel=None, max_code: int = 127):
+        """Step ``alpha / (2^k - 1)``, ``2^k - 1`` levels, with the learned alpha (floored at ``MIN_ALPHA``)."""
         alpha = max(float(keras.ops.convert_to_numpy(self.alpha)), MIN_ALPHA)
         n = 2**self.bits - 1
-        return alpha / n, n
+        return Grid("activation", step=alpha / n, levels=n)
 
 
 register_family("pact", DoReFaWeight, PACTActivation)
