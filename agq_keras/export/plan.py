@@ -122,7 +122,7 @@ class Plan:
     inputs: tuple
     outputs: tuple
     layers: dict  # op output name -> LayerRecord
-    stream_scales: dict  # residual stream tensor -> its exact int16 scale (stream_grids)
+    stream_scales: dict  # residual stream tensor -> its exact scale (int16: stream_grids; int8: int8_stream_grids)
     notes: tuple
 
     def tensor(self, name: str) -> TensorRecord:
