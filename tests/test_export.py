@@ -111,6 +111,7 @@ def test_every_runtime_writes_the_same_codes_op_by_op(trained, data):
     assert proven >= 0.95 * 3 * sum(codes["reference"][n].shape[-1] for n in names[1:])
 
 
+@pytest.mark.slow  # the fast suite explains every disagreement on 500 images (test_int8_model_matches_f)
 def test_plain_2bit_agreement_on_5k_test_images(trained, data):
     """On 5000 test images every disagreement is explained (a float32 tie in F, or F's top-2 margin
     within the head's rounding budget). The acceptance number (>= 99.5 % agreement on all 10 000) is
