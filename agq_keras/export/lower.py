@@ -147,7 +147,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     if isinstance(inputs[0], (list, tuple)) and len(inputs) != 1 or isinstance(outputs[0], (list, tuple)) \
             and len(outputs) != 1:
         raise ValueError("Export supports models with exactly one input and one output.")
-    in_ref, out_ref = _first_ref(inputs), _first_ref(outputs)
+    out_ref = _first_ref(outputs)
 
     # consumer counts per Keras tensor
     uses: dict = {}
