@@ -87,12 +87,14 @@ def _unproven_channels(plan, op, s_in, step):
 
 def _tflite_real(runner, name, _cache={}):
     """The real values of a tensor after the runner's last batch, and its (scale, zero point, dtype)."""
-    key = id(runner.interpreter)
-    if key not in _cache:
+    # keyed by the interpreter object itself, which the cache holds: an id() key could be reused by a later
+    # interpreter once the first is garbage-collected, and hand it another model's scales
+    if _cache.get("interpreter") is not runner.interpreter:
         _cache.clear()
-        _cache[key] = {d["name"]: (d["quantization"][0], d["quantization"][1], d["dtype"])
-                       for d in runner.interpreter.get_tensor_details()}
-    scale, zero_point, dtype = _cache[key][name]
+        _cache["interpreter"] = runner.interpreter
+        _cache["details"] = {d["name"]: (d["quantization"][0], d["quantization"][1], d["dtype"])
+                             for d in runner.interpreter.get_tensor_details()}
+    scale, zero_point, dtype = _cache["details"][name]
     return (runner.tensor(name).astype(np.float64) - zero_point) * scale, (scale, zero_point, dtype)
 
 
