@@ -211,13 +211,13 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
-            elif isinstance(layer, Quantizer) and _stream_grid(layer) is not None:
+            elif isinstance(layer, Quantizer) and (stream := _stream_grid(layer)) is not None:
                 # F's integer residual stream: the producer writes the stream's integers at this step
                 prod = graph.producer(src.name)
                 if prod is None or src.consumers != 1 or src.stream_grid is not None:
                     raise unsupported(layer, "a stream quantizer must directly follow a conv, add or pooling whose "
                                              "output has no other consumer")
-                src.stream_grid = _stream_grid(layer)
+                src.stream_grid = stream
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
