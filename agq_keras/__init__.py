@@ -35,7 +35,7 @@ def _import_tensorflow_quietly():
 _import_tensorflow_quietly()
 
 from agq_keras import layers, quantizers  # noqa: E402
-from agq_keras.layers import AuxAdaptor, QConv2D, QDense  # noqa: E402
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QGlobalAveragePooling2D  # noqa: E402
 from agq_keras.models import build  # noqa: E402
 from agq_keras.saving import load_model  # noqa: E402
 from agq_keras.training import AGTrainer  # noqa: E402
@@ -43,7 +43,7 @@ from agq_keras.summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "build", "export", "layers", "load_model", "quantizers",
+__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "QGlobalAveragePooling2D", "build", "export", "layers", "load_model", "quantizers",
            "summary", "__version__"]
 
 

@@ -1,4 +1,4 @@
-"""Quantized layers (`QConv2D`, `QDense`) and the AG adaptor (`AuxAdaptor`).
+"""Quantized layers (`QConv2D`, `QDense`, `QGlobalAveragePooling2D`) and the AG adaptor (`AuxAdaptor`).
 
 `QConv2D`/`QDense` follow larq's convention: ``input_quantizer`` is applied to
 the layer input and ``kernel_quantizer`` to the kernel before the ordinary
@@ -122,6 +122,62 @@ class QDense(_QuantizedMixin, keras.layers.Dense):
 
     def get_config(self):
         return self._quantizer_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class QGlobalAveragePooling2D(keras.layers.Layer):
+    """Global average pooling on integer grids, as an int8 runtime computes it (``first_last_bits=8``).
+
+    ``input_quantizer`` (an unsigned :class:`~agq_keras.quantizers.RangeActivation`, step ``s``) rounds
+    the ``(H, W, C)`` map; the mean over its ``P = H·W`` positions is rounded to the step
+    ``s_p = s·N/(2P)``, ``N = 2P - 1``, with the quantizer's levels (:func:`~agq_keras.quantizers.range_activation`,
+    straight-through gradient). For the sum ``S`` of a channel's map codes the pooled code is
+    ``round(2S/N)``, and ``2S/N`` is never a tie (4S is even, N(2k + 1) odd): it sits at least ``1/(2N)``
+    steps from one, so F's float32 mean and an int8 runtime's integer arithmetic give the same code. The
+    exporter writes it as a DEPTHWISE_CONV_2D of ones (docs/export.md, "The int8 head").
+    """
+
+    def __init__(self, input_quantizer=None, **kwargs):
+        super().__init__(**kwargs)
+        quantizer = quantizers.get(input_quantizer) if input_quantizer is not None else quantizers.RangeActivation(8)
+        if not isinstance(quantizer, quantizers.RangeActivation) or quantizer.signed:
+            raise ValueError(f"QGlobalAveragePooling2D: input_quantizer={input_quantizer!r} is not supported; "
+                             "allowed: an unsigned RangeActivation (the default, RangeActivation(8)).")
+        self.input_quantizer = quantizer
+        self.positions = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(f"QGlobalAveragePooling2D needs a (batch, height, width, channels) input with a fixed "
+                             f"height and width, got {tuple(input_shape)}.")
+        self.positions = int(input_shape[1]) * int(input_shape[2])
+        if not self.input_quantizer.built:
+            self.input_quantizer.build(input_shape)
+        super().build(input_shape)
+
+    def pooled_step_ratio(self) -> float:
+        """``s_p / s = N / (2P)``."""
+        return (2 * self.positions - 1) / (2 * self.positions)
+
+    def call(self, inputs, training=None):
+        q = self.input_quantizer(inputs, training=training)
+        mean = ops.mean(q, axis=[1, 2])
+        levels = self.input_quantizer.levels
+        top = self.input_quantizer.step() * (self.pooled_step_ratio() * levels)
+        return quantizers.range_activation(mean, top, self.input_quantizer.bits)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def output_grid(self) -> quantizers.Grid:
+        """The pooled tensor's ``"activation"`` grid: step ``s_p``, the quantizer's levels."""
+        grid = self.input_quantizer.export_grid()
+        return quantizers.Grid("activation", step=grid.step * self.pooled_step_ratio(), levels=grid.levels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["input_quantizer"] = keras.saving.serialize_keras_object(self.input_quantizer)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="agq_keras")

@@ -20,6 +20,9 @@ exporter guarantees, and what these helpers check image by image:
   ``E_c = sum_i |W_ic| (s_L / 2 + s_P) + s_out`` (W: the classifier's weights), unless a calibrated
   tensor saturates. An image whose body is exact may change its argmax only if F's top-2 logit margin
   is below ``2 max_c E_c`` or one of these tensors saturates on it.
+  With ``first_last_bits=8`` F rounds its head itself (the 8-bit map, a pooled grid tied to it, int8
+  logits): the map is then a checked grid tensor, the logits a checked stream tensor (F's step), and the
+  pool is proven separately (:func:`check_int8_head`); the budget stays as an upper bound.
 
 :func:`explain` returns the disagreements that neither explains (the tests assert there are none),
 and what the explained ones were, for the failure message.
@@ -31,6 +34,7 @@ import collections
 
 import keras
 import numpy as np
+import pytest
 
 from agq_keras import export
 
@@ -169,6 +173,7 @@ def explain(f, model_bytes, plan, images, batch_size=25):
                 continue
             if first[i] is not None:
                 summary["F float32 tie"] += 1
+                summary[f"first tie at {first[i][0]}"] += 1
                 continue
             top2 = np.sort(f_logits[i])[-2:]
             sat = (saturated(f_map[i], s_map, zp_map, dt_map).any() or saturated(f_pool[i], s_pool, zp_pool, dt_pool).any()
@@ -285,3 +290,30 @@ def convert_and_verify(f, x, xt, yt):
     assert set(report["ops"]) <= INT8_OPS, report["ops"]
     assert report["float_tensors"] == []
     return model, plan, report
+
+
+def check_int8_head(f, model, plan, images):
+    """The int8 head of ``first_last_bits=8`` (QGlobalAveragePooling2D, signed 8-bit logits): the pool is a
+    DEPTHWISE_CONV_2D of ones proven on every runtime (rank 0, margin ~1/(2N) output steps,
+    N = 2P - 1), and under every runtime its codes are round(2S/N) of the map codes S that runtime wrote;
+    the logits tensor is int8 at F's logits step, zero point 0. Returns the per-runtime codes."""
+    pool_op = next(op for op in plan.graph.ops if op.kind == "mean")
+    map_name, positions = pool_op.inputs[0], int(np.prod(plan.graph.tensors[pool_op.inputs[0]].shape[:2]))
+    n = 2 * positions - 1
+    record = plan.layers[pool_op.output]
+    assert record.kind == "pool" and np.all(record.threshold_ranks == 0), record
+    # 1/(2N) less the float32 scales' error (the runtime multiplier is ~1e-7 off 2/N, over up to 255 steps)
+    assert np.min(record.margins) >= 1 / (2 * n) - 1e-4, np.min(record.margins)
+    assert "MEAN" not in export.model_ops(model)
+    logits = plan.tensor(plan.graph.output)
+    step = float(f.get_layer("logits_q").top.numpy()) / 127
+    assert logits.dtype == "int8" and logits.quant.zero_point == (0,)
+    assert logits.quant.scale[0] == pytest.approx(step, rel=1e-6)
+    zp_map = plan.tensor(map_name).quant.zero_point[0]
+    zp_pool = plan.tensor(pool_op.output).quant.zero_point[0]
+    codes = {rt: export.tensor_codes(model, [map_name, pool_op.output], images, rt) for rt in export.RUNTIMES}
+    for rt, got in codes.items():
+        sums = (got[map_name].astype(np.int64) - zp_map).sum(axis=(1, 2))
+        want = np.floor(2 * sums / n + 0.5).astype(np.int64)  # never a tie
+        assert np.array_equal(got[pool_op.output].reshape(len(images), -1).astype(np.int64) - zp_pool, want), rt
+    return codes

@@ -56,9 +56,10 @@ def test_int8_model_matches_f(trained, data, kind, bits):
 def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     """first_last_bits=8: the stem's and the classifier's per-channel int8 weights are stored as they are
     (no repeated input for the classifier, no wide codes; the stem repeats the image until its thresholds
-    are exact on every runtime), the pooled classifier input is an int8 tensor
-    on F's static range grid, the file is smaller than the 16-bit export, and every disagreement with F
-    is explained (tests/export_checks.py)."""
+    are exact on every runtime), the head is F's integer head (check_int8_head: the pool a proven
+    DEPTHWISE_CONV_2D on F's tied grid, the logits at F's int8 step), the file is smaller than the 16-bit
+    export, and every disagreement with F is explained (tests/export_checks.py)."""
+    pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
     f, x, xt, yt = trained[("plain_edge8", 2)], data[0], data[2], data[3]
     model, plan, report = convert_and_verify(f, x, xt, yt)
     check_grid(f, report, 2)
@@ -68,10 +69,10 @@ def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     # the image-reading layer takes input repeats until every channel is exact on every runtime (rank 0)
     assert rows["stem_conv"]["all_runtimes_exact_channels"] == rows["stem_conv"]["channels"] == 16
     pooled = plan.graph.producer(plan.graph.producer(plan.graph.output).inputs[0])
-    grid = f.get_layer("classifier").input_quantizer.export_grid()
-    step, levels = grid.step, grid.levels
+    grid = f.get_layer("pool").output_grid()
     assert pooled.kind == "mean" and plan.tensor(pooled.output).quant == \
-        type(plan.tensor(pooled.output).quant)((float(step),), (127 - levels,), 0)
+        type(plan.tensor(pooled.output).quant)((float(grid.step),), (127 - grid.levels,), 0)
+    export_checks.check_int8_head(f, model, plan, xt[:20])
     assert len(model) < len(export.convert(trained[("plain", 2)], x[:CALIB])[0])
     check_explained(f, model, plan, xt[:TEST])
 
@@ -232,6 +233,26 @@ def test_unsupported_layer_is_named():
     model = keras.Model(inputs, keras.layers.Dense(2)(y))
     with pytest.raises(ValueError, match="'squash' \\(Activation\\)"):
         export.convert(model, np.zeros((4, 8, 8, 1), np.float32))
+
+
+def test_integer_pool_needs_a_relu_map_and_keeps_its_grid():
+    """QGlobalAveragePooling2D's map must come from a fused ReLU (its grid is an unsigned one); a consumer
+    that quantizes the pooled grid again is not exported as F computes it, and the notes say so."""
+    from agq_keras.export import lower
+
+    inputs = keras.Input((8, 8, 1))
+    y = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    pooled = agq_keras.QGlobalAveragePooling2D(name="pool")(keras.layers.ReLU(name="relu")(y))
+    again = agq_keras.QDense(2, input_quantizer=agq_keras.quantizers.RangeActivation(8), name="head")(pooled)
+    model = keras.Model(inputs, again)
+    graph = lower.lower(model)
+    step = 1e-6 / 255 * 71 / 72  # the untrained range (MIN_TOP); a 6x6 map: P = 36, N = 71
+    assert graph.tensors["pool"].grid == (pytest.approx(step), 255.0) == \
+        (pytest.approx(model.get_layer("pool").output_grid().step), 255.0)
+    assert any(n.startswith("pool: rounded by its producer and again by its consumers (head)") for n in graph.notes)
+    no_relu = keras.Model(inputs, agq_keras.QDense(2, name="head")(agq_keras.QGlobalAveragePooling2D(name="pool")(y)))
+    notes = lower.lower(no_relu).notes
+    assert any(n.startswith("conv: not produced by an op with a fused ReLU") for n in notes), notes
 
 
 def test_script_writes_model_report_and_c_array(trained, tmp_path):

@@ -70,6 +70,8 @@ def golden_net(arch, plain, bits, quantizer="dorefa", input_shape=(16, 16, 1), *
                 value = rng.uniform(0.3, 2.0, shape)
             elif name == "bias":
                 value = rng.normal(0, 0.05, shape)
+            elif name == "top":  # a static 8-bit range (first_last_bits=8)
+                value = rng.uniform(1.0, 4.0, shape)
             else:
                 continue
             var.assign(value.astype(np.float32))

@@ -112,7 +112,12 @@ def test_int8_stream_is_exact_on_every_runtime_with_no_int16_tensor(trained, dat
     assert not [n for n in notes if "not exact" in n], notes
     unexplained, summary = explain(f, model, plan, xt)
     assert unexplained == [] and summary["images"] == len(xt), (unexplained[:5], summary)
-    names = [c[0] for c in export_checks._checked_tensors(f, plan.graph) if c[1] in ("grid", "stream")]
+    # the int8 head (the 8-bit map, the pool, the logits): check_int8_head; the map's 255 levels and the
+    # logits are not proven on XNNPACK (docs/export.md), so the identity below covers the body
+    head = {plan.graph.output, next(op.inputs[0] for op in plan.graph.ops if op.kind == "mean")}
+    export_checks.check_int8_head(f, model, plan, xt[:20])
+    names = [c[0] for c in export_checks._checked_tensors(f, plan.graph) if c[1] in ("grid", "stream")
+             and c[0] not in head]
     assert names[0] == "stem_conv" and len(names) == 39  # + per block bn1, conv1 (k-bit), conv2, add (stream); 2 shortcuts
     codes = {rt: export.tensor_codes(model, names, xt[:20], rt) for rt in export.RUNTIMES}
     for rt in ("builtin", "xnnpack", "micro"):

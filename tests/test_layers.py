@@ -5,7 +5,7 @@ import pytest
 import keras
 
 from agq_keras import quantizers
-from agq_keras.layers import AuxAdaptor, QConv2D, QDense
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QGlobalAveragePooling2D
 
 X_IMG = np.random.default_rng(1).random((2, 8, 8, 3)).astype("float32")
 X_VEC = np.random.default_rng(2).random((4, 12)).astype("float32")
@@ -109,3 +109,41 @@ def test_every_quantizer_round_trips_through_a_keras_file(make, tmp_path):
     assert type(layer.kernel_quantizer) is type(model.layers[-1].kernel_quantizer)
     assert layer.kernel_quantizer.bits == model.layers[-1].kernel_quantizer.bits
     np.testing.assert_array_equal(loaded.predict(X_IMG, verbose=0), y)
+
+
+def test_pool_on_integer_grids_matches_numpy_and_never_ties(tmp_path):
+    """QGlobalAveragePooling2D (first_last_bits=8): the map rounded to 8 bits on its tracked range (step s),
+    averaged over the P = H*W positions, the mean rounded to s*N/(2P) with N = 2P - 1. Per channel the
+    pooled code is round(2S/N) of the map codes' sum S, at least 1/(2N) from a tie; the range and the
+    output survive a .keras round trip."""
+    x = (np.random.default_rng(4).random((3, 4, 5, 6)) * 3.0).astype("float32")
+    inputs = keras.Input(x.shape[1:])
+    pool = QGlobalAveragePooling2D(name="pool")
+    model = keras.Model(inputs, pool(inputs))
+    model(x, training=True)  # sets the map's range
+    y = model.predict(x, verbose=0)
+    top = float(pool.input_quantizer.top.numpy())
+    assert np.isclose(top, x.max(), rtol=1e-6)
+    s, p = np.float64(np.float32(top)) / 255, 20
+    codes = np.round(np.clip(x, 0, top) / s)
+    total = codes.sum(axis=(1, 2))
+    ratio = 2 * total / (2 * p - 1)
+    assert np.abs(np.abs(ratio - np.floor(ratio)) - 0.5).min() >= 1 / (2 * (2 * p - 1)) - 1e-12
+    step = s * (2 * p - 1) / (2 * p)
+    np.testing.assert_allclose(y, np.clip(np.round(ratio), 0, 255) * step, rtol=1e-5, atol=1e-7)
+    grid = pool.output_grid()
+    assert grid.levels == 255 and np.isclose(grid.step, step, rtol=1e-6)
+    path = str(tmp_path / "pool.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert float(loaded.get_layer("pool").input_quantizer.top.numpy()) == top
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), y)
+
+
+def test_pool_on_integer_grids_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="input_quantizer=.*not supported; allowed: an unsigned RangeActivation"):
+        QGlobalAveragePooling2D(quantizers.RangeActivation(8, signed=True))
+    with pytest.raises(ValueError, match="input_quantizer=.*not supported"):
+        QGlobalAveragePooling2D(quantizers.DoReFaActivation(2))
+    with pytest.raises(ValueError, match="fixed height and width, got \\(None, None, None, 3\\)"):
+        QGlobalAveragePooling2D()(keras.Input((None, None, 3)))

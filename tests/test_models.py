@@ -151,6 +151,31 @@ def test_int8_residual_stream_rounds_every_stream_writer(bits, divisors, tmp_pat
         == {name: (l.step, l.limit, l.bits) for name, l in stream.items()}
 
 
+@pytest.mark.parametrize("plain", [True, False])
+def test_8bit_edges_give_an_integer_head_shared_with_h(plain, tmp_path):
+    """first_last_bits=8: final BN -> ReLU -> QGlobalAveragePooling2D (8-bit map, tied pooled grid) ->
+    classifier (no input quantizer of its own) -> signed 8-bit logits; H reuses the very same pool,
+    classifier and logits quantizer (their ranges move with F's passes only). F's logits are int8 codes
+    times the logits step, and the ranges survive a .keras round trip. 16-bit edges keep the paper's head."""
+    trainer = agq_keras.build("resnet20", plain=plain, aux=True, w_bits=2, a_bits=2, num_classes=10,
+                              input_shape=(28, 28, 1), first_last_bits=8)
+    f, h = trainer.f, trainer.h
+    pool, logits_q = f.get_layer("pool"), f.get_layer("logits_q")
+    assert isinstance(pool, agq_keras.QGlobalAveragePooling2D) and logits_q.signed and logits_q.bits == 8
+    assert f.get_layer("classifier").input_quantizer is None and f.layers[-1] is logits_q
+    assert h.get_layer("pool") is pool and h.get_layer("logits_q") is logits_q
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    f(x, training=True)
+    y = f.predict(x, verbose=0) / (float(logits_q.top.numpy()) / 127)
+    np.testing.assert_allclose(y, np.round(y), atol=1e-3)
+    f.save(tmp_path / "f.keras")
+    clone = agq_keras.saving.load_model(str(tmp_path / "f.keras"))
+    assert float(clone.get_layer("pool").input_quantizer.top.numpy()) == float(pool.input_quantizer.top.numpy())
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), f.predict(x, verbose=0))
+    paper = agq_keras.build("resnet20", plain=plain, w_bits=2, a_bits=2, num_classes=10, input_shape=(28, 28, 1))
+    assert isinstance(paper.get_layer("pool"), keras.layers.GlobalAveragePooling2D) and paper.layers[-1].name == "classifier"
+
+
 @pytest.mark.parametrize("bits,multiple", [(2, 28), (3, 5), (4, 1)])
 def test_int16_residual_stream_quantizes_stem_and_every_add(bits, multiple):
     """residual_stream="int16": a FixedStep after the stem and after each Add, step u/M with u the

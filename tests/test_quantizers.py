@@ -284,6 +284,30 @@ def test_range_activation_tracks_its_range_in_training_only():
         quantizers.RangeActivation(8, momentum=1.0)
 
 
+def test_signed_range_activation_is_fixed_step_on_its_tracked_range():
+    """signed=True (F's int8 logits): top tracks max|x| (EMA, training only); forward is fixed_step with
+    step top/127 and limit 127 (two's-complement saturation, ties up), the gradient 1 inside that range;
+    its grid is a "stream" grid (zero point 0), and the option survives get_config."""
+    q = quantizers.RangeActivation(8, signed=True)
+    x = X * 3.0
+    q.build(x.shape)
+    y = q(x, training=True).numpy()
+    top = float(np.abs(x).max())
+    assert np.isclose(float(q.top.numpy()), top, rtol=1e-6)
+    s = np.float32(top) / np.float32(127)
+    np.testing.assert_allclose(y, np.clip(np.floor(x / s + 0.5), -128, 127) * s, rtol=1e-6, atol=1e-7)
+    q(x * 2.0, training=True)
+    assert np.isclose(float(q.top.numpy()), 0.9 * top + 0.1 * 2.0 * top, rtol=1e-5)
+    step = float(q.top.numpy()) / 127
+    _, grad = forward_and_grad(q, x * 4.0, np.ones_like(x))
+    np.testing.assert_array_equal(grad, ((x * 4.0 >= -128 * step) & (x * 4.0 <= 127 * step)).astype("float32"))
+    grid = q.export_grid()
+    assert grid.kind == "stream" and grid.limit == 127 and np.isclose(grid.step, step, rtol=1e-6)
+    assert quantizers.get(keras.saving.serialize_keras_object(q)).signed is True
+    with pytest.raises(ValueError, match="signed='yes' must be True or False"):
+        quantizers.RangeActivation(8, signed="yes")
+
+
 @pytest.mark.parametrize("bits,kinds", [(8, ("FixedPoint", "RangeActivation")), (16, ("FixedPoint", "FixedPoint")),
                                         (32, ("Identity", "Identity"))])
 def test_edge_pair(bits, kinds):

@@ -60,11 +60,12 @@ def test_two_stage_recipe_loads_stage1_by_name(tmp_path, monkeypatch, capsys):
     c = tiny(aux=False)
     t = run.make_trainer(c, 10, (28, 28, 1))
     copied = run.load_by_name(stage1, t.f)
-    # every weight but the 8-bit classifier input's static range (first_last_bits=8 in the default config),
-    # which stage 1's full-precision F has not: stage 2's first training batch sets it
+    # every weight but the integer head's two static ranges (the pool's map and the logits; first_last_bits=8
+    # in the default config), which stage 1's full-precision F has not: stage 2's first training batch sets them
     have = {(layer.name, v.name) for layer in stage1.layers for v in layer.weights}
-    left = [v.name for layer in t.f.layers for v in layer.weights if (layer.name, v.name) not in have]
-    assert left == (["top"] if c.first_last_bits == 8 else []) and copied == len(t.f.weights) - len(left)
+    left = [(layer.name, v.name) for layer in t.f.layers for v in layer.weights if (layer.name, v.name) not in have]
+    assert left == ([("pool", "top"), ("logits_q", "top")] if c.first_last_bits == 8 else []), left
+    assert copied == len(t.f.weights) - len(left)
     np.testing.assert_array_equal(t.f.get_layer("stage2_block1_conv1").kernel.numpy(),
                                   stage1.get_layer("stage2_block1_conv1").kernel.numpy())
 

@@ -10,7 +10,8 @@ The IR has five op kinds, each a TFLite builtin with an int8 kernel:
 * ``conv``   -> CONV_2D (per-channel int8 weights, int32 bias, fused ReLU)
 * ``affine`` -> DEPTHWISE_CONV_2D 1x1 (a BatchNorm that cannot be folded)
 * ``dense``  -> FULLY_CONNECTED
-* ``add``    -> ADD,  ``mean`` -> MEAN (global average pooling),
+* ``add``    -> ADD,  ``mean`` -> MEAN (global average pooling; a DEPTHWISE_CONV_2D of ones when F
+  rounds both its input and its output, :class:`~agq_keras.layers.QGlobalAveragePooling2D`),
   ``maxpool`` -> MAX_POOL_2D
 
 Weights are held as integer ``codes`` and a positive per-output-channel
@@ -39,7 +40,7 @@ from agq_keras.layers import QConv2D, QDense
 from agq_keras.quantizers import Quantizer
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDense", "Dense", "BatchNormalization", "ReLU", "Add",
-                    "GlobalAveragePooling2D", "MaxPooling2D", "FixedStep")
+                    "GlobalAveragePooling2D", "QGlobalAveragePooling2D", "MaxPooling2D", "FixedStep")
 
 
 @dataclasses.dataclass
@@ -230,6 +231,13 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 if cfg.get("keepdims") or cfg.get("data_format", "channels_last") != "channels_last":
                     raise unsupported(layer, "only keepdims=False, channels_last")
                 graph.ops.append(Op("mean", [src.name], new_tensor(layer.name, out_shape, ref), layer.name))
+            elif cls == "QGlobalAveragePooling2D":
+                # F rounds the map (the pool's input quantizer) and the mean (a grid tied to the map's)
+                _want_input_grid(layer, src, graph)
+                out = new_tensor(layer.name, out_shape, ref)
+                grid = layer.output_grid()
+                graph.tensors[out].grid = (float(grid.step), float(grid.levels))
+                graph.ops.append(Op("mean", [src.name], out, layer.name))
             elif cls == "MaxPooling2D":
                 cfg = layer.get_config()
                 graph.ops.append(Op("maxpool", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
@@ -322,6 +330,11 @@ def _resolve_grids(graph: Graph):
     for tensor in graph.tensors.values():
         wanted = tensor.wanted_grids
         if not wanted or all(g == "none" for g, _ in wanted):
+            continue
+        if tensor.grid is not None:  # F's own pooling rounds it; its consumers quantize again
+            graph.notes.append(f"{tensor.name}: rounded by its producer and again by its consumers "
+                               f"({', '.join(n for _, n in wanted)}); stored on the first grid, the second rounding "
+                               "is not exported (not exact)")
             continue
         grids = {g for g, _ in wanted}
         prod = graph.producer(tensor.name)

@@ -368,14 +368,21 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     missing = sorted(set(graph.tensors) - set(ranges))
     if missing:
         raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
-    if residual_bits is None:
-        residual_bits = 8 if any(t.stream_grid is not None and t.stream_grid[1] <= 127
-                                 for t in graph.tensors.values()) else 16
+    if residual_bits is None:  # F's own stream: the tensors its ADDs read and write
+        residual_bits = 8 if any(graph.tensors[n].stream_grid is not None and graph.tensors[n].stream_grid[1] <= 127
+                                 for op in graph.ops if op.kind == "add" for n in op.inputs + [op.output]) else 16
     forms, notes = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
     if mode == "int8" and output_bits == 16:
         acts[graph.output].int16 = True
+        if graph.tensors[graph.output].stream_grid is not None:
+            notes.append("output_bits=16: F rounds its logits to int8 itself; the int16 logits hold F's int8 codes")
+    if mode == "int8" and head_bits == 16 and any(op.kind == "mean" and graph.tensors[op.output].grid is not None
+                                                  and graph.tensors[op.inputs[0]].grid is not None
+                                                  for op in graph.ops):
+        notes.append("head_bits=16: F's head is integer (QGlobalAveragePooling2D); its map and pooled features "
+                     "stay on F's int8 grids")
     if mode == "int8" and head_bits == 16:
         for op in graph.ops:
             if op.kind == "mean" and op.output != graph.output:
@@ -395,6 +402,10 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
         notes += stream_grids(graph, acts, forms)
     if mode == "int8" and residual_bits == 8:
         notes += int8_stream_grids(graph, acts, forms, max_replicas)
+    for tensor in acts.values():  # F's other signed int8 grids (its logits): F's step, zero point 0
+        if mode == "int8" and tensor.stream_grid is not None and tensor.stream_grid[1] <= 127 \
+                and tensor.stream_scale is None:
+            tensor.stream_scale = float(tensor.stream_grid[0])
     planner = _Planner(graph, acts, forms, mode, max_replicas)
     planner.run()
     for record in planner.layers.values():
@@ -496,15 +507,18 @@ class _Planner:
         if out.sign and not wide_in:
             codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
             record["gain"] = _frozen(gain)
-        elif grid is not None and grid[1] <= MAX_SEARCH_LEVELS and op.kind != "dense":
+        elif grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or self._feeds_exact_pool(op.output)) \
+                and op.kind != "dense":
             # more input repeats allow larger codes, hence a finer accumulator unit; add repeats (up to
             # THRESHOLD_REPLICAS and max_replicas) until no channel is left closest (rank 2): repeats
             # cost size, so TFLite-only channels (rank 1) do not buy more of them, except in the layer that
             # reads the image (its repeats cost next to nothing; XNNPACK users then get F's codes there too)
             reads_image = op.inputs[0] == self.graph.input
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
-            if op.kind == "affine" or (form is not None and form.packed):
-                cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7
+            if op.kind == "affine" or (form is not None and form.packed) or self._feeds_exact_pool(op.output):
+                cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7; the head's map: a
+                # large layer in large nets (ResNet-18: 2.4 M weights per repeat), where a closest channel
+                # costs a code at a few accumulator values
             best = None
             for replicas in range(record["replicas"], cap + 1):
                 found = intmath.exact_thresholds(
@@ -544,6 +558,37 @@ class _Planner:
         b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
                        zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
         return w, b
+
+    def _feeds_exact_pool(self, name: str) -> bool:
+        """``name`` is the 8-bit map an exact pool reads (:meth:`pool_weights`): its thresholds are searched
+        like a k-bit grid's (one layer; TFLite's double rounding is otherwise off by one code for ~2 % of
+        its values, measured), however many levels it has."""
+        return any(op.kind == "mean" and name in op.inputs and self.acts[op.output].grid is not None
+                   for op in self.graph.ops)
+
+    def pool_weights(self, op: Op, in_name: str):
+        """(weight tensor, bias tensor) of a global average pool that F rounds on both sides
+        (:class:`~agq_keras.layers.QGlobalAveragePooling2D`), as a VALID DEPTHWISE_CONV_2D whose filter
+        covers the map: every weight the same code, step ``1/(H W)``, so the accumulator is the channel's
+        sum of map codes (zero points subtracted inside it, exactly; MEAN rounds its zero-point correction
+        separately). Its int32 bias and multiplier come from :func:`intmath.exact_thresholds`, like a
+        conv's; the output tensor is (1, 1, C), which FULLY_CONNECTED reads flattened."""
+        h, w, c = self.acts[in_name].shape
+        s_in = self.scale_of(in_name)
+        codes, steps, bias, ranks, margins, gains = intmath.exact_thresholds(
+            np.ones((c, h * w), np.int64), np.full(c, 1.0 / (h * w)), np.zeros(c), s_in, self.acts[op.output].grid, 127)
+        self.acts[op.output].shape = (1, 1, c)
+        self.layers[op.output] = LayerRecord(
+            layer=op.layer, kind="pool", output=op.output, weight_bits=32, replicas=1, exact_weights=True,
+            note="global average pool as a depthwise conv of ones", float_weights=None,
+            gain=_frozen(gains) if np.any(gains != 1.0) else None, threshold_ranks=_frozen(ranks),
+            margins=_frozen(margins))
+        layout = codes.reshape(c, h, w).transpose(1, 2, 0)[None]  # (1, H, W, C)
+        weight = self.const(f"{op.output}/weights", layout.astype(np.int8), "int8", scale=steps,
+                            zero_point=np.zeros(c, np.int64), axis=3)
+        b = self.const(f"{op.output}/bias", bias.astype(np.int32), "int32", scale=s_in * steps,
+                       zero_point=np.zeros(c, np.int64), axis=0)
+        return weight, b
 
     def _sign_weights(self, op: Op, codes, steps, s_in: float, record: dict):
         """:func:`intmath.sign_weights`, with the input repeats its doubled codes need."""
@@ -605,8 +650,10 @@ class _Planner:
             tmp = f"{out_name}/i16"
             self.acts[tmp] = _Act(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                   int16_like=out if out.grid is not None else None)
+        pool_sum = op.kind == "mean" and self.mode == "int8" and out.grid is not None and not out.int16 \
+            and self.acts[in_name].grid is not None and not self.acts[in_name].int16
         params = self.weights(op, in_name, axis=3 if op.kind == "affine" else 0) \
-            if op.kind in ("conv", "dense", "affine") else None  # may add input repeats: first
+            if op.kind in ("conv", "dense", "affine") else self.pool_weights(op, in_name) if pool_sum else None
         x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
             else self.activation(in_name)
         grid = out.grid
@@ -636,6 +683,11 @@ class _Planner:
             x2 = self.activation(self.typed(op.inputs[1], out.int16))
             # potScaleInt16=False: for int16, the general (any scale) kernel
             self.op("ADD", [x, x2], [y], ("AddOptions", dict(fusedActivationFunction=act, potScaleInt16=False)))
+        elif pool_sum:
+            w, b = params
+            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
+                padding="VALID", strideH=1, strideW=1, depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
+                fusedActivationFunction="NONE")))
         elif op.kind == "mean":
             axes = self.const(f"{out_name}/axes", np.asarray([1, 2], np.int32), "int32")
             self.op("MEAN", [x, axes], [y], ("ReducerOptions", dict(keepDims=False)))

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from agq_keras import quantizers
-from agq_keras.layers import QConv2D, QDense
+from agq_keras.layers import QConv2D, QDense, QGlobalAveragePooling2D
 
 Tap = Optional[Callable[[str, "keras.KerasTensor", str], None]]
 
@@ -186,8 +186,13 @@ class ResNet:
                 self.blocks.append(Block(name, convs, shortcut, strides != 1, s))
                 channels = out_channels
         head_q = quantizers.edge_pair(first_last_bits)
-        self.classifier = QDense(num_classes, kernel_quantizer=head_q[0], input_quantizer=head_q[1],
-                                 name="classifier")
+        # first_last_bits=8: an integer head (see head()); its pool and logits quantizer are shared by F and
+        # H like the classifier (their static ranges move with F's forward passes only)
+        self.int8_head = first_last_bits == 8
+        self.pool = QGlobalAveragePooling2D(head_q[1], name="pool") if self.int8_head else None
+        self.logits_q = quantizers.RangeActivation(8, signed=True, name="logits_q") if self.int8_head else None
+        self.classifier = QDense(num_classes, kernel_quantizer=head_q[0],
+                                 input_quantizer=None if self.int8_head else head_q[1], name="classifier")
 
     def body(self, x, bn: BNPersonality, tap: Tap = None):
         """Stem and blocks; calls ``tap(kind, tensor, name)`` with kind
@@ -236,10 +241,17 @@ class ResNet:
         return quantizers.FixedStep(step, limit, bits=bits, name=bn.name(f"{where}_stream_q"))(x)
 
     def head(self, x, bn: BNPersonality):
-        """Final BN -> ReLU -> global average pool -> 16-bit classifier (logits)."""
+        """Final BN -> ReLU -> global average pool -> classifier (logits).
+
+        With ``first_last_bits=8`` the head is integer as deployed: F rounds the final feature map to 8
+        bits and the pooled mean to a grid tied to it (:class:`~agq_keras.layers.QGlobalAveragePooling2D`:
+        never a tie), and its logits to int8 on a static symmetric range (a signed
+        :class:`~agq_keras.quantizers.RangeActivation`), so the exported int8 head rounds where F rounds and
+        the argmax of the int8 logits (ties to the first class) is F's own (docs/export.md)."""
         x = bn.bn_relu(x, "final_bn")
-        x = keras.layers.GlobalAveragePooling2D(name=bn.name("pool"))(x)
-        return self.classifier(x)
+        if not self.int8_head:
+            return self.classifier(keras.layers.GlobalAveragePooling2D(name=bn.name("pool"))(x))
+        return self.logits_q(self.classifier(self.pool(x)))
 
     def quantized_layers(self) -> list:
         """All QConv2D/QDense objects of F (shared with H)."""

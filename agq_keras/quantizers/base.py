@@ -150,8 +150,8 @@ class Grid:
       ``{0, step, ..., levels * step}`` (``levels <= 255``).
     * ``"sign"``: outputs ``sign(x)`` in {-1, +1} with sign(0) = +1 (stored as int8 codes {125, 127}
       around zero point 126, docs/export.md).
-    * ``"stream"``: outputs ``step * n`` with integer ``n`` in ``[-(limit + 1), limit]``, saturating (F's
-      integer residual stream).
+    * ``"stream"``: outputs ``step * n`` with integer ``n`` in ``[-(limit + 1), limit]``, saturating, stored at scale ``step``, zero point 0 (F's
+      integer residual stream; its int8 logits).
     """
     kind: str
     step: Optional[float] = None

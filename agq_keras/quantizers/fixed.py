@@ -215,44 +215,65 @@ def range_activation(x, top, bits: int):
 
 @register("range_activation")
 class RangeActivation(Quantizer):
-    """Unsigned k-bit activations on a static range: the 8-bit input of the classifier.
+    """k-bit activations on a static range: the 8-bit input of the classifier, the 8-bit feature map
+    before it, and (``signed=True``) the int8 logits (``first_last_bits=8``).
 
-    Forward ``q = s·round(clip(x, 0, top)/s)``, ``s = top/(2^k - 1)``; gradient 1 inside
-    ``[0, top]`` (see :func:`range_activation`). ``top`` is a non-trainable variable: in every training
-    forward pass it moves to ``m·top + (1 - m)·max(x)`` (the first pass sets it to ``max(x)``) and the
+    Unsigned: forward ``q = s·round(clip(x, 0, top)/s)``, ``s = top/(2^k - 1)``; gradient 1 inside
+    ``[0, top]`` (see :func:`range_activation`). Signed: :func:`fixed_step` with ``s = top/(2^(k-1) - 1)``
+    and limit ``2^(k-1) - 1``, i.e. ``q = s·clip(floor(x/s + 1/2), -2^(k-1), 2^(k-1) - 1)``, gradient 1
+    inside that range. ``top`` is a non-trainable variable: in every training forward pass it moves to
+    ``m·top + (1 - m)·max(x)`` (``max|x|`` when signed; the first pass sets it to that maximum) and the
     pass uses the new value; in inference it is fixed, so the exported int8 tensor has the same grid
-    (scale ``s``, zero point ``127 - (2^k - 1)``). k = 2..8, m = ``momentum`` (0.9).
+    (unsigned: scale ``s``, zero point ``127 - (2^k - 1)``; signed: scale ``s``, zero point 0).
+    k = 2..8, m = ``momentum`` (0.9).
     """
 
     allowed_bits = tuple(range(2, 9))
 
-    def __init__(self, bits: int = 8, momentum: float = 0.9, **kwargs):
+    def __init__(self, bits: int = 8, momentum: float = 0.9, signed: bool = False, **kwargs):
         super().__init__(bits=bits, **kwargs)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"RangeActivation: momentum={momentum!r} must be a number in [0, 1).")
+        if not isinstance(signed, bool):
+            raise ValueError(f"RangeActivation: signed={signed!r} must be True or False.")
         self.momentum = float(momentum)
+        self.signed = signed
 
     def build(self, input_shape):
         self.top = self.add_weight(name="top", shape=(), initializer="zeros", trainable=False)
         super().build(input_shape)
 
+    @property
+    def levels(self) -> int:
+        """Steps between 0 and ``top``: ``2^k - 1`` (unsigned) or ``2^(k-1) - 1`` (signed)."""
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    def step(self):
+        """The grid step ``max(top, MIN_TOP) / levels`` (a tensor)."""
+        return tf.maximum(tf.convert_to_tensor(self.top), MIN_TOP) / self.levels
+
     def call(self, x, training=None):
-        top = tf.convert_to_tensor(self.top)
         if training and state_updates_enabled():
-            batch = tf.reduce_max(x)
-            top = tf.where(top > 0, self.momentum * top + (1.0 - self.momentum) * batch, batch)
-            self.top.assign(top)
-        return range_activation(x, tf.maximum(top, MIN_TOP), self.bits)
+            top = tf.convert_to_tensor(self.top)
+            batch = tf.reduce_max(tf.abs(x) if self.signed else x)
+            self.top.assign(tf.where(top > 0, self.momentum * top + (1.0 - self.momentum) * batch, batch))
+        step = self.step()
+        if self.signed:
+            return fixed_step(x, step, self.levels)
+        return range_activation(x, step * self.levels, self.bits)
 
     def get_config(self):
         config = super().get_config()
-        config["momentum"] = self.momentum
+        config.update(momentum=self.momentum, signed=self.signed)
         return config
 
     def export_grid(self, q_kernel=None, max_code: int = 127):
-        """Step ``top / (2^k - 1)``, ``2^k - 1`` levels, with the stored range (floored at ``MIN_TOP``)."""
-        n = 2**self.bits - 1
-        return Grid("activation", step=max(float(keras.ops.convert_to_numpy(self.top)), MIN_TOP) / n, levels=n)
+        """Step ``top / levels`` (the stored range, floored at ``MIN_TOP``): an ``"activation"`` grid of
+        ``2^k - 1`` levels, or (signed) a ``"stream"`` grid with limit ``2^(k-1) - 1``."""
+        step = max(float(keras.ops.convert_to_numpy(self.top)), MIN_TOP) / self.levels
+        if self.signed:
+            return Grid("stream", step=step, limit=self.levels)
+        return Grid("activation", step=step, levels=self.levels)
 
 
 MIN_TOP = 1e-6
