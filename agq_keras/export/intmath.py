@@ -293,18 +293,18 @@ def _gain_candidates(half, below, above, firm, mult, beta, m, s_w, max_gain=0.25
     For each integer B near beta this is an interval of M'; its middle is the candidate. Ordered by
     the interval's relative width (the widest first)."""
     n = len(half)
-    out = []
-    for b in np.arange(np.floor(beta) - 2 * m, np.ceil(beta) + 2 * m + 1):
-        lo_pts, hi_pts = above[firm[n:]] + b, below[firm[:n]] + b
-        if np.any(lo_pts <= 0):
-            continue
-        lo = np.max((half[firm[n:]] + MIN_MARGIN) / lo_pts, initial=mult * (1 - max_gain))
-        pos = hi_pts > 0
-        hi = np.min((half[firm[:n]][pos] - MIN_MARGIN) / hi_pts[pos], initial=mult * (1 + max_gain))
-        lo, hi = max(lo, mult * (1 - max_gain)), min(hi, mult * (1 + max_gain))
-        if lo < hi:
-            out.append(((hi - lo) / (hi + lo), (lo + hi) / 2 / mult * s_w, b))
-    return [(stored, b) for _, stored, b in sorted(out, key=lambda item: -item[0])[:4]]
+    b = np.arange(np.floor(beta) - 2 * m, np.ceil(beta) + 2 * m + 1)  # every candidate B at once
+    lo_pts, hi_pts = above[firm[n:]][None] + b[:, None], below[firm[:n]][None] + b[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = np.max(np.where(lo_pts > 0, (half[firm[n:]] + MIN_MARGIN) / lo_pts, -np.inf), axis=1,
+                    initial=mult * (1 - max_gain))
+        hi = np.min(np.where(hi_pts > 0, (half[firm[:n]] - MIN_MARGIN) / hi_pts, np.inf), axis=1,
+                    initial=mult * (1 + max_gain))
+    lo, hi = np.maximum(lo, mult * (1 - max_gain)), np.minimum(hi, mult * (1 + max_gain))
+    ok = np.flatnonzero(~np.any(lo_pts <= 0, axis=1) & (lo < hi))
+    width = (hi[ok] - lo[ok]) / (hi[ok] + lo[ok])
+    best = ok[np.argsort(-width, kind="stable")[:4]]  # the widest first; ties keep the order of B
+    return [((lo[i] + hi[i]) / 2 / mult * s_w, b[i]) for i in best]
 
 
 def sign_weights(codes: np.ndarray, steps: np.ndarray, bias: np.ndarray, s_in: float):
