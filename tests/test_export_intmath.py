@@ -203,3 +203,28 @@ def test_stream_requantization_finds_tflites_double_rounding():
     assert ranks.tolist() == [2]
     m0, shift = intmath.quantize_multiplier(intmath.runtime_scale(1.0 / 3, 1.0 / 3, 3 / 9.0))
     assert int(intmath.fixed_point_multiply(np.array([1]), m0, shift)[0]) == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_thresholds_put_an_f_tie_on_its_exact_side_on_every_runtime(seed):
+    """An accumulator within F_TIE of one of F's thresholds (an F tie: F's float32 may round it either way)
+    must not split the runtimes: the chosen bias gives it the code of F's exact value under TFLite's fixed
+    point and XNNPACK's float32 alike. Found on a trained int8-stream net: one frequent accumulator of a
+    2-bit layer sat 2e-5 steps from F's tie, TFLite's double rounding flipped it, and 1.7 % of the test
+    images disagreed under TFLite's kernels while XNNPACK agreed on all."""
+    rng = np.random.default_rng(100 + seed)
+    base = np.tile(np.array([-3, -1, 1, 3], np.int64), 8)[None]  # 2-bit DoReFa codes, 32 inputs
+    s_in, s_out, levels = 1 / 3, 1 / 3, 3
+    step = float(rng.uniform(0.002, 0.02))
+    k, side = int(rng.integers(-40, 40)), int(rng.choice([-1, 1]))
+    # F's real value at the base accumulator k: 1.5 output steps +- 3e-6, i.e. an F tie on the `side` side
+    bias = (1.5 + side * 3e-6) * s_out - k * step * s_in
+    codes, steps, int_bias, ranks, _, _ = intmath.exact_thresholds(base, np.array([step]), np.array([bias]), s_in,
+                                                                   (s_out, levels), 127)
+    m = int(codes[0, 0] // base[0, 0])
+    mult = intmath.runtime_scale(s_in, steps[0], s_out)
+    m0, shift = intmath.quantize_multiplier(mult)
+    acc = np.array([k * m]) + int(int_bias[0])
+    fixed = int(np.clip(intmath.fixed_point_multiply(acc, m0, shift), 0, levels)[0])
+    floats = int(np.clip(intmath.xnnpack_requantize(acc, mult), 0, levels)[0])
+    assert ranks[0] == 0 and fixed == floats == (2 if side > 0 else 1), (fixed, floats, side)
