@@ -43,8 +43,8 @@ from agq_keras.summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "QGlobalAveragePooling2D", "build", "export", "layers", "load_model", "quantizers",
-           "summary", "__version__"]
+__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "QGlobalAveragePooling2D", "build", "export", "layers",
+           "load_model", "quantizers", "summary", "__version__"]
 
 
 def __getattr__(name):

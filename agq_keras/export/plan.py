@@ -350,6 +350,14 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
     return notes
 
 
+def exact_pools(graph: Graph) -> dict:
+    """{map tensor: pooled tensor} of the global average pools F rounds on both sides
+    (:class:`~agq_keras.layers.QGlobalAveragePooling2D`: both tensors on grids), which the plan writes as
+    a DEPTHWISE_CONV_2D of ones (:meth:`_Planner.pool_weights`)."""
+    return {op.inputs[0]: op.output for op in graph.ops if op.kind == "mean"
+            and graph.tensors[op.output].grid is not None and graph.tensors[op.inputs[0]].grid is not None}
+
+
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits=None,
               head_bits: int = 8, output_bits: int = 8, weights: str = "int8",
@@ -378,9 +386,7 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
         acts[graph.output].int16 = True
         if graph.tensors[graph.output].stream_grid is not None:
             notes.append("output_bits=16: F rounds its logits to int8 itself; the int16 logits hold F's int8 codes")
-    if mode == "int8" and head_bits == 16 and any(op.kind == "mean" and graph.tensors[op.output].grid is not None
-                                                  and graph.tensors[op.inputs[0]].grid is not None
-                                                  for op in graph.ops):
+    if mode == "int8" and head_bits == 16 and exact_pools(graph):
         notes.append("head_bits=16: F's head is integer (QGlobalAveragePooling2D); its map and pooled features "
                      "stay on F's int8 grids")
     if mode == "int8" and head_bits == 16:
@@ -426,6 +432,7 @@ class _Planner:
 
     def __init__(self, graph: Graph, acts: dict, forms: dict, mode: str, max_replicas: int):
         self.graph, self.acts, self.forms, self.mode, self.max_replicas = graph, acts, forms, mode, max_replicas
+        self.pools = exact_pools(graph) if mode == "int8" else {}
         self.tensors: list = []
         self.ops: list = []
         self.index: dict = {}
@@ -507,15 +514,16 @@ class _Planner:
         if out.sign and not wide_in:
             codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
             record["gain"] = _frozen(gain)
-        elif grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or self._feeds_exact_pool(op.output)) \
-                and op.kind != "dense":
+        elif grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or op.output in self.pools) and op.kind != "dense":
+            # (the 8-bit map an exact pool reads is searched too, however many levels: one layer; TFLite's
+            # double rounding otherwise put ~2 % of its codes one off, measured)
             # more input repeats allow larger codes, hence a finer accumulator unit; add repeats (up to
             # THRESHOLD_REPLICAS and max_replicas) until no channel is left closest (rank 2): repeats
             # cost size, so TFLite-only channels (rank 1) do not buy more of them, except in the layer that
             # reads the image (its repeats cost next to nothing; XNNPACK users then get F's codes there too)
             reads_image = op.inputs[0] == self.graph.input
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
-            if op.kind == "affine" or (form is not None and form.packed) or self._feeds_exact_pool(op.output):
+            if op.kind == "affine" or (form is not None and form.packed) or op.output in self.pools:
                 cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7; the head's map: a
                 # large layer in large nets (ResNet-18: 2.4 M weights per repeat), where a closest channel
                 # costs a code at a few accumulator values
@@ -558,13 +566,6 @@ class _Planner:
         b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
                        zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
         return w, b
-
-    def _feeds_exact_pool(self, name: str) -> bool:
-        """``name`` is the 8-bit map an exact pool reads (:meth:`pool_weights`): its thresholds are searched
-        like a k-bit grid's (one layer; TFLite's double rounding is otherwise off by one code for ~2 % of
-        its values, measured), however many levels it has."""
-        return any(op.kind == "mean" and name in op.inputs and self.acts[op.output].grid is not None
-                   for op in self.graph.ops)
 
     def pool_weights(self, op: Op, in_name: str):
         """(weight tensor, bias tensor) of a global average pool that F rounds on both sides
@@ -650,8 +651,7 @@ class _Planner:
             tmp = f"{out_name}/i16"
             self.acts[tmp] = _Act(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                   int16_like=out if out.grid is not None else None)
-        pool_sum = op.kind == "mean" and self.mode == "int8" and out.grid is not None and not out.int16 \
-            and self.acts[in_name].grid is not None and not self.acts[in_name].int16
+        pool_sum = op.kind == "mean" and op.inputs[0] in self.pools
         params = self.weights(op, in_name, axis=3 if op.kind == "affine" else 0) \
             if op.kind in ("conv", "dense", "affine") else self.pool_weights(op, in_name) if pool_sum else None
         x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
