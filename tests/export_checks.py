@@ -45,13 +45,14 @@ TIE_RELATIVE = 1e-5
 def _checked_tensors(f, graph):
     """[(tensor name, kind, F layer whose output is the float value, quantizer F applies to it)] in op
     order. The quantizer is the consuming layer's own ``input_quantizer`` (F's float32 arithmetic, e.g.
-    DoReFa's round(x * n) in float32), or None for the residual stream (FixedStep's output is the code)."""
+    DoReFa's round(x * n) in float32), or None for a stream grid (the residual stream's FixedStep, the int8
+    logits' signed RangeActivation: the layer's output is the code)."""
     out = []
     for op in graph.ops:
         t = graph.tensors[op.output]
         last = op.layer.split("+")[-1]
-        if op.kind == "mean":  # the pooled classifier input (first_last_bits=8): on F's grid, but it pools a
-            continue  # calibrated map, so it is part of the head's budget, not an exact tensor
+        if op.kind == "mean":  # the pooled classifier input: a calibrated map's MEAN (the head's budget), or
+            continue  # F's integer pool (QGlobalAveragePooling2D), checked by check_int8_head
         if t.stream_grid is not None:
             out.append((op.output, "stream", last, None, op))
         elif t.sign or t.grid is not None:

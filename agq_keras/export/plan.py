@@ -122,7 +122,7 @@ class Plan:
     inputs: tuple
     outputs: tuple
     layers: dict  # op output name -> LayerRecord
-    stream_scales: dict  # residual stream tensor -> its exact scale (int16: stream_grids; int8: int8_stream_grids)
+    stream_scales: dict  # tensor on F's signed grid (its residual stream, its int8 logits) -> its exact scale
     notes: tuple
 
     def tensor(self, name: str) -> TensorRecord:
