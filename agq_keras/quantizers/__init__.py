@@ -10,7 +10,6 @@ from agq_keras.quantizers.base import (
     families,
     frozen_state,
     get,
-    make_pair,
     names,
     register,
     register_family,
@@ -24,6 +23,7 @@ from agq_keras.quantizers.groupnet import GroupNetActivation, GroupNetWeight, st
 from agq_keras.quantizers.lqnet import LQNetActivation, LQNetWeight, lq_quantize, qem_step
 from agq_keras.quantizers.lsq import LSQActivation, LSQWeight, lsq_quantize
 from agq_keras.quantizers.pact import PACTActivation, pact_quantize
+from agq_keras.quantizers.pairs import make_pair
 
 __all__ = [
     "BiRealActivation",

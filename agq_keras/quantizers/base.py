@@ -9,7 +9,7 @@ Two registries live here:
 
 * names -> quantizer classes, used by :func:`get` (``"dorefa_weight"``, ...);
 * families -> ``(weight class, activation class)``, used by model builders
-  (``quantizer="dorefa"``) through :func:`make_pair`.
+  (``quantizer="dorefa"``) through :func:`agq_keras.quantizers.pairs.make_pair`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ def register_family(name: str, weight_cls: type, activation_cls: type) -> None:
 
 def families() -> tuple[str, ...]:
     return tuple(sorted(_FAMILIES))
+
+
+def family_classes(family: str) -> tuple[type, type]:
+    """``(weight class, activation class)`` of a registered family."""
+    if family not in _FAMILIES:
+        raise ValueError(f"Unknown quantizer family {family!r}; allowed: {', '.join(families())}.")
+    return _FAMILIES[family]
 
 
 def names() -> tuple[str, ...]:
@@ -229,29 +236,3 @@ def get(identifier):
         f"Could not interpret quantizer identifier {identifier!r}: expected None, a name "
         f"({', '.join(names())}), a config dict or a Quantizer instance."
     )
-
-
-def make_pair(family: str, w_bits: int, a_bits: int) -> tuple[Quantizer, Quantizer]:
-    """Fresh ``(weight_quantizer, activation_quantizer)`` for one layer.
-
-    ``bits=32`` gives the identity (full precision), ``bits=16`` the 16-bit
-    fixed-point quantizer; any other width goes to the family's classes,
-    which validate it.
-    """
-    if family not in _FAMILIES:
-        raise ValueError(f"Unknown quantizer family {family!r}; allowed: {', '.join(families())}.")
-    weight_cls, activation_cls = _FAMILIES[family]
-    return _special(w_bits, weight_cls), _special(a_bits, activation_cls)
-
-
-def _special(bits, cls) -> Quantizer:
-    from agq_keras.quantizers.fixed import FixedPoint, Identity
-
-    if bits == FULL_PRECISION_BITS and not isinstance(bits, bool):
-        return Identity()
-    if bits == FIXED_POINT_BITS and FIXED_POINT_BITS not in cls.allowed_bits and not isinstance(bits, bool):
-        return FixedPoint(FIXED_POINT_BITS)
-    try:
-        return cls(bits=bits)
-    except ValueError as err:
-        raise ValueError(f"{err} (32 = full precision and 16 = 16-bit fixed point are also accepted)") from None
