@@ -1,10 +1,11 @@
 """What the command-line scripts share: flag parsing and errors as one line, never a traceback.
 
 ``scripts/*.py`` define their absl flags and a ``main(argv)``, then call :func:`run`. A bad flag (an
-unknown ``--config.KEY``, a bad value) prints ``error: ...`` and exits 2; a user error raised by
-``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or a type in ``user_errors``)
-prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after the ``finally`` blocks of
-the atomic writers have removed their temporary files, so no partial output is left.
+unknown ``--config.KEY``, a ``--config`` that names no file, a bad value) prints ``error: ...`` and
+exits 2; a user error raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or
+a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after
+the ``finally`` blocks of the atomic writers have removed their temporary files, so no partial output
+is left. :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,43 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as err:  # ml_collections: --config.KEY for a KEY the config lacks
         key = str(err).strip("'\"")
         given = [a for a in argv[1:] if a.startswith(f"--config.{key}")]
-        message = (f"unknown config key {key!r} ({given[0]}); allowed: the keys of configs/base.py." if given
+        message = (f"unknown config key {key!r} ({given[0]}); allowed: the keys of agq_keras/configs/base.py." if given
                    else _one_line(err))
     except Exception as err:  # noqa: BLE001 - e.g. a config file that fails to load, a value of the wrong type
         message = _one_line(err)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def define_config_flag(name: str = "config", help_string: str = "A config file path, or the bare name of one of "
+                       "the package's (agq_keras/configs: default.py, fmnist.py:VARIANT, ...); FILE[:VARIANT].",
+                       flag_values=None):
+    """``ml_collections.config_flags.DEFINE_config_file`` (locked config, ``--NAME.KEY=VALUE`` overrides)
+    whose value may also name a config of the package (:func:`agq_keras.configs.resolve`); a value naming
+    no file fails while the flags are parsed, in one line that says where it looked. ``flag_values``: absl's
+    ``FLAGS`` unless given."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from agq_keras import configs
+
+    class Resolving(flags.ArgumentParser):  # the config file parser, given the resolved path
+        def __init__(self, file_parser):
+            self.file_parser = file_parser
+
+        def parse(self, argument):
+            try:
+                return self.file_parser.parse(configs.resolve(argument))
+            except (TypeError, ValueError) as err:  # ml_collections puts get_config's traceback in the text:
+                raise ValueError((str(err).strip().splitlines() or [repr(err)])[-1]) from None  # its last line
+
+        def flag_type(self):
+            return self.file_parser.flag_type()
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    holder = config_flags.DEFINE_config_file(name, None, help_string, flag_values=flag_values, lock_config=True)
+    flag_values[name].parser = Resolving(flag_values[name].parser)
+    return holder
 
 
 def run(main, user_errors: tuple = ()) -> None:

@@ -14,9 +14,8 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import os, json, sys
+import os, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-sys.path.insert(0, {root!r})
 import numpy as np, keras, agq_keras
 from benchmarks import train_step
 variant, arch, batch = {variant!r}, {arch!r}, {batch}
@@ -30,6 +29,7 @@ print(json.dumps(int(hwm.split()[1]) * 1024))
 
 def peak_rss_bytes(variant: str, arch: str = "resnet20", batch_size: int = 128) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = _CHILD.format(root=root, variant=variant, arch=arch, batch=batch_size)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    code = _CHILD.format(variant=variant, arch=arch, batch=batch_size)
+    # agq_keras: the installed package; benchmarks: the repository root, the child's folder (python -c)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root).stdout
     return int(json.loads(out.strip().splitlines()[-1]))

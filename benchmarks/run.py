@@ -1,11 +1,11 @@
-"""Benchmarks, measured side by side in one run: `python benchmarks/run.py`.
+"""Benchmarks, measured side by side in one run: `python -m benchmarks.run` (from the repository root).
 
 Prints a table and writes JSON (``--output``, atomically). Targets are goals, reported here,
 never asserted in unit tests (docs/benchmarks.md).
 
 * training step images/s (median of ``--steps`` timed steps after warm-up, batch 128) for
   each arch of ``--archs``: float F, 2-bit DoReFa F, AG, AG+SSP, KD, additional losses (the
-  trainers ``agq_keras.training.run.make_trainer`` builds), with the ratios;
+  trainers ``agq_keras.experiments.run.make_trainer`` builds), with the ratios;
 * deployment (``benchmarks/deploy.py``, a fresh process per model): int8 vs float32 TFLite of the
   same 2-bit plain F, file size and single-image LiteRT latency (builtin kernels and XNNPACK), and the
   exporter's peak memory, for ResNet-18 (ImageNet stem, 224x224x3, 1000 classes) and ResNet-20
@@ -22,11 +22,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 

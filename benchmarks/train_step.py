@@ -1,7 +1,7 @@
 """Training-step throughput: images/s of one optimizer step, median of timed steps.
 
 The variants are built from configs exactly as training builds them
-(:func:`agq_keras.training.run.make_trainer`), so the timed step is the trained one.
+(:func:`agq_keras.experiments.run.make_trainer`), so the timed step is the trained one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-# name -> configs.base.apply_method method (the plain/residual token is added) and bit widths
+# name -> agq_keras.configs.base.apply_method method (the plain/residual token is added) and bit widths
 VARIANTS = {
     "float F": ("base", 32),
     "2-bit F": ("base", 2),
@@ -42,8 +42,8 @@ def images_per_second(model: keras.Model, batch_size: int = 128, input_shape=(28
 
 
 def config(arch: str, variant: str, plain: bool = True):
-    """The training config of a variant (``configs/base.py`` schema)."""
-    from configs.base import apply_method, get_base_config
+    """The training config of a variant (``agq_keras/configs/base.py`` schema)."""
+    from agq_keras.configs.base import apply_method, get_base_config
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}.")
@@ -58,7 +58,7 @@ def config(arch: str, variant: str, plain: bool = True):
 def compiled(arch: str, variant: str, input_shape=(28, 28, 1), num_classes: int = 10,
              plain: bool = True) -> keras.Model:
     """The compiled trainer of a variant (Adam, cross-entropy on logits), as ``run.run`` compiles it."""
-    from agq_keras.training.run import make_optimizer, make_trainer
+    from agq_keras.experiments.run import make_optimizer, make_trainer
     from agq_keras.training.trainer import default_loss
 
     c = config(arch, variant, plain)

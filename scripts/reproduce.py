@@ -13,7 +13,6 @@ import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and a source checkout
 
 from absl import flags  # noqa: E402
 
@@ -50,6 +49,6 @@ def main(argv):
 
 if __name__ == "__main__":
     from agq_keras import cli
-    from agq_keras.training.run import DivergedError
+    from agq_keras.experiments.run import DivergedError
 
     cli.run(main, user_errors=(DivergedError,))

@@ -15,14 +15,11 @@ import pytest
 
 import agq_keras
 from agq_keras import cli, saving
-from agq_keras.training import run
+from agq_keras.experiments import run
+from test_train_cli import tiny  # the tiny default config of the run tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/
-
-from test_train_cli import tiny  # noqa: E402  (the tiny default config of the run tests)
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "PYTHONPATH": ROOT}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 def script(name, *args, **kwargs):
@@ -224,17 +221,38 @@ def test_run_rejects(tmp_path, files, case):
 def test_train_cli_rejects(tmp_path, files, case):
     overrides, workdir = _resolve(case, tmp_path, files)
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
-    result = script("train.py", "--config=configs/default.py", f"--workdir={workdir}", "--config.train_subset=64",
-                    "--config.test_subset=64", *args)
+    result = script("train.py", "--config=agq_keras/configs/default.py", f"--workdir={workdir}",
+                    "--config.train_subset=64", "--config.test_subset=64", *args)
     assert_one_line_error(result, TRAIN[case][1])
     assert not (tmp_path / "run").exists()
 
 
 def test_train_cli_unknown_key_is_a_flag_error(tmp_path):
     wd = tmp_path / "run"
-    result = script("train.py", "--config=configs/default.py", f"--workdir={wd}", "--config.nope=1")
+    result = script("train.py", "--config=agq_keras/configs/default.py", f"--workdir={wd}", "--config.nope=1")
     assert_one_line_error(result, r"unknown config key 'nope' \(--config\.nope=1\); allowed: the keys of", code=2)
     assert not wd.exists()
+
+
+CONFIG = {  # --config value: message pattern (exit 2: the flag is bad; nothing is written)
+    "nope.py": r"config file 'nope\.py' \(--config=nope\.py\) not found: looked in the current directory \(.+\) "
+               r"and among the package's configs \(.+agq_keras.configs: default\.py, fmnist\.py, ",
+    "configs/default.py:x": r"config file 'configs/default\.py' \(--config=configs/default\.py:x\) not found: "
+                            r"looked at .+configs.default\.py; a bare file name is looked up among the package's",
+    "base.py": r"config file 'base\.py' \(--config=base\.py\) not found",  # the schema, not a config
+    "fmnist.py:nope": r"flag --config=fmnist\.py:nope: ValueError: unknown variant 'nope'; allowed: resnet20_",
+}
+
+
+@pytest.mark.parametrize("value", list(CONFIG))
+def test_train_cli_bad_config_value(tmp_path, value):
+    """A --config naming no file (a path, or a bare name the package lacks) or an unknown variant: one line
+    naming the value and where it looked, before anything is built."""
+    wd = tmp_path / "run"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={value}",
+                             f"--workdir={wd}"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert_one_line_error(result, CONFIG[value], code=2)
+    assert os.listdir(tmp_path) == []
 
 
 # -- scripts/export_tflite.py -----------------------------------------------------------------------------------
@@ -295,7 +313,7 @@ def test_export_cli_without_litert_names_the_extra(tmp_path, files):
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "ai_edge_litert.py").write_text("raise ImportError('blocked for the test')\n")
-    env = {**ENV, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}
+    env = {**ENV, "PYTHONPATH": str(blocker)}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_tflite.py"),
                              f"--model={files['f']}", f"--output={tmp_path / 'f.tflite'}"], cwd=ROOT, env=env,
                             capture_output=True, text=True)

@@ -2,36 +2,70 @@
 
 import importlib
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from agq_keras import configs, quantizers
+from agq_keras.data import pipeline
+from agq_keras.experiments import run
 
-from agq_keras import quantizers  # noqa: E402
-from agq_keras.data import pipeline  # noqa: E402
-from agq_keras.training import run  # noqa: E402
-
-FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
-               if f.endswith(".py") and f not in ("base.py", "__init__.py"))
+FILES = sorted(f[:-3] for f in os.listdir(configs.HERE) if f.endswith(".py") and f not in ("base.py", "__init__.py"))
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table6"]
 
 
 def load(name, variant=None):
-    module = importlib.import_module(f"configs.{name}")
+    module = importlib.import_module(f"agq_keras.configs.{name}")
     return module.get_config(variant) if variant is not None else module.get_config()
 
 
 def test_every_table_and_the_twins_exist():
     assert set(TABLES + ["default", "fmnist"]) <= set(FILES)
+    assert configs.names() == tuple(f"{f}.py" for f in FILES)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_resolve_paths_and_package_names(tmp_path, monkeypatch):
+    """--config values: a path that exists is kept; a bare name not in the current folder is the package's."""
+    fmnist = os.path.join(configs.HERE, "fmnist.py")
+    monkeypatch.chdir(ROOT)  # the README's form, from a checkout
+    assert configs.resolve("agq_keras/configs/default.py") == "agq_keras/configs/default.py"
+    assert configs.resolve(f"{fmnist}:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
+    monkeypatch.chdir(tmp_path)  # any folder: the installed package's configs by name
+    assert configs.resolve("fmnist.py:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
+    assert configs.resolve("fmnist:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
+    assert configs.resolve("default.py") == os.path.join(configs.HERE, "default.py")
+    (tmp_path / "default.py").write_text("def get_config():\n    return {}\n")
+    assert configs.resolve("default.py") == "default.py"  # a file of the current folder comes first
+    for value, where in [("nope.py:x", "looked in the current directory"), ("base.py", "looked in the current"),
+                         ("configs/default.py", "looked at"), ("", "looked at")]:
+        with pytest.raises(FileNotFoundError, match=f"config file .* \\(--config={value}\\) not found: {where}"):
+            configs.resolve(value)
+
+
+def test_config_flag_loads_package_configs_by_name(tmp_path, monkeypatch):
+    from absl import flags
+
+    from agq_keras import cli
+
+    monkeypatch.chdir(tmp_path)
+    for value, baseline in [("fmnist.py:resnet20_plain_kd", "kd"), ("default", "none"),
+                            (os.path.join(configs.HERE, "fmnist.py") + ":resnet20_plain_additional_losses",
+                             "additional_losses")]:
+        flag_values = flags.FlagValues()
+        holder = cli.define_config_flag("config", flag_values=flag_values)
+        flag_values(["train.py", f"--config={value}"])
+        assert holder.value.baseline == baseline
+        with pytest.raises(AttributeError):  # locked, as before
+            holder.value.nope = 1
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_all_variants_load_and_validate(name):
-    module = importlib.import_module(f"configs.{name}")
+    module = importlib.import_module(f"agq_keras.configs.{name}")
     variants = getattr(module, "VARIANTS", (None,))
     for v in variants:
         c = load(name, v)
@@ -55,7 +89,7 @@ def test_paper_recipe_values():
     assert (d.arch, d.plain, d.aux, d.w_bits, d.a_bits, d.dataset) == ("resnet20", True, True, 2, 2, "fashion_mnist")
 
 
-@pytest.mark.parametrize("method", importlib.import_module("configs.fmnist").METHODS)
+@pytest.mark.parametrize("method", importlib.import_module("agq_keras.configs.fmnist").METHODS)
 def test_fmnist_twins_build(method):
     c = load("fmnist", f"resnet20_{method}")
     t = run.make_trainer(c, 10, (28, 28, 1))
@@ -66,7 +100,7 @@ def test_fmnist_twins_build(method):
         assert t.ssp.fragments == c.ssp_fragments and t.ssp.wa == c.ssp_wa
 
 
-@pytest.mark.parametrize("quantizer", importlib.import_module("configs.fmnist_zoo").FAMILIES)
+@pytest.mark.parametrize("quantizer", importlib.import_module("agq_keras.configs.fmnist_zoo").FAMILIES)
 def test_quantizer_zoo_twins_build(quantizer):
     c = load("fmnist_zoo", f"{quantizer}_residual_ag_ssp")
     t = run.make_trainer(c, 10, (28, 28, 1))

@@ -261,14 +261,13 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
     out = tmp_path / "f.tflite"
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "export_tflite.py"), f"--model={path}", f"--output={out}",
            "--verify", "--verify_images=300", "--calibration_images=200", "--latency_runs=3", "--c_array"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.exists() and (tmp_path / "f.json").exists() and (tmp_path / "f.cc").exists()
     assert "argmax_agreement" in result.stdout
     # a missing output directory: clear error, nothing written
     bad = tmp_path / "missing" / "f.tflite"
-    result = subprocess.run(cmd[:3] + [f"--output={bad}"], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": ROOT})
+    result = subprocess.run(cmd[:3] + [f"--output={bad}"], capture_output=True, text=True)
     assert result.returncode != 0 and "Output directory" in result.stderr
     assert not bad.parent.exists()
 

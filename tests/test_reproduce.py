@@ -9,11 +9,10 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from agq_keras.experiments import reproduce
+from agq_keras.experiments import run as runner
 
-from agq_keras.experiments import reproduce  # noqa: E402
-from agq_keras.training import run as runner  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_plan_covers_table6_twin_and_inits_come_first():

@@ -1,17 +1,13 @@
 """A run killed mid-way and restarted with the same command ends with the same weights."""
 
 import os
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from configs.default import get_config  # noqa: E402
-from agq_keras.training import run  # noqa: E402
+from agq_keras.configs.default import get_config
+from agq_keras.experiments import run
 
 pytestmark = pytest.mark.slow  # real training runs: CI runs them with -m slow (see README)
 

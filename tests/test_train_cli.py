@@ -9,11 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from agq_keras.configs.default import get_config
+from agq_keras.experiments import run
 
-from configs.default import get_config  # noqa: E402
-from agq_keras.training import run  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -122,11 +121,13 @@ def test_diverged_run_says_so_and_keeps_last_good_backup(tmp_path):
 
 
 def test_cli_default_config(tmp_path):
-    """The CLI runs the default config to the end (its bad inputs: tests/test_bad_inputs.py)."""
+    """The CLI runs the default config to the end, named by its bare name from a folder outside the
+    repository: the installed package's config (the README's path form: tests/test_bad_inputs.py, which
+    also has the CLI's bad inputs)."""
     script = os.path.join(ROOT, "scripts", "train.py")
     wd = tmp_path / "cli"
-    ok = subprocess.run([sys.executable, script, "--config=configs/default.py", f"--workdir={wd}",
+    ok = subprocess.run([sys.executable, script, "--config=default.py", f"--workdir={wd}",
                          "--config.train_subset=64", "--config.test_subset=64", "--config.epochs=1",
-                         "--config.verbose=0"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+                         "--config.verbose=0"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "F test top-1:" in ok.stdout and (wd / "f.keras").exists()

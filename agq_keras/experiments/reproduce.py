@@ -1,7 +1,7 @@
 """The CPU-scale twin of the paper's Table 6 on the real Fashion-MNIST (``scripts/reproduce.py``).
 
-Runs (2-bit DoReFa, ``configs/fmnist.py`` variants, i.e. ``configs.base.cpu_recipe`` +
-``apply_method``), each trained by :func:`agq_keras.training.run.run` in ``workdir/<run name>``:
+Runs (2-bit DoReFa, ``agq_keras/configs/fmnist.py`` variants, i.e. ``agq_keras.configs.base.cpu_recipe`` +
+``apply_method``), each trained by :func:`agq_keras.experiments.run.run` in ``workdir/<run name>``:
 
 * ResNet-20: full precision (residual, and plain), residual 2-bit, +AG, +AG+SSP, plain 2-bit,
   plain+AG (both over ``seeds`` seeds), plain+AG+SSP, and a *compute-matched* plain 2-bit baseline
@@ -113,9 +113,9 @@ def _scaled(epoch: int, base_epochs: int, epochs: int) -> int:
 
 def make_config(run: Run, workdir: str, *, train_subset: int = 15000, test_subset: int = 0, epochs: int = 0,
                 verbose: int = 2):
-    """The training config of one run: ``configs/fmnist.py``'s variant, the recipe's schedule
+    """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant, the recipe's schedule
     rescaled to ``epochs`` (0 = the recipe's own), doubled for the compute-matched run."""
-    from configs import fmnist
+    from agq_keras.configs import fmnist
 
     c = fmnist.get_config(f"{run.arch}_{_FMNIST_METHOD[run.method]}")
     base = c.epochs
@@ -138,7 +138,7 @@ def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
     import keras
 
     from agq_keras.saving import write_text
-    from agq_keras.training import run as runner
+    from agq_keras.experiments import run as runner
 
     runner.check_workdir(workdir)
     configs = {r.name: make_config(r, workdir, **config_kwargs) for r in runs}  # validate all first

@@ -3,7 +3,7 @@
 Stage 1 pre-trains the full-precision counterpart (same architecture at 32
 bits, plain F without AG/SSP/baselines, SGD with momentum); stage 2 fine-tunes
 the quantized model from it with Adam, loading stage 1's weights by layer name
-(:func:`load_by_name`). :func:`agq_keras.training.run.run` runs stage 1 in
+(:func:`load_by_name`). :func:`agq_keras.experiments.run.run` runs stage 1 in
 ``WORKDIR/stage1`` when ``config.pretrain_epochs > 0``.
 """
 

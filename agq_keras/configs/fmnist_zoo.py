@@ -4,14 +4,14 @@ Variants are ``<quantizer>_<method>[_quick]``:
 
 * quantizer: dorefa, lqnet, lsq, pact (plain/residual ResNet-20, W2/A2); bireal (Bi-Real
   ResNet-20 twin, W1/A1); groupnet (GroupNet ResNet-20 twin, 5 bases, W1/A1);
-* method: as ``configs.base.apply_method`` (``plain_ag``, ``residual_ag_ssp``, ...);
+* method: as ``agq_keras.configs.base.apply_method`` (``plain_ag``, ``residual_ag_ssp``, ...);
 * ``_quick``: one epoch on 6000 training images, batch 64, Adam 2e-3, no stage 1 — the
   short learning check quoted in the quantizer notes; without it, the scaled-down two-stage
-  recipe (``configs.base.cpu_recipe``).
+  recipe (``agq_keras.configs.base.cpu_recipe``).
 
-Run: --config=configs/fmnist_zoo.py:lqnet_plain_ag_quick"""
+Run: --config=fmnist_zoo.py:lqnet_plain_ag_quick"""
 
-from configs.base import apply_method, cpu_recipe, get_base_config
+from agq_keras.configs.base import apply_method, cpu_recipe, get_base_config
 
 FAMILIES = {  # quantizer -> (arch, w_bits, a_bits)
     "dorefa": ("resnet20", 2, 2),

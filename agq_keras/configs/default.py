@@ -6,7 +6,7 @@ the paper's schedule in miniature, which also lets BatchNorm's moving statistics
 int8 weights, a static-range 8-bit classifier input), which export as plain int8; their accuracy cost
 against the paper's 16-bit was within the seed spread (docs/export.md, "8-bit first and last layers")."""
 
-from configs.base import get_base_config
+from agq_keras.configs.base import get_base_config
 
 
 def get_config():

@@ -1,8 +1,8 @@
 """Table 5: blockwise vs layerwise AG, plain 2-bit DoReFa ResNet-34 on ImageNet.
 
-Run: --config=configs/table5.py:resnet34_plain_layerwise"""
+Run: --config=table5.py:resnet34_plain_layerwise"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = ("resnet34_plain_blockwise", "resnet34_plain_layerwise")
 

@@ -1,8 +1,8 @@
 """Table 1, LQ-Net rows: 3-bit LQ-Net ResNet-50 (with skip connections) on ImageNet, +- AG, +- SSP.
 
-Run: --config=configs/table1_lqnet.py:resnet50_residual_ag_ssp"""
+Run: --config=table1_lqnet.py:resnet50_residual_ag_ssp"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"resnet50_residual_{m}" for m in ("base", "ag", "ssp", "ag_ssp"))
 

@@ -1,9 +1,9 @@
 """Table 1, GroupNet rows: GroupNet ResNet-18 with 5 binary bases per block on ImageNet, +- AG,
 +- SSP (SSP fragment = a block). Binary: learning rate 5e-4 (section 4.1).
 
-Run: --config=configs/table1_groupnet.py:groupnet18_residual_ag_ssp"""
+Run: --config=table1_groupnet.py:groupnet18_residual_ag_ssp"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"groupnet18_residual_{m}" for m in ("base", "ag", "ssp", "ag_ssp"))
 

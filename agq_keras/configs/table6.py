@@ -2,9 +2,9 @@
 residual / plain, +- AG, +- SSP. The ImageNet recipe's optimiser and schedule are kept (the
 paper gives no CIFAR-specific one).
 
-Run: --config=configs/table6.py:resnet18_plain_ag_ssp"""
+Run: --config=table6.py:resnet18_plain_ag_ssp"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"resnet18_{m}" for m in ("residual_base", "residual_ag", "plain_base", "plain_ag",
                                            "plain_ag_ssp"))

@@ -1,9 +1,9 @@
 """Table 2: plain (no skip connections) 2-bit DoReFa ResNet-18/34 on ImageNet, +- AG, +- SSP,
 and their residual 2-bit references.
 
-Run: --config=configs/table2.py:resnet34_plain_ag"""
+Run: --config=table2.py:resnet34_plain_ag"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"{a}_{m}" for a in ("resnet18", "resnet34")
                  for m in ("residual_base", "plain_base", "plain_ag", "plain_ssp", "plain_ag_ssp"))

@@ -1,9 +1,9 @@
 """Table 4: SSP policies (blockdrop / layerdrop, +- W/A) on a binary GroupNet ResNet-18 with 5 bases
 on ImageNet, with skip connections.
 
-Run: --config=configs/table4.py:groupnet18_residual_blockdrop_wa"""
+Run: --config=table4.py:groupnet18_residual_blockdrop_wa"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"groupnet18_residual_{m}" for m in ("base", "blockdrop", "layerdrop", "blockdrop_wa",
                                                        "layerdrop_wa"))

@@ -1,9 +1,9 @@
 """Table 2, LQ-Nets rows: 2-bit LQ-Net ResNet-34 on ImageNet: the residual baseline, plain,
 plain + AG, plain + AG + SSP.
 
-Run: --config=configs/table2_lqnet.py:resnet34_plain_ag_ssp"""
+Run: --config=table2_lqnet.py:resnet34_plain_ag_ssp"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"resnet34_{m}" for m in ("residual_base", "plain_base", "plain_ag", "plain_ag_ssp"))
 

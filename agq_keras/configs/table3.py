@@ -2,9 +2,9 @@
 downsampling blocks; KD with a jointly trained full-precision teacher of the same architecture),
 2-bit DoReFa ResNet-18/34 on ImageNet, with and without skip connections.
 
-Run: --config=configs/table3.py:resnet18_plain_kd"""
+Run: --config=table3.py:resnet18_plain_kd"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = tuple(f"{a}_{s}_{m}" for a in ("resnet18", "resnet34") for s in ("residual", "plain")
                  for m in ("additional_losses", "kd", "ag"))

@@ -2,7 +2,7 @@
 `get_base_config()` and overrides fields; unknown keys on the command line are
 rejected by ml_collections (ConfigDict is locked).
 
-`agq_keras.training.run.validate` checks the values (ranges, choices, combinations)
+`agq_keras.experiments.run.validate` checks the values (ranges, choices, combinations)
 before anything is written."""
 
 import ml_collections

@@ -1,8 +1,8 @@
 """Table 1: 2-bit DoReFa-Net ResNet-50 (with skip connections) on ImageNet, +- AG, +- SSP.
 
-Run: --config=configs/table1.py:resnet50_residual_ag_ssp"""
+Run: --config=table1.py:resnet50_residual_ag_ssp"""
 
-from configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
+from agq_keras.configs.base import apply_method, get_base_config, imagenet_recipe, split_variant
 
 VARIANTS = ("resnet50_residual_base", "resnet50_residual_ag", "resnet50_residual_ssp", "resnet50_residual_ag_ssp")
 
