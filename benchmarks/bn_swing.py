@@ -1,0 +1,154 @@
+"""How much BatchNorm re-estimation steadies F's epoch-to-epoch test top-1 (issue 13, "Steady evaluation").
+
+One training run of the plain 2-bit DoReFa ResNet-20 (F alone, Adam, the CPU recipe's learning rate
+1e-3 and batch 128, constant learning rate) on a Fashion-MNIST subset, from a short full-precision
+pretrain (SGD, momentum 0.9; 0 epochs: from scratch). Every epoch ``BNReestimation(log_raw=True)``
+evaluates F on the test images twice: raw (the running BN statistics, ``raw_val_accuracy``) and
+steadied (the BN statistics re-estimated over the first ``--num_batches`` batches of the training subset
+in order, ``val_accuracy``). The callback puts training's running statistics back at each epoch start,
+so both curves come from the same training trajectory, and the raw one is the curve of a run without
+the callback.
+
+Writes ``OUT/bn_swing.json``: per-epoch raw and steadied top-1 (%), their mean absolute epoch-to-epoch
+change (and max), and timings.
+
+    python3 benchmarks/bn_swing.py --out=/tmp/bn_swing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import agq_keras  # noqa: E402
+from agq_keras.data import pipeline  # noqa: E402
+from agq_keras.saving import atomic_write  # noqa: E402
+from agq_keras.training.callbacks import BNReestimation  # noqa: E402
+from agq_keras.training.recipe import load_by_name  # noqa: E402
+
+
+class TimedBNReestimation(BNReestimation):
+    """Also records the seconds each re-estimation takes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = []
+
+    def reestimate(self):
+        start = time.perf_counter()
+        used = super().reestimate()
+        self.seconds.append(time.perf_counter() - start)
+        return used
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def swing(top1):
+    deltas = np.abs(np.diff(np.asarray(top1, np.float64)))
+    return {"mean_abs_delta": float(deltas.mean()) if deltas.size else 0.0,
+            "max_abs_delta": float(deltas.max()) if deltas.size else 0.0}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train_subset", type=int, default=15000, help="training images (the first N)")
+    p.add_argument("--test_subset", type=int, default=5000, help="test images F is evaluated on")
+    p.add_argument("--epochs", type=int, default=10, help="2-bit training epochs")
+    p.add_argument("--pretrain_epochs", type=int, default=2, help="full-precision epochs first (0: from scratch)")
+    p.add_argument("--pretrain_lr", type=float, default=0.05, help="SGD learning rate of the pretrain")
+    p.add_argument("--num_batches", type=int, default=20, help="batches BN re-estimation averages over")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (CPU recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data_dir", default="", help="Fashion-MNIST folder (default: the installed dataset)")
+    p.add_argument("--out", default="/tmp/bn_swing", help="output folder (created)")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+
+    counter = pipeline.EpochCounter()
+    train, _, shape = pipeline.make("fashion_mnist", "train", batch_size=args.batch_size, data_dir=args.data_dir,
+                                    subset=args.train_subset, seed=args.seed, epoch=counter.epoch)
+    test, _, _ = pipeline.make("fashion_mnist", "test", batch_size=500, data_dir=args.data_dir,
+                               subset=args.test_subset)
+    # Its own dataset object: the training subset in order, test-time preprocessing.
+    reestimation_data, _, _ = pipeline.make("fashion_mnist", "train", batch_size=args.batch_size,
+                                            data_dir=args.data_dir, subset=args.train_subset, augment=False)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    f = agq_keras.build("resnet20", plain=True, w_bits=2, a_bits=2, num_classes=10, input_shape=shape)
+    pretrain = {"epochs": args.pretrain_epochs}
+    if args.pretrain_epochs:
+        start = time.perf_counter()
+        fp = agq_keras.build("resnet20", plain=True, w_bits=32, a_bits=32, num_classes=10, input_shape=shape)
+        fp.compile(optimizer=keras.optimizers.SGD(args.pretrain_lr, momentum=0.9), loss=loss, metrics=["accuracy"])
+        fp.fit(train, epochs=args.pretrain_epochs, callbacks=[counter], verbose=2)
+        pretrain.update(test_top1=100.0 * fp.evaluate(test, verbose=0, return_dict=True)["accuracy"],
+                        copied_variables=load_by_name(fp, f), seconds=time.perf_counter() - start)
+        print(f"pretrain: {pretrain}", flush=True)
+
+    f.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss, metrics=["accuracy"])
+    steady = TimedBNReestimation(reestimation_data, args.num_batches, log_raw=True, validation_data=test)
+    timer = EpochTimer()
+    hist = f.fit(train, validation_data=test, epochs=args.epochs, callbacks=[steady, counter, timer],
+                 verbose=2).history
+
+    raw = [100.0 * a for a in hist["raw_val_accuracy"]]
+    steadied = [100.0 * a for a in hist["val_accuracy"]]
+    result = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "args": vars(args),
+        "net": "resnet20 plain, 2-bit DoReFa weights and activations (first conv and classifier 16-bit), F alone",
+        "data": f"Fashion-MNIST, first {args.train_subset} training images, first {args.test_subset} test images",
+        "pretrain": pretrain,
+        "raw_top1": raw,
+        "steady_top1": steadied,
+        "raw_loss": hist["raw_val_loss"],
+        "steady_loss": hist["val_loss"],
+        "train_top1": [100.0 * a for a in hist["accuracy"]],
+        "raw_swing": swing(raw),
+        "steady_swing": swing(steadied),
+        "reestimation_seconds": steady.seconds,
+        "epoch_seconds": timer.seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU core(s); "
+                    f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+    }
+    path = os.path.join(args.out, "bn_swing.json")
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(result, fh, indent=1)
+            fh.write("\n")
+
+    atomic_write(path, write)
+    print("epoch  raw top-1  steadied top-1")
+    for i, (r, s) in enumerate(zip(raw, steadied), 1):
+        print(f"{i:5d}  {r:9.2f}  {s:14.2f}")
+    print(f"mean |delta|: raw {result['raw_swing']['mean_abs_delta']:.2f}, "
+          f"steadied {result['steady_swing']['mean_abs_delta']:.2f} points; wrote {path} "
+          f"({result['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
