@@ -1,4 +1,5 @@
-"""Quantized layers (`QConv2D`, `QDense`, `QGlobalAveragePooling2D`) and the AG adaptor (`AuxAdaptor`).
+"""Quantized layers (`QConv2D`, `QDepthwiseConv2D`, `QDense`, `QGlobalAveragePooling2D`), the AG adaptor (`AuxAdaptor`) and
+the BatchNorm personality of F and H (`BNPersonality`).
 
 `QConv2D`/`QDense` follow larq's convention: ``input_quantizer`` is applied to
 the layer input and ``kernel_quantizer`` to the kernel before the ordinary
@@ -17,14 +18,25 @@ from agq_keras import quantizers
 class _QuantizedMixin:
     """Shared quantizer handling of QConv2D and QDense."""
 
-    def _init_quantizers(self, kernel_quantizer, input_quantizer):
+    def _init_quantizers(self, kernel_quantizer, input_quantizer, fragment=None):
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.input_quantizer = quantizers.get(input_quantizer)
+        if fragment is not None and (not isinstance(fragment, str) or not fragment):
+            raise ValueError(f"{type(self).__name__} {self.name!r}: fragment={fragment!r} must be a non-empty string "
+                             "(the name of the block the layer belongs to) or None.")
+        self.fragment = fragment
+
+    def _kernel_for_quantizer(self):
+        """The kernel as the weight quantizer sees it (output channels on the last axis)."""
+        return self.kernel
+
+    def _from_quantizer_layout(self, q):
+        return q
 
     def _build_quantizers(self, input_shape):
         # Build here so quantizer variables exist before weights are loaded.
         if self.kernel_quantizer is not None and not self.kernel_quantizer.built:
-            self.kernel_quantizer.build(tuple(self.kernel.shape))
+            self.kernel_quantizer.build(tuple(self._kernel_for_quantizer().shape))
         if self.input_quantizer is not None and not self.input_quantizer.built:
             self.input_quantizer.build(tuple(input_shape))
 
@@ -40,7 +52,7 @@ class _QuantizedMixin:
         """
         if self.kernel_quantizer is None:
             return self.kernel
-        q = self.kernel_quantizer(self.kernel)
+        q = self._from_quantizer_layout(self.kernel_quantizer(self._kernel_for_quantizer()))
         if self.ssp_gate is not None:
             q = ops.where(self.ssp_gate.weights_on(), q, self.kernel)
         return q
@@ -56,6 +68,7 @@ class _QuantizedMixin:
     def _quantizer_config(self, config):
         config["kernel_quantizer"] = keras.saving.serialize_keras_object(self.kernel_quantizer)
         config["input_quantizer"] = keras.saving.serialize_keras_object(self.input_quantizer)
+        config["fragment"] = self.fragment
         return config
 
     @property
@@ -76,12 +89,15 @@ class QConv2D(_QuantizedMixin, keras.layers.Conv2D):
       kernel_quantizer: weight quantizer (name, config, instance or None).
       input_quantizer: activation quantizer applied to the input, or None.
       use_bias: default False.
+      fragment: the name of the block the layer belongs to (None: none). It is kept in the layer's
+        config, so F's block structure (SSP's block fragments, AG's block taps) survives a `.keras`
+        round trip (:mod:`agq_keras.structure`).
     """
 
     def __init__(self, filters, kernel_size, *, kernel_quantizer=None, input_quantizer=None,
-                 use_bias=False, **kwargs):
+                 use_bias=False, fragment=None, **kwargs):
         super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
-        self._init_quantizers(kernel_quantizer, input_quantizer)
+        self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -101,12 +117,13 @@ class QConv2D(_QuantizedMixin, keras.layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="agq_keras")
 class QDense(_QuantizedMixin, keras.layers.Dense):
-    """`keras.layers.Dense` computing ``q_a(x) @ q_w(W)``; arguments as Dense."""
+    """`keras.layers.Dense` computing ``q_a(x) @ q_w(W)``; arguments as Dense, quantizers and
+    ``fragment`` as :class:`QConv2D`."""
 
-    def __init__(self, units, *, kernel_quantizer=None, input_quantizer=None, use_bias=False,
+    def __init__(self, units, *, kernel_quantizer=None, input_quantizer=None, use_bias=False, fragment=None,
                  **kwargs):
         super().__init__(units, use_bias=use_bias, **kwargs)
-        self._init_quantizers(kernel_quantizer, input_quantizer)
+        self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -115,6 +132,47 @@ class QDense(_QuantizedMixin, keras.layers.Dense):
     def call(self, inputs, training=None):
         outputs = ops.matmul(self.quantized_inputs(inputs), self.quantized_kernel())
         if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return self._quantizer_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="agq_keras")
+class QDepthwiseConv2D(_QuantizedMixin, keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` computing ``depthwise_conv(q_a(x), q_w(W))``.
+
+    The kernel ``(kh, kw, C, M)`` reaches the weight quantizer as ``(kh, kw, 1, C*M)``: output
+    channels on the last axis, as for a conv, so per-channel quantizers (``FixedPoint(per_channel=True)``,
+    LSQ, LQ-Net) quantize each of the ``C*M`` filters on its own and every family's export grid applies
+    unchanged (output channel ``c*M + m`` is TFLite's DEPTHWISE_CONV_2D channel order). Other arguments,
+    quantizers and ``fragment`` as :class:`QConv2D`; biases are off by default.
+    """
+
+    def __init__(self, kernel_size, *, kernel_quantizer=None, input_quantizer=None, use_bias=False, fragment=None,
+                 **kwargs):
+        super().__init__(kernel_size, use_bias=use_bias, **kwargs)
+        self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizers(input_shape)
+
+    def _kernel_for_quantizer(self):
+        kh, kw, c, m = self.kernel.shape
+        return ops.reshape(self.kernel, (kh, kw, 1, c * m))
+
+    def _from_quantizer_layout(self, q):
+        return ops.reshape(q, tuple(self.kernel.shape))
+
+    def call(self, inputs):
+        outputs = ops.depthwise_conv(self.quantized_inputs(inputs), self.quantized_kernel(), strides=self.strides,
+                                     padding=self.padding, dilation_rate=self.dilation_rate,
+                                     data_format=self.data_format)
+        if self.use_bias:
             outputs = ops.add(outputs, self.bias)
         if self.activation is not None:
             outputs = self.activation(outputs)
@@ -218,3 +276,30 @@ class AuxAdaptor(keras.layers.Layer):
         config.update(filters=self.filters, strides=self.strides, bn_momentum=self.bn_momentum,
                       bn_epsilon=self.bn_epsilon)
         return config
+
+
+class BNPersonality:
+    """Returns the BatchNormalization layer for a role, creating it on first use.
+
+    F and H each have one; the prefix keeps their layer names apart
+    (``stage1_block1_bn1`` in F, ``h_stage1_block1_bn1`` in H). Stateless
+    layers (ReLU, pooling, add) are named with the same prefix.
+    """
+
+    def __init__(self, prefix: str = "", momentum: float = 0.9, epsilon: float = 1e-5):
+        self.prefix = prefix
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.layers: dict[str, keras.layers.BatchNormalization] = {}
+
+    def __call__(self, role: str) -> keras.layers.BatchNormalization:
+        if role not in self.layers:
+            self.layers[role] = keras.layers.BatchNormalization(
+                momentum=self.momentum, epsilon=self.epsilon, name=self.prefix + role)
+        return self.layers[role]
+
+    def name(self, role: str) -> str:
+        return self.prefix + role
+
+    def bn_relu(self, x, role: str):
+        return keras.layers.ReLU(name=self.name(role + "_relu"))(self(role)(x))

@@ -26,11 +26,11 @@ from agq_keras.layers import QConv2D
 from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet, Tap
 
 
-def real_projection(filters: int, bits: int, name: str) -> QConv2D:
+def real_projection(filters: int, bits: int, block: str) -> QConv2D:
     """The real-valued (``bits`` = 8, 16 or 32: ``first_last_bits``) 1x1 conv of a downsampling shortcut."""
     kernel_q = quantizers.edge_pair(bits)[0]
     return QConv2D(filters, 1, padding="same", kernel_quantizer=kernel_q, kernel_initializer="he_normal",
-                   name=name)
+                   name=f"{block}_shortcut", fragment=block)
 
 
 def add_projections(net: ResNet) -> None:
@@ -40,7 +40,7 @@ def add_projections(net: ResNet) -> None:
         first = block.convs[0]
         out = int(block.convs[-1].filters)
         if block.downsamples or int(first.filters) != channels:
-            block.shortcut = real_projection(int(first.filters), net.first_last_bits, f"{block.name}_shortcut")
+            block.shortcut = real_projection(int(first.filters), net.first_last_bits, block.name)
         channels = out
 
 

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from agq_keras import quantizers
-from agq_keras.layers import QConv2D, QDense, QGlobalAveragePooling2D
+from agq_keras.layers import BNPersonality, QConv2D, QDense, QGlobalAveragePooling2D
 
 Tap = Optional[Callable[[str, "keras.KerasTensor", str], None]]
 
@@ -46,33 +46,6 @@ RESNETS = {
     "resnet32": ArchSpec("basic", (5, 5, 5), (16, 32, 64), "cifar"),
     "resnet56": ArchSpec("basic", (9, 9, 9), (16, 32, 64), "cifar"),
 }
-
-
-class BNPersonality:
-    """Returns the BatchNormalization layer for a role, creating it on first use.
-
-    F and H each have one; the prefix keeps their layer names apart
-    (``stage1_block1_bn1`` in F, ``h_stage1_block1_bn1`` in H). Stateless
-    layers (ReLU, pooling, add) are named with the same prefix.
-    """
-
-    def __init__(self, prefix: str = "", momentum: float = 0.9, epsilon: float = 1e-5):
-        self.prefix = prefix
-        self.momentum = momentum
-        self.epsilon = epsilon
-        self.layers: dict[str, keras.layers.BatchNormalization] = {}
-
-    def __call__(self, role: str) -> keras.layers.BatchNormalization:
-        if role not in self.layers:
-            self.layers[role] = keras.layers.BatchNormalization(
-                momentum=self.momentum, epsilon=self.epsilon, name=self.prefix + role)
-        return self.layers[role]
-
-    def name(self, role: str) -> str:
-        return self.prefix + role
-
-    def bn_relu(self, x, role: str):
-        return keras.layers.ReLU(name=self.name(role + "_relu"))(self(role)(x))
 
 
 @dataclasses.dataclass
@@ -145,10 +118,10 @@ class ResNet:
         self.stream_grids = {} if plain or residual_stream == "float" else {
             s: stream_grid(residual_stream, quantizer, w_bits, a_bits, s) for s in range(1, len(spec.depths) + 1)}
 
-        def q_conv(filters, size, strides, name):
+        def q_conv(filters, size, strides, name, block):
             wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
             return QConv2D(filters, size, strides=strides, padding="same", kernel_quantizer=wq,
-                           input_quantizer=aq, kernel_initializer="he_normal", name=name)
+                           input_quantizer=aq, kernel_initializer="he_normal", name=name, fragment=block)
 
         edge_q = quantizers.edge_pair(first_last_bits)[0]
         if self.int16_stream and spec.stem == "cifar" and first_last_bits == 16:
@@ -172,17 +145,17 @@ class ResNet:
                 name = f"stage{s}_block{b}"
                 strides = 2 if (b == 1 and s > 1) else 1
                 if spec.block == "basic":
-                    convs = [q_conv(width, 3, strides, f"{name}_conv1"),
-                             q_conv(width, 3, 1, f"{name}_conv2")]
+                    convs = [q_conv(width, 3, strides, f"{name}_conv1", name),
+                             q_conv(width, 3, 1, f"{name}_conv2", name)]
                 else:
-                    convs = [q_conv(width, 1, 1, f"{name}_conv1"),
-                             q_conv(width, 3, strides, f"{name}_conv2"),
-                             q_conv(width * expansion, 1, 1, f"{name}_conv3")]
+                    convs = [q_conv(width, 1, 1, f"{name}_conv1", name),
+                             q_conv(width, 3, strides, f"{name}_conv2", name),
+                             q_conv(width * expansion, 1, 1, f"{name}_conv3", name)]
                 out_channels = width * expansion
                 needs_projection = strides != 1 or channels != out_channels
                 shortcut = None
                 if needs_projection and not plain:
-                    shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut")
+                    shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut", name)
                 self.blocks.append(Block(name, convs, shortcut, strides != 1, s))
                 channels = out_channels
         head_q = quantizers.edge_pair(first_last_bits)

@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import keras
 
+from agq_keras import structure
 from agq_keras.training.trainer import AGTrainer, check_lambda
 
 
 def block_outputs(f: keras.Model, downsampling_only: bool = True) -> list:
-    """Output tensors of F's blocks (those that downsample by default), in order."""
-    net = getattr(f, "agq_net", None)
-    if net is None or not getattr(net, "blocks", None):
-        raise ValueError("additional losses need F as returned by agq_keras.build (with f.agq_net.blocks).")
-    names = {l.name for l in f.layers}
-    outs = []
-    for block in net.blocks:
-        if downsampling_only and not block.downsamples:
-            continue
-        add = f"{block.name}_add"
-        layer = f.get_layer(add) if add in names else block.convs[-1]
-        outs.append(layer.output)
-    return outs
+    """Output tensors of F's blocks (those that downsample by default), in order
+    (:func:`agq_keras.structure.blocks`: also for a reloaded F)."""
+    blocks = structure.blocks(f)
+    if not blocks:
+        raise ValueError(f"additional losses need F's blocks; {f.name!r} has no quantized layer with a `fragment` "
+                         "(agq_keras.build sets them; so can your own model: QConv2D(..., fragment='block name')).")
+    return [f.get_layer(b.output).output for b in blocks if b.downsamples or not downsampling_only]
 
 
 def aux_heads(f: keras.Model, num_classes: int, bn_momentum: float = 0.9) -> keras.Model:

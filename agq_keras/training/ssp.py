@@ -1,7 +1,7 @@
 """Stochastic structured precision (SSP, paper §3.2, Algorithm 2).
 
 F is partitioned into N fragments: every block (``fragments="block"``, its
-main-path convs and its projection shortcut) or every low-bit conv
+main-path convs and its projection shortcut) or every low-bit conv, depthwise conv or dense layer
 (``"layer"``). The 16-bit stem conv and classifier are never fragments: they
 stay quantized at all times. At every training step a binary indicator is
 drawn per fragment, ``b(i) = 1`` with probability ``1 - delta``; a fragment
@@ -40,11 +40,9 @@ import numbers
 import keras
 import tensorflow as tf
 
-from agq_keras.layers import QConv2D, QDense
+from agq_keras import structure
 
 FRAGMENTS = ("block", "layer")
-# Layers at or above this many bits are "edge" layers (stem, classifier): never fragments.
-_EDGE_BITS = 16
 
 
 def check_delta(delta0) -> float:
@@ -106,27 +104,21 @@ class SSP:
     # -- fragments -------------------------------------------------------------
     @staticmethod
     def low_bit_layers(f: keras.Model) -> list:
-        return [l for l in f.layers if isinstance(l, (QConv2D, QDense))
-                and (l.weight_bits < _EDGE_BITS or l.input_bits < _EDGE_BITS)]
+        return [l for l in structure.quantized_layers(f) if structure.low_bit(l)]
 
     def partition(self, f: keras.Model) -> list[list]:
         """The fragments of F as lists of layers, in F's layer order.
 
-        ``"block"`` groups the layers of one block: from ``f.agq_net.blocks``
-        when F was just built, else by layer name (``stageS_blockB_*``).
+        ``"block"`` groups the layers of one block: by their ``fragment`` (the block name the built-in
+        builders give every quantized layer; it survives a `.keras` round trip), else by layer name
+        (the name less its last ``_part``: ``block_1_expand`` and ``block_1_project`` form ``block_1``).
         """
         layers = self.low_bit_layers(f)
         if self.fragments == "layer":
             return [[l] for l in layers]
-        blocks = getattr(getattr(f, "agq_net", None), "blocks", None)
-        if blocks:
-            by_id = {id(l) for l in layers}
-            groups = [[l for l in b.convs + ([b.shortcut] if b.shortcut is not None else []) if id(l) in by_id]
-                      for b in blocks]
-            return [g for g in groups if g]
         groups: dict[str, list] = {}
         for l in layers:
-            groups.setdefault(l.name.rsplit("_", 1)[0], []).append(l)
+            groups.setdefault(l.fragment or l.name.rsplit("_", 1)[0], []).append(l)
         return list(groups.values())
 
     def attach(self, f: keras.Model) -> "SSP":

@@ -1,0 +1,261 @@
+"""`quantize()`: any float functional Keras model -> F, with the same topology and k-bit quantizers.
+
+>>> base = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), classes=10,
+...                                       classifier_activation=None)
+>>> f = agq_keras.quantize(base, w_bits=4, a_bits=4, policy={"block_1_*": 8})
+>>> trainer = agq_keras.auxiliary.attach(f)          # F + H, fit() like any model
+
+Every Conv2D, DepthwiseConv2D and Dense becomes a QConv2D / QDepthwiseConv2D / QDense with the same
+config and its float weights, a weight quantizer and, following the pre-activation convention of the
+paper's blocks (``BN -> ReLU -> q(.) -> QConv``), an activation quantizer on its input where a ReLU-like
+op feeds it (a ReLU, ReLU6 or ``Activation("relu")`` layer, or a layer with ``activation="relu"``,
+possibly through padding, dropout, max/average pooling, flattening, reshaping or a concatenation of such
+tensors). A layer fed by anything else (a linear bottleneck, a residual sum) keeps a float input: an
+unsigned k-bit grid would clip its negative values. The first weighted layers (those reading the model
+input) and the last ones (whose outputs reach the model output through no other weighted layer) get
+``first_last_bits``, as in :func:`agq_keras.build`: no input quantizer on the first, the edge
+activation quantizer on the last.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import numbers
+
+import keras
+
+from agq_keras import quantizers, structure
+from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
+from agq_keras.quantizers.fixed import EDGE_BITS
+
+# float layer class -> its quantized twin (the Q layers themselves are re-quantized)
+_QUANTIZED_TWIN = ((keras.layers.DepthwiseConv2D, QDepthwiseConv2D), (keras.layers.Conv2D, QConv2D),
+                   (keras.layers.Dense, QDense))
+_PLAIN = ("InputLayer", "BatchNormalization", "ReLU", "Activation", "Add", "MaxPooling2D", "AveragePooling2D",
+          "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "Flatten", "Dropout", "Reshape",
+          "Concatenate")
+SUPPORTED_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense") + _PLAIN[1:]
+# keeps ReLU outputs non-negative: a quantized layer reading through it still reads a ReLU-like op
+_KEEPS_SIGN = ("ZeroPadding2D", "Dropout", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+               "GlobalMaxPooling2D", "Flatten", "Reshape", "Concatenate")
+_Q_CONFIG_KEYS = ("kernel_quantizer", "input_quantizer", "fragment")
+
+
+def _twin(layer):
+    for float_cls, q_cls in _QUANTIZED_TWIN:
+        if isinstance(layer, float_cls):
+            return q_cls
+    return None
+
+
+def _check_layer(layer) -> None:
+    cls = type(layer).__name__
+    if _twin(layer) is not None or cls in _PLAIN:
+        if cls == "Activation" and layer.get_config()["activation"] not in ("relu", "relu6", "linear"):
+            raise ValueError(f"quantize(): layer {layer.name!r} (Activation) has activation "
+                             f"{layer.get_config()['activation']!r}; supported: relu, relu6, linear.")
+        if cls == "ReLU" and (layer.get_config().get("negative_slope") or layer.get_config().get("threshold")):
+            raise ValueError(f"quantize(): layer {layer.name!r} (ReLU) has a negative slope or threshold; "
+                             "supported: ReLU and ReLU(max_value).")
+        return
+    raise ValueError(f"quantize(): layer {layer.name!r} ({cls}) is not supported; supported layers: "
+                     f"{', '.join(SUPPORTED_LAYERS)} (and their agq_keras quantized versions).")
+
+
+def _relu_like(layer) -> bool:
+    cls = type(layer).__name__
+    if cls == "ReLU":
+        return True
+    if cls == "Activation":
+        return layer.get_config()["activation"] in ("relu", "relu6")
+    return _twin(layer) is not None and layer.get_config().get("activation") in ("relu", "relu6")
+
+
+def _bits_pair(value, pattern):
+    """``bits`` -> (bits, bits); ``(w, a)``; ``{"w_bits": w, "a_bits": a}``."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"w_bits", "a_bits"})
+        if unknown or not value:
+            raise ValueError(f"quantize(): policy[{pattern!r}] = {value!r}: allowed keys are 'w_bits' and 'a_bits'.")
+        return value.get("w_bits"), value.get("a_bits")
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return tuple(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return value, value
+    raise ValueError(f"quantize(): policy[{pattern!r}] = {value!r} is not allowed; give a bit width (e.g. 4), a "
+                     "(w_bits, a_bits) pair or {'w_bits': .., 'a_bits': ..}.")
+
+
+def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, a_bits: int = 2,
+             first_last_bits=None, policy=None, name=None) -> keras.Model:
+    """F from a float functional ``model`` (see the module docstring). The model is not changed.
+
+    Args:
+      model: a functional `keras.Model` (or a built `keras.Sequential`) of the supported layers
+        (:data:`SUPPORTED_LAYERS`); layers already quantized (QConv2D, ...) are re-quantized.
+      quantizer: quantizer family (``agq_keras.quantizers.families()``).
+      w_bits, a_bits: bit widths of the weighted layers between the first and the last.
+      first_last_bits: bits of the first and last weighted layers: None (16, or 32 when w_bits = a_bits =
+        32), 8, 16 or 32.
+      policy: mixed precision: ``{layer name or fnmatch pattern: bits | (w_bits, a_bits) | {"w_bits": w,
+        "a_bits": a}}`` (a missing key keeps the default). Later patterns win over earlier ones; a policy
+        entry wins over ``first_last_bits``. Every pattern must match a Conv2D, DepthwiseConv2D or Dense.
+      name: F's name (default: the model's).
+    """
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise ValueError(f"quantize(): the Sequential model {model.name!r} is not built; give it an "
+                             "keras.Input first.")
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    graph = structure.nodes(model, "quantize()")
+    for node in graph:
+        _check_layer(node.layer)
+    if quantizer not in quantizers.families():
+        raise ValueError(f"quantize(): unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
+    quantizers.make_pair(quantizer, w_bits, a_bits)  # a ValueError naming a bad width
+    if first_last_bits is None:
+        first_last_bits = 32 if (w_bits == 32 and a_bits == 32) else quantizers.base.FIXED_POINT_BITS
+    quantizers.edge_pair(first_last_bits)  # a ValueError naming the bad value and 8, 16, 32
+    weighted = [n.layer for n in graph if _twin(n.layer) is not None and n.ref[1] == 0]
+    if not weighted:
+        raise ValueError(f"quantize(): {model.name!r} has no Conv2D, DepthwiseConv2D or Dense layer to quantize.")
+    if any(n.ref[1] > 0 for n in graph if not isinstance(n.layer, keras.layers.InputLayer)):
+        shared = sorted({n.layer.name for n in graph if n.ref[1] > 0})
+        raise ValueError(f"quantize(): layer(s) {shared} are called more than once in {model.name!r}; "
+                         "supported: each layer called once.")
+    first, last = _first_last(model, graph)
+    bits = _assign_bits(graph, weighted, first | last, w_bits, a_bits, first_last_bits, policy)
+    relu_fed = _relu_fed(graph)
+    clones = {}
+
+    def layer_for(layer):
+        if layer.name not in clones:
+            clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name), reads_relu=layer.name in relu_fed,
+                                        first=layer.name in first, edge=layer.name in first | last)
+        return clones[layer.name]
+
+    inputs = [keras.Input(batch_shape=tuple(n.layer.batch_shape), dtype=n.layer.dtype, name=n.layer.name)
+              for n in graph if isinstance(n.layer, keras.layers.InputLayer)]
+    outputs = structure.rebuild(model, inputs, layer_for=layer_for)
+    f = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                    name=name or model.name)
+    for layer in model.layers:
+        if layer.name in clones:
+            _copy_weights(layer, clones[layer.name])
+    return f
+
+
+def _assign_bits(graph, weighted, edges, w_bits, a_bits, first_last_bits, policy) -> dict:
+    """``{weighted layer name: (w_bits, a_bits)}``: the defaults, then the policy's entries in order."""
+    bits = {l.name: ((first_last_bits, first_last_bits) if l.name in edges else (w_bits, a_bits)) for l in weighted}
+    if policy is None:
+        return bits
+    if not isinstance(policy, dict):
+        raise ValueError(f"quantize(): policy={policy!r} must be a dict {{layer name or pattern: bits}} or None.")
+    names = [n.layer.name for n in graph]
+    for pattern, value in policy.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"quantize(): policy key {pattern!r} must be a layer name or an fnmatch pattern (str).")
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        hits = [n for n in matched if n in bits]
+        if not hits:
+            what = (f"only layers without weights to quantize ({', '.join(matched[:5])})" if matched else "no layer")
+            listed = ", ".join(sorted(bits)[:12]) + (", ..." if len(bits) > 12 else "")
+            raise ValueError(f"quantize(): policy pattern {pattern!r} matches {what}; patterns must match Conv2D, "
+                             f"DepthwiseConv2D or Dense layers: {listed}.")
+        w, a = _bits_pair(value, pattern)
+        for n in hits:
+            bits[n] = (bits[n][0] if w is None else w, bits[n][1] if a is None else a)
+    return bits
+
+
+def _first_last(model, graph):
+    """Names of the weighted layers reading the model input (through unweighted layers) and of those whose
+    output reaches the model output through no other weighted layer."""
+    producers = {n.ref: n for n in graph}
+    first, last = set(), set()
+    for n in graph:
+        if _twin(n.layer) is None:
+            continue
+        stack, seen = list(n.inputs), set()
+        while stack:
+            ref = stack.pop()
+            if ref in seen:
+                continue
+            seen.add(ref)
+            src = producers[ref]
+            if isinstance(src.layer, keras.layers.InputLayer):
+                first.add(n.layer.name)
+            elif _twin(src.layer) is None:
+                stack += list(src.inputs)
+    for ref in structure.output_refs(model):
+        stack, seen = [ref], set()
+        while stack:
+            r = stack.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            src = producers[r]
+            if _twin(src.layer) is not None:
+                last.add(src.layer.name)
+            elif not isinstance(src.layer, keras.layers.InputLayer):
+                stack += list(src.inputs)
+    return first, last
+
+
+def _relu_fed(graph) -> set:
+    """Names of the weighted layers whose every input comes from a ReLU-like op (through layers that keep
+    the sign)."""
+    producers = {n.ref: n for n in graph}
+    memo: dict = {}
+
+    def relu_like(ref) -> bool:
+        if ref not in memo:
+            src = producers[ref]
+            if _relu_like(src.layer):
+                memo[ref] = True
+            elif type(src.layer).__name__ in _KEEPS_SIGN and src.inputs:
+                memo[ref] = all(relu_like(r) for r in src.inputs)
+            else:
+                memo[ref] = False
+        return memo[ref]
+
+    return {n.layer.name for n in graph if _twin(n.layer) is not None and n.inputs and all(relu_like(r) for r in n.inputs)}
+
+
+def _quantizer_pair(family, w, a, edge: bool):
+    """Fresh (kernel, input) quantizers: the edge pair of :func:`agq_keras.quantizers.edge_pair` for a first
+    or last layer at 8, 16 or 32 bits, the family's pair otherwise."""
+    if edge and w == a and w in EDGE_BITS:
+        return quantizers.edge_pair(w)
+    return quantizers.make_pair(family, w, a)
+
+
+def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool):
+    q_cls = _twin(layer)
+    if q_cls is None:
+        return layer.__class__.from_config(layer.get_config())
+    config = layer.get_config()
+    w, a = bits
+    try:
+        kernel_q, act_q = _quantizer_pair(family, w, a, edge)
+    except ValueError as err:
+        raise ValueError(f"quantize(): layer {layer.name!r} ({type(layer).__name__}) at w_bits={w!r}, a_bits={a!r}: "
+                         f"{err}") from None
+    if first or not (reads_relu or edge):
+        act_q = None  # the model input, or a signed input (see the module docstring)
+    config = {k: v for k, v in config.items() if k not in _Q_CONFIG_KEYS}
+    return q_cls.from_config({**config, "kernel_quantizer": kernel_q, "input_quantizer": act_q,
+                              "fragment": layer.get_config().get("fragment")})
+
+
+def _copy_weights(source, target) -> None:
+    """The float layer's own weights (kernel, bias, BatchNorm's four, ...) into its twin."""
+    if isinstance(target, (QConv2D, QDepthwiseConv2D, QDense)):
+        target.kernel.assign(source.kernel)
+        if source.use_bias:
+            target.bias.assign(source.bias)
+        return
+    weights = source.get_weights()
+    if weights:
+        target.set_weights(weights)
