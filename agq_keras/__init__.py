@@ -4,6 +4,8 @@
 >>> model = agq_keras.build("resnet20", plain=True, aux=True, num_classes=10, input_shape=(28, 28, 1))
 >>> model.compile()            # Adam, cross-entropy on logits, accuracy
 >>> model.fit(x, y)            # Algorithm 1; model.f is the deployable F
+>>> f = agq_keras.quantize(my_float_model, w_bits=4, a_bits=4)   # any functional Keras model -> F
+>>> trainer = agq_keras.auxiliary.attach(f)                       # + H, fit() as above
 """
 
 import os as _os
@@ -34,17 +36,18 @@ def _import_tensorflow_quietly():
 
 _import_tensorflow_quietly()
 
-from agq_keras import layers, quantizers  # noqa: E402
-from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QGlobalAveragePooling2D  # noqa: E402
+from agq_keras import auxiliary, layers, quantizers, structure  # noqa: E402
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D  # noqa: E402
 from agq_keras.models import build  # noqa: E402
+from agq_keras.models.quantize import quantize  # noqa: E402
 from agq_keras.saving import load_model  # noqa: E402
 from agq_keras.training import AGTrainer  # noqa: E402
 from agq_keras.summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "QGlobalAveragePooling2D", "build", "export", "layers",
-           "load_model", "quantizers", "summary", "__version__"]
+__all__ = ["AGTrainer", "AuxAdaptor", "QConv2D", "QDense", "QDepthwiseConv2D", "QGlobalAveragePooling2D", "auxiliary",
+           "build", "export", "layers", "load_model", "quantize", "quantizers", "structure", "summary", "__version__"]
 
 
 def __getattr__(name):

@@ -5,7 +5,7 @@ import pytest
 import keras
 
 from agq_keras import quantizers
-from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QGlobalAveragePooling2D
+from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 
 X_IMG = np.random.default_rng(1).random((2, 8, 8, 3)).astype("float32")
 X_VEC = np.random.default_rng(2).random((4, 12)).astype("float32")
@@ -18,6 +18,11 @@ LAYERS = [
     ("qconv_float", lambda: QConv2D(4, 1), X_IMG),
     ("qdense", lambda: QDense(7, kernel_quantizer="fixed_point", input_quantizer="fixed_point"), X_VEC),
     ("adaptor", lambda: AuxAdaptor(6, strides=2), X_IMG),
+    ("qdepthwise", lambda: QDepthwiseConv2D(3, depth_multiplier=2, padding="same", kernel_quantizer="dorefa_weight:2",
+                                            input_quantizer="dorefa_activation:2", fragment="block1"), X_IMG),
+    ("qdepthwise_per_channel_bias", lambda: QDepthwiseConv2D(3, strides=2, use_bias=True, bias_initializer="ones",
+                                                             kernel_quantizer=quantizers.FixedPoint(8, per_channel=True)),
+     X_IMG),
 ]
 
 
@@ -60,6 +65,53 @@ def test_keras_file_round_trip_is_bit_identical(name, factory, x, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), y)
+
+
+def _depthwise_numpy(x, kernel, strides=1):
+    """NumPy depthwise conv, padding "same", stride 1 or 2: output channel c*M + m = conv(x_c, kernel[..., c, m])."""
+    kh, kw, c, m = kernel.shape
+    n, h, w, _ = x.shape
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    xp = np.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+    out = np.zeros((n, h, w, c * m))
+    for i in range(h):
+        for j in range(w):
+            patch = xp[:, i:i + kh, j:j + kw, :]  # (n, kh, kw, c)
+            out[:, i, j, :] = np.einsum("nhwc,hwcm->ncm", patch, kernel).reshape(n, c * m)
+    return out[:, ::strides, ::strides, :]
+
+
+def test_qdepthwise_equals_numpy_depthwise_of_quantized_tensors():
+    layer = QDepthwiseConv2D(3, depth_multiplier=2, padding="same", kernel_quantizer="dorefa_weight:2",
+                             input_quantizer="dorefa_activation:2")
+    y = np.asarray(layer(X_IMG))
+    kernel = np.asarray(layer.kernel, np.float64)
+    # the quantizer sees the (kh, kw, 1, C*M) layout; DoReFa normalizes by the whole tensor's max|tanh|
+    q_kernel = np.asarray(quantizers.dorefa_weight(kernel.reshape(3, 3, 1, 6).astype("float32"), 2)).reshape(kernel.shape)
+    q_x = np.asarray(quantizers.dorefa_activation(X_IMG, 2), np.float64)
+    np.testing.assert_allclose(y, _depthwise_numpy(q_x, q_kernel), atol=1e-5)
+    assert set(np.unique(np.round(q_kernel * 3))) <= {-3, -1, 1, 3}
+
+
+def test_qdepthwise_per_channel_quantizer_sees_each_output_channel():
+    """A per-channel quantizer steps each of the C*M filters by its own max: the layout (kh, kw, 1, C*M)."""
+    layer = QDepthwiseConv2D(3, depth_multiplier=2, kernel_quantizer=quantizers.FixedPoint(8, per_channel=True))
+    layer(X_IMG)
+    kernel = np.asarray(layer.kernel, np.float64).reshape(9, 6)
+    kernel[:, 1] *= 100.0  # one filter far wider than the others
+    layer.kernel.assign(kernel.reshape(3, 3, 3, 2))
+    q = np.asarray(layer.quantized_kernel(), np.float64).reshape(9, 6)
+    steps = np.abs(kernel).max(axis=0) / 127
+    np.testing.assert_allclose(q, np.round(kernel / steps) * steps, rtol=1e-5, atol=1e-7)
+
+
+def test_fragment_is_checked_and_kept():
+    with pytest.raises(ValueError, match=r"fragment=3 must be a non-empty string"):
+        QConv2D(4, 3, fragment=3)
+    with pytest.raises(ValueError, match=r"fragment='' must be a non-empty string"):
+        QDense(4, fragment="")
+    layer = QDense(4, fragment="stage1_block2")
+    assert QDense.from_config(layer.get_config()).fragment == "stage1_block2"
 
 
 def test_adaptor_validates_arguments():

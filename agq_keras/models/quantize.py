@@ -25,7 +25,7 @@ import numbers
 import keras
 
 from agq_keras import quantizers, structure
-from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
+from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.quantizers.fixed import EDGE_BITS
 
 # float layer class -> its quantized twin (the Q layers themselves are re-quantized)
@@ -87,7 +87,7 @@ def _bits_pair(value, pattern):
 
 
 def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, a_bits: int = 2,
-             first_last_bits=None, policy=None, name=None) -> keras.Model:
+             first_last_bits=None, stream_bits=None, policy=None, name=None) -> keras.Model:
     """F from a float functional ``model`` (see the module docstring). The model is not changed.
 
     Args:
@@ -96,7 +96,17 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
       quantizer: quantizer family (``agq_keras.quantizers.families()``).
       w_bits, a_bits: bit widths of the weighted layers between the first and the last.
       first_last_bits: bits of the first and last weighted layers: None (16, or 32 when w_bits = a_bits =
-        32), 8, 16 or 32.
+        32), 8, 16 or 32. With 8 the head is integer as in :func:`agq_keras.build`: a global average pool
+        feeding the last Dense becomes a :class:`~agq_keras.layers.QGlobalAveragePooling2D` (8-bit map and
+        mean), and a signed 8-bit :class:`~agq_keras.quantizers.RangeActivation` (``logits_q``) rounds the
+        logits, so the exported int8 head rounds where F rounds.
+      stream_bits: None (default: the tensors no quantizer reads stay float, as in the paper's F) or 8: F
+        rounds every *linear* tensor that a layer other than a ReLU or BatchNorm reads (the outputs of
+        ``Add`` layers, of BatchNorms feeding convs or sums -- a linear bottleneck --, of convs without a
+        ReLU feeding sums or padding) to a signed 8-bit static range
+        (``RangeActivation(8, signed=True)``, a layer named ``<producer>_stream_q``), as an int8 runtime
+        stores them. With ``first_last_bits=8`` the export then needs no int16 tensor and rounds where F
+        rounds (docs/export.md, "Any model").
       policy: mixed precision: ``{layer name or fnmatch pattern: bits | (w_bits, a_bits) | {"w_bits": w,
         "a_bits": a}}`` (a missing key keeps the default). Later patterns win over earlier ones; a policy
         entry wins over ``first_last_bits``. Every pattern must match a Conv2D, DepthwiseConv2D or Dense.
@@ -123,20 +133,37 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
         shared = sorted({n.layer.name for n in graph if n.ref[1] > 0})
         raise ValueError(f"quantize(): layer(s) {shared} are called more than once in {model.name!r}; "
                          "supported: each layer called once.")
+    if stream_bits not in (None, 8):
+        raise ValueError(f"quantize(): stream_bits={stream_bits!r} is not supported; allowed: None (float), 8.")
     first, last = _first_last(model, graph)
     bits = _assign_bits(graph, weighted, first | last, w_bits, a_bits, first_last_bits, policy)
     relu_fed = _relu_fed(graph)
+    int8_pools = _head_pools(graph, last) if first_last_bits == 8 else set()
+    streams = _linear_tensors(model, graph) if stream_bits else set()
+    outputs_of_last = {r for r in structure.output_refs(model) if r[0] in last}
     clones = {}
 
     def layer_for(layer):
         if layer.name not in clones:
-            clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name), reads_relu=layer.name in relu_fed,
-                                        first=layer.name in first, edge=layer.name in first | last)
+            if layer.name in int8_pools:
+                clones[layer.name] = QGlobalAveragePooling2D(quantizers.edge_pair(8)[1], name=layer.name)
+            else:
+                reads_pool = any(p in int8_pools for p in _weighted_sources(graph, layer.name))
+                clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name),
+                                            reads_relu=layer.name in relu_fed, first=layer.name in first,
+                                            edge=layer.name in first | last, reads_grid=reads_pool)
         return clones[layer.name]
+
+    def after(node, tensor):
+        if node.ref in streams:
+            return quantizers.RangeActivation(stream_bits, signed=True, name=f"{node.layer.name}_stream_q")(tensor)
+        if node.ref in outputs_of_last and first_last_bits == 8:
+            return quantizers.RangeActivation(8, signed=True, name="logits_q")(tensor)
+        return tensor
 
     inputs = [keras.Input(batch_shape=tuple(n.layer.batch_shape), dtype=n.layer.dtype, name=n.layer.name)
               for n in graph if isinstance(n.layer, keras.layers.InputLayer)]
-    outputs = structure.rebuild(model, inputs, layer_for=layer_for)
+    outputs = structure.rebuild(model, inputs, layer_for=layer_for, after=after)
     f = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
                     name=name or model.name)
     for layer in model.layers:
@@ -169,37 +196,28 @@ def _assign_bits(graph, weighted, edges, w_bits, a_bits, first_last_bits, policy
     return bits
 
 
+def _upstream(graph, refs):
+    """The nodes whose outputs reach ``refs`` through no weighted layer, nearest first (the weighted layers met
+    are included; the walk does not pass them)."""
+    producers = {n.ref: n for n in graph}
+    stack, seen = list(refs), set()
+    while stack:
+        ref = stack.pop()
+        if ref in seen:
+            continue
+        seen.add(ref)
+        src = producers[ref]
+        yield src
+        if _twin(src.layer) is None:
+            stack += list(src.inputs)
+
+
 def _first_last(model, graph):
     """Names of the weighted layers reading the model input (through unweighted layers) and of those whose
     output reaches the model output through no other weighted layer."""
-    producers = {n.ref: n for n in graph}
-    first, last = set(), set()
-    for n in graph:
-        if _twin(n.layer) is None:
-            continue
-        stack, seen = list(n.inputs), set()
-        while stack:
-            ref = stack.pop()
-            if ref in seen:
-                continue
-            seen.add(ref)
-            src = producers[ref]
-            if isinstance(src.layer, keras.layers.InputLayer):
-                first.add(n.layer.name)
-            elif _twin(src.layer) is None:
-                stack += list(src.inputs)
-    for ref in structure.output_refs(model):
-        stack, seen = [ref], set()
-        while stack:
-            r = stack.pop()
-            if r in seen:
-                continue
-            seen.add(r)
-            src = producers[r]
-            if _twin(src.layer) is not None:
-                last.add(src.layer.name)
-            elif not isinstance(src.layer, keras.layers.InputLayer):
-                stack += list(src.inputs)
+    first = {n.layer.name for n in graph if _twin(n.layer) is not None
+             and any(isinstance(src.layer, keras.layers.InputLayer) for src in _upstream(graph, n.inputs))}
+    last = {src.layer.name for src in _upstream(graph, structure.output_refs(model)) if _twin(src.layer) is not None}
     return first, last
 
 
@@ -231,7 +249,45 @@ def _quantizer_pair(family, w, a, edge: bool):
     return quantizers.make_pair(family, w, a)
 
 
-def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool):
+def _weighted_sources(graph, name) -> set:
+    """Names of the layers whose outputs reach ``name``'s input through no weighted layer (itself excluded)."""
+    return {src.layer.name for src in _upstream(graph, [r for n in graph if n.layer.name == name for r in n.inputs])}
+
+
+def _head_pools(graph, last) -> set:
+    """The GlobalAveragePooling2D layers (keepdims=False) that feed a last Dense through no weighted layer."""
+    layers = {n.layer.name: n.layer for n in graph}
+    pools = set()
+    for name in last:
+        if isinstance(layers[name], keras.layers.Dense):
+            pools |= {p for p in _weighted_sources(graph, name) if type(layers[p]).__name__ == "GlobalAveragePooling2D"
+                      and not layers[p].get_config().get("keepdims")}
+    return pools
+
+
+def _linear_tensors(model, graph) -> set:
+    """Refs of the linear tensors F rounds with ``stream_bits``: outputs of Add layers, BatchNorms and weighted
+    layers without a ReLU, read by a layer that is neither ReLU-like nor a BatchNorm (not model outputs)."""
+    uses: dict = {}
+    for n in graph:
+        for r in n.inputs:
+            uses.setdefault(r, []).append(n.layer)
+    outputs = set(structure.output_refs(model))
+    found = set()
+    for n in graph:
+        layer = n.layer
+        linear = isinstance(layer, (keras.layers.Add, keras.layers.BatchNormalization)) or (
+            _twin(layer) is not None and not _relu_like(layer))
+        readers = uses.get(n.ref, [])
+        if not linear or n.ref in outputs or not readers:
+            continue
+        if all((_relu_like(r) and _twin(r) is None) or isinstance(r, keras.layers.BatchNormalization) for r in readers):
+            continue
+        found.add(n.ref)
+    return found
+
+
+def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool, reads_grid: bool = False):
     q_cls = _twin(layer)
     if q_cls is None:
         return layer.__class__.from_config(layer.get_config())
@@ -242,8 +298,8 @@ def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool):
     except ValueError as err:
         raise ValueError(f"quantize(): layer {layer.name!r} ({type(layer).__name__}) at w_bits={w!r}, a_bits={a!r}: "
                          f"{err}") from None
-    if first or not (reads_relu or edge):
-        act_q = None  # the model input, or a signed input (see the module docstring)
+    if first or reads_grid or not (reads_relu or edge):
+        act_q = None  # the model input, an integer pool's grid, or a signed input (see the module docstring)
     config = {k: v for k, v in config.items() if k not in _Q_CONFIG_KEYS}
     return q_cls.from_config({**config, "kernel_quantizer": kernel_q, "input_quantizer": act_q,
                               "fragment": layer.get_config().get("fragment")})
