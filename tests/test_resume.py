@@ -57,3 +57,28 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not os.path.exists(os.path.join(resumed, "backup"))  # removed after a finished run
+
+
+def test_killed_run_with_steady_evaluation_resumes_identically(tmp_path):
+    """bn_reestimation_batches > 0: the backup holds training's running BN statistics, not the re-estimated
+    ones F has after validation, so the resumed run's raw numbers, final F and f.keras are the uninterrupted one's."""
+    def steady():
+        c = config()
+        c.bn_reestimation_batches = 2
+        return c
+
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    a_metrics = run.run(steady(), full)
+    with pytest.raises(Killed):
+        run.run(steady(), resumed, extra_callbacks=[KillAt(epoch=2, batch=0)])
+    b_metrics = run.run(steady(), resumed)
+    assert len(b_metrics["history"]["loss"]) == 1
+    for key in ("raw_val_loss", "raw_val_accuracy", "val_loss", "val_accuracy"):
+        assert b_metrics["history"][key] == a_metrics["history"][key][-1:], key
+    assert b_metrics["f"] == a_metrics["f"] and b_metrics["f_raw"] == a_metrics["f_raw"]
+    assert a_metrics["f"]["loss"] != a_metrics["f_raw"]["loss"]
+    for name in ("trainer.keras", "f.keras"):
+        a, b = weights(os.path.join(full, name)), weights(os.path.join(resumed, name))
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

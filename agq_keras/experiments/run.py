@@ -10,9 +10,22 @@
 4. builds the trainer (AG / plain F / additional losses / KD, with or
    without SSP) under the ``tf.distribute`` strategy and fits it with
    BackupAndRestore (``workdir/backup``), TerminateOnNaN, TensorBoard
-   (``workdir/logs``), the step learning rate and the SSP delta schedule;
+   (``workdir/logs``), the step learning rate, the SSP delta schedule and,
+   with ``bn_reestimation_batches > 0``, BatchNorm re-estimation of F before
+   every evaluation (:class:`agq_keras.training.callbacks.BNReestimation`);
 5. writes ``f.keras``, ``trainer.keras``, ``metrics.json`` and
    ``convergence.png`` atomically, then removes the backup.
+
+Steady evaluation (``config.bn_reestimation_batches = N > 0``): before every evaluation F's BatchNorm
+moving statistics are recomputed, weights frozen, over the first N batches of the training split read
+in order with the test-time preprocessing (a dataset object of its own: the training pipeline, its order
+and the backup are untouched; the same batches every time, so it is deterministic; N is capped at the
+number of training batches). Every epoch logs the steadied numbers as ``val_*`` and the raw ones (F with
+training's running statistics, what a run with N = 0 reports) as ``raw_val_*``. The backup stores
+training's running statistics, so a resumed run is the uninterrupted one. At the end, ``metrics.json``'s
+``f`` is F with re-estimated statistics, which is exactly the saved ``f.keras`` (and what gets
+exported), ``f_raw`` the raw F, and ``bn_reestimation`` says which is which. With N = 0 (the default)
+``f`` and ``val_*`` are the raw F, as before.
 """
 
 from __future__ import annotations
@@ -74,6 +87,10 @@ def validate(config) -> None:
     _choice(config, "pretrain_optimizer", OPTIMIZERS)
     _choice(config, "dataset", pipeline.DATASETS)
     _choice(config, "ssp_fragments", ("block", "layer"))
+    bn_batches = config.get("bn_reestimation_batches", 0)
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, numbers.Integral) or bn_batches < 0:
+        raise ValueError(f"config.bn_reestimation_batches={bn_batches!r} must be an integer >= 0 (0 = off; N > 0: "
+                         "re-estimate F's BatchNorm statistics over N training batches before every evaluation).")
     _epochs_list(config, "lr_decay_epochs")
     _epochs_list(config, "pretrain_lr_decay_epochs")
     for key in ("learning_rate", "pretrain_learning_rate"):
@@ -198,17 +215,20 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
                         loss=default_loss(),
                         metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
 
+    steady = _steady_evaluation(config, data_kw, test_ds)
     os.makedirs(workdir, exist_ok=True)
     guard = cb.NaNGuard()
     callbacks = [
         epoch_counter,
         keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),
         guard,
-        cb.SafeBackup(os.path.join(workdir, "backup"), guard),
+        cb.SafeBackup(os.path.join(workdir, "backup"), guard, bn_reestimation=steady),
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False, profile_batch=0),
     ]
     if trainer.ssp is not None:
         callbacks.insert(0, DeltaSchedule(trainer.ssp))
+    if steady is not None:  # first: the epoch-end callbacks (TensorBoard, History) see raw_val_*
+        callbacks.insert(0, steady)
     callbacks += list(extra_callbacks)
     history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
                           verbose=config.verbose, shuffle=False)
@@ -217,17 +237,37 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
         raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
                             f"written, the last good state is kept in {os.path.join(workdir, 'backup')}.")
 
-    f_eval = dict(zip(["loss", "top1", "top5"], _evaluate(trainer, test_ds)))
-    metrics = {"f": {"top1": f_eval["top1"], "top5": f_eval["top5"], "loss": f_eval["loss"]},
-               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    f_raw = None
+    if steady is not None:
+        # F with training's running statistics (also when a resumed run had no epoch left: the backup holds them)
+        steady.restore_running_statistics()
+        f_raw = dict(zip(["loss", "top1", "top5"], _evaluate(trainer, test_ds)))
+    metrics = {"f": None, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
                "epochs": config.epochs, "config": config.to_dict()}
-    if trainer.h is not None:
+    if trainer.h is not None:  # before F's final re-estimation: as in a run without it
         with strategy.scope():
             h = keras.Model(trainer.h.inputs, trainer.h.outputs, name="h_eval")
             h.compile(loss=default_loss(),
                       metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
         loss, top1, top5 = h.evaluate(test_ds, verbose=0)
         metrics["h" if config.baseline == "none" else "teacher"] = {"top1": top1, "top5": top5, "loss": loss}
+    if steady is not None:
+        if steady.model is None:
+            steady.set_model(trainer)
+        steady.reestimate()  # the final weights' statistics: what f.keras carries and "f" evaluates
+    f_eval = dict(zip(["loss", "top1", "top5"], _evaluate(trainer, test_ds)))
+    metrics["f"] = {"top1": f_eval["top1"], "top5": f_eval["top5"], "loss": f_eval["loss"]}
+    if steady is not None:
+        metrics["f_raw"] = {"top1": f_raw["top1"], "top5": f_raw["top5"], "loss": f_raw["loss"]}
+        metrics["bn_reestimation"] = {
+            "num_batches": steady.num_batches, "batch_size": config.batch_size,
+            "note": ("f (and f.keras, and history val_*): F with its BatchNorm moving statistics re-estimated over "
+                     f"the first {steady.num_batches} training batches (in order, test-time preprocessing), weights "
+                     "frozen; f_raw (and history raw_val_*): F with training's running statistics, as a run "
+                     "without re-estimation reports.")}
+    else:
+        metrics["bn_reestimation"] = {"num_batches": 0, "note": "off: f and history val_* use training's running "
+                                                                "BatchNorm statistics."}
 
     saving.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
     saving.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
@@ -236,10 +276,27 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
                         f"{config.arch} {config.w_bits}/{config.a_bits}-bit {config.dataset}")
     shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
     print(f"F test top-1: {100 * f_eval['top1']:.2f}%  top-5: {100 * f_eval['top5']:.2f}%"
+          + (f"  (BN re-estimated over {steady.num_batches} batches; raw: {100 * f_raw['top1']:.2f}%)"
+             if steady is not None else "")
           + (f"  ({'H' if config.baseline == 'none' else 'teacher'} top-1: "
              f"{100 * metrics.get('h', metrics.get('teacher', {})).get('top1', 0):.2f}%)"
              if trainer.h is not None else ""))
     return metrics
+
+
+def _steady_evaluation(config, data_kw, test_ds):
+    """The run's :class:`~agq_keras.training.callbacks.BNReestimation` (None when
+    ``bn_reestimation_batches`` is 0): its own dataset, the training split in order with the test-time
+    preprocessing (deterministic; building or iterating it never touches the training pipeline), at the
+    training batch size; N capped at the number of training batches; ``log_raw`` on the test set."""
+    n = config.get("bn_reestimation_batches", 0)
+    if not n:
+        return None
+    data, _, _ = pipeline.make(config.dataset, "train", subset=config.train_subset, augment=False, **data_kw)
+    cardinality = int(data.cardinality())
+    if cardinality > 0:
+        n = min(n, cardinality)
+    return cb.BNReestimation(data, n, log_raw=True, validation_data=test_ds)
 
 
 def _evaluate(trainer, test_ds):

@@ -4,6 +4,7 @@ re-estimation before every evaluation (:class:`BNReestimation`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -45,15 +46,25 @@ class NaNGuard(keras.callbacks.TerminateOnNaN):
 
 class SafeBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` that does not save once the run has diverged, so the
-    backup keeps the last good (finite) state."""
+    backup keeps the last good (finite) state.
 
-    def __init__(self, backup_dir, guard: NaNGuard, **kwargs):
+    With ``bn_reestimation`` (the run's :class:`BNReestimation`) the epoch-end backup stores F's BN
+    statistics as training left them (its running statistics), not the re-estimated ones F holds after
+    the validation pass: a resumed run continues the same momentum chain, so its raw numbers (and F's
+    statistics at every later epoch) are those of an uninterrupted run."""
+
+    def __init__(self, backup_dir, guard: NaNGuard, bn_reestimation: "BNReestimation | None" = None, **kwargs):
         super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
         self.guard = guard
+        self.bn_reestimation = bn_reestimation
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.diverged_at is None:
-            super().on_epoch_end(epoch, logs)
+            if self.bn_reestimation is None:
+                super().on_epoch_end(epoch, logs)
+            else:
+                with self.bn_reestimation.running_statistics():
+                    super().on_epoch_end(epoch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.guard.diverged_at is None:
@@ -77,13 +88,20 @@ def pyplot(what: str):
 
 def plot_convergence(history: dict, path: str, title: str) -> bool:
     """F's test top-1 per epoch (like the paper's Fig. 3), written atomically; False (and a
-    warning) without matplotlib."""
+    warning) without matplotlib. A history with ``raw_val_accuracy`` (:class:`BNReestimation` with
+    ``log_raw=True``) gets both curves, labelled: ``val_accuracy`` is then F with its BatchNorm statistics
+    re-estimated ("steadied"), ``raw_val_accuracy`` F with training's running statistics ("raw")."""
     plt = pyplot(os.path.basename(path))
     if plt is None:
         return False
     top1 = [100.0 * a for a in history.get("val_accuracy", [])]
+    raw = [100.0 * a for a in history.get("raw_val_accuracy", [])]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(range(1, len(top1) + 1), top1, marker="o", label="F test top-1")
+    ax.plot(range(1, len(top1) + 1), top1, marker="o",
+            label="F test top-1, BN re-estimated (steadied)" if raw else "F test top-1")
+    if raw:
+        ax.plot(range(1, len(raw) + 1), raw, marker="x", alpha=0.7,
+                label="F test top-1, raw (running BN statistics)")
     if history.get("accuracy"):
         ax.plot(range(1, len(history["accuracy"]) + 1), [100.0 * a for a in history["accuracy"]],
                 linestyle="--", label="F train top-1")
@@ -91,7 +109,7 @@ def plot_convergence(history: dict, path: str, title: str) -> bool:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -275,7 +293,10 @@ class BNReestimation(keras.callbacks.Callback):
     Inside ``fit`` the re-estimated statistics serve the validation pass and the epoch-end callbacks
     (checkpoints store them); when the next epoch begins the callback puts training's running statistics
     back, so the momentum chain training builds (and the raw numbers of ``log_raw``) is exactly that of a
-    run without the callback. After ``fit`` F keeps the statistics of the last re-estimation.
+    run without the callback. After ``fit`` F keeps the statistics of the last re-estimation, and the
+    callback holds training's running statistics: :meth:`restore_running_statistics` puts them back (the
+    raw net), :meth:`running_statistics` does so for the length of a ``with`` block (backups:
+    :class:`SafeBackup`).
 
     Training is unchanged by it: in a training step (``training=True``, trainable BN) a BN normalizes
     with its batch statistics and its moving statistics are only written (a momentum update that reads
@@ -358,8 +379,42 @@ class BNReestimation(keras.callbacks.Callback):
         self._running = None
 
     def on_train_end(self, logs=None):
-        self._in_fit = False  # F keeps the statistics of the last re-estimation
+        self._in_fit = False  # F keeps the statistics of the last re-estimation; training's running
+        # statistics stay held for restore_running_statistics() (until the next fit begins)
+
+    @property
+    def holds_running_statistics(self) -> bool:
+        """True when training's running statistics are held, not in F: after a re-estimation inside fit
+        (until the next epoch begins), and after fit when its last epoch re-estimated."""
+        return self._running is not None
+
+    def restore_running_statistics(self) -> bool:
+        """Put training's running statistics back into F (the raw net: what a run without this callback
+        would have); returns False, changing nothing, when none are held (see
+        :attr:`holds_running_statistics`)."""
+        if self._running is None:
+            return False
+        for v, value in zip(self._probe.targets, self._running):
+            v.assign(value)
         self._running = None
+        return True
+
+    @contextlib.contextmanager
+    def running_statistics(self):
+        """Within it F holds training's running statistics (when held; else it changes nothing), and the
+        re-estimated ones again afterwards: what a backup stores (:class:`SafeBackup`), so a resumed run
+        continues training's momentum chain exactly."""
+        if self._running is None:
+            yield
+            return
+        steadied = [np.array(v.numpy()) for v in self._probe.targets]
+        for v, value in zip(self._probe.targets, self._running):
+            v.assign(value)
+        try:
+            yield
+        finally:
+            for v, value in zip(self._probe.targets, steadied):
+                v.assign(value)
 
     def on_test_begin(self, logs=None):
         if self._busy:  # our own raw evaluation
