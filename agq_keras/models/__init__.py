@@ -1,6 +1,7 @@
 """Model builders: F (and H through the AG trainer)."""
 
 from agq_keras.models.builder import ARCHITECTURES, build, make_net
+from agq_keras.models.mobilenetv2 import MobileNetV2
 from agq_keras.models.resnet import RESNETS, ArchSpec, BNPersonality, ResNet
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "BNPersonality", "RESNETS", "ResNet", "build", "make_net"]
+__all__ = ["ARCHITECTURES", "ArchSpec", "BNPersonality", "MobileNetV2", "RESNETS", "ResNet", "build", "make_net"]

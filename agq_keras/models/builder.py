@@ -12,11 +12,12 @@ from agq_keras import quantizers
 from agq_keras.auxiliary import PLACEMENTS, build_h
 from agq_keras.models.bireal import BiRealNet
 from agq_keras.models.groupnet import GroupNet
+from agq_keras.models.mobilenetv2 import MOBILENETV2, MobileNetV2
 from agq_keras.models.resnet import RESNETS, BNPersonality, ResNet
 from agq_keras.training.trainer import AGTrainer, check_lambda
 
-# arch name -> (F builder class with body()/head()/blocks, its ResNet spec). The Bi-Real /
-# GroupNet "20" variants are CPU-scale twins (CIFAR stem, widths 16/32/64).
+# arch name -> (F builder class with body()/head()/blocks, its spec: a ResNet ArchSpec or a MobileNetSpec).
+# The Bi-Real / GroupNet "20" variants are CPU-scale twins (CIFAR stem, widths 16/32/64).
 SPECS = {name: (ResNet, spec) for name, spec in RESNETS.items()}
 VARIANTS = {
     "birealnet18": (BiRealNet, RESNETS["resnet18"]),
@@ -25,6 +26,7 @@ VARIANTS = {
     "groupnet20": (GroupNet, RESNETS["resnet20"]),
 }
 SPECS.update(VARIANTS)
+SPECS["mobilenetv2"] = (MobileNetV2, MOBILENETV2)  # stem="cifar": the small-input stem (downsampling 8)
 # arch name -> callable(**net kwargs) returning an F builder.
 ARCHITECTURES = {name: functools.partial(cls, spec) for name, (cls, spec) in SPECS.items()}
 # arch name -> minimum input height/width (its total downsampling factor).
@@ -38,6 +40,7 @@ _EXTRA_KWARGS = {
     "aux_relu": False,  # ReLU after each aggregation sum in H
     "stem": None,  # "imagenet" or "cifar"; None: the arch's own
     "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
+    "alpha": None,  # mobilenetv2 only: the width multiplier (None: 1.0)
     "residual_stream": "float",  # "int16" / "int8": F quantizes its residual stream as the export stores it
 }
 
@@ -51,7 +54,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     Args:
       arch: one of :data:`ARCHITECTURES` (resnet18/34/50 ImageNet stems,
         resnet20/32/56 CIFAR stems; birealnet18/groupnet18 and their CPU twins
-        birealnet20/groupnet20, see :data:`VARIANTS`).
+        birealnet20/groupnet20, see :data:`VARIANTS`; mobilenetv2, a pre-activation MobileNetV2,
+        :mod:`agq_keras.models.mobilenetv2`).
       plain: remove every skip connection (F then has no ``Add`` layer).
       aux: also build H and return a trainer holding ``.f`` and ``.h``.
       quantizer: quantizer family (``agq_keras.quantizers.families()``).
@@ -70,7 +74,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         ``first_last_bits`` (16, the paper's; 32 when w_bits = a_bits = 32; 8: per-channel int8
         weights and an 8-bit static-range classifier input, exported as plain int8),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
-        ``num_bases`` (GroupNet archs: M, default 5), ``residual_stream`` (``"float"``, the
+        ``num_bases`` (GroupNet archs: M, default 5), ``alpha`` (mobilenetv2: the width multiplier,
+        a positive number, default 1.0), ``residual_stream`` (``"float"``, the
         paper's F; ``"int16"`` / ``"int8"``: F rounds its residual stream to the int16 / int8 grid
         the integer export uses, which makes residual nets exactly exportable, DoReFa 2..4 bits; int8
         needs no int16 tensor (Edge TPU); docs/export.md).
@@ -101,8 +106,13 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
             raise ValueError(f"num_bases is only for the GroupNet archs "
                              f"({', '.join(n for n, v in VARIANTS.items() if v[0] is GroupNet)}), not {arch!r}.")
         arch_kwargs["num_bases"] = opts["num_bases"]
+    if opts["alpha"] is not None:
+        if SPECS[arch][0] is not MobileNetV2:
+            raise ValueError(f"alpha (the width multiplier) is only for the MobileNet archs "
+                             f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
+        arch_kwargs["alpha"] = opts["alpha"]
     if opts["residual_stream"] != "float":
-        if arch in VARIANTS or plain:
+        if arch not in RESNETS or plain:
             raise ValueError(f"residual_stream={opts['residual_stream']!r} is for residual ResNets (plain=False, "
                              f"arch in {', '.join(RESNETS)}); got arch={arch!r}, plain={plain}.")
         arch_kwargs["residual_stream"] = opts["residual_stream"]

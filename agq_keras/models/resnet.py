@@ -158,6 +158,11 @@ class ResNet:
                     shortcut = q_conv(out_channels, 1, strides, f"{name}_shortcut", name)
                 self.blocks.append(Block(name, convs, shortcut, strides != 1, s))
                 channels = out_channels
+        self.make_head(num_classes, first_last_bits)
+
+    def make_head(self, num_classes: int, first_last_bits: int) -> None:
+        """The head's layer objects (the classifier; with ``first_last_bits=8`` also the integer pool and the
+        logits quantizer), used by :meth:`head`. Builders with their own body (MobileNetV2) call it too."""
         head_q = quantizers.edge_pair(first_last_bits)
         # first_last_bits=8: an integer head (see head()); its pool and logits quantizer are shared by F and
         # H like the classifier (their static ranges move with F's forward passes only)
