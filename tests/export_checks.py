@@ -121,6 +121,7 @@ def explain(f, model_bytes, plan, images, batch_size=25):
     weights = codes * scale[:, None]  # (classes, features), F's classifier as exported
     runner = export.Runner(model_bytes, batch_size=batch_size, preserve=True)
     unexplained, summary = [], collections.Counter()
+    budget = 0.0  # no image to explain (all agree): no head error budget was needed
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         n = len(batch)

@@ -24,10 +24,15 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
             x = values[op.inputs[0]]
             weights = forms[op.output].real_weights() if op.output in forms else \
                 op.real_weights() if op.codes is not None else None
-            if op.kind in ("conv", "affine"):
+            if op.kind in ("conv", "dwconv", "affine"):
                 if op.kind == "conv":
                     w = np.transpose(weights, (1, 2, 3, 0))  # (H, W, I, O)
                     y = tf.nn.conv2d(x, tf.constant(w, tf.float32), op.strides, op.padding)
+                elif op.kind == "dwconv":  # (C*M, kh, kw, 1) -> (kh, kw, C, M)
+                    w = np.transpose(weights[..., 0], (1, 2, 0)).reshape(
+                        weights.shape[1], weights.shape[2], -1, op.depth_multiplier)
+                    y = tf.nn.depthwise_conv2d(x, tf.constant(w, tf.float32), (1,) + tuple(op.strides) + (1,),
+                                               op.padding)
                 else:
                     y = x * tf.constant(weights, tf.float32)
                 y = y + tf.constant(op.bias, tf.float32)
@@ -37,10 +42,12 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
                 y = x + values[op.inputs[1]]
             elif op.kind == "mean":
                 y = tf.reduce_mean(x, axis=[1, 2])
+            elif op.kind == "pad":
+                y = tf.pad(x, [(0, 0), *op.paddings, (0, 0)])
             else:
                 y = tf.nn.max_pool2d(x, op.pool, op.strides, op.padding)
             if op.relu:
-                y = tf.nn.relu(y)
+                y = tf.nn.relu(y) if op.relu_cap is None else tf.clip_by_value(y, 0.0, op.relu_cap)
             out = graph.tensors[op.output]
             if out.grid is not None:
                 step, levels = out.grid

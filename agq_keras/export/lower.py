@@ -7,8 +7,10 @@ on it. The graph is not changed after :func:`lower` returns.
 
 The IR has five op kinds, each a TFLite builtin with an int8 kernel:
 
-* ``conv``   -> CONV_2D (per-channel int8 weights, int32 bias, fused ReLU)
+* ``conv``   -> CONV_2D (per-channel int8 weights, int32 bias, fused ReLU or ReLU6)
+* ``dwconv`` -> DEPTHWISE_CONV_2D (a depthwise conv: codes ``(C*M, kh, kw, 1)``, per output channel)
 * ``affine`` -> DEPTHWISE_CONV_2D 1x1 (a BatchNorm that cannot be folded)
+* ``pad``    -> PAD (ZeroPadding2D: zeros at the input's own scale and zero point)
 * ``dense``  -> FULLY_CONNECTED
 * ``add``    -> ADD,  ``mean`` -> MEAN (global average pooling; a DEPTHWISE_CONV_2D of ones when F
   rounds both its input and its output, :class:`~agq_keras.layers.QGlobalAveragePooling2D`),
@@ -36,11 +38,15 @@ from typing import Optional
 import keras
 import numpy as np
 
-from agq_keras.layers import QConv2D, QDense
+from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
 from agq_keras.quantizers import Quantizer
+from agq_keras.structure import _history
 
-SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDense", "Dense", "BatchNormalization", "ReLU", "Add",
-                    "GlobalAveragePooling2D", "QGlobalAveragePooling2D", "MaxPooling2D", "FixedStep")
+SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense",
+                    "BatchNormalization", "ReLU", "Activation", "Add", "GlobalAveragePooling2D",
+                    "QGlobalAveragePooling2D", "MaxPooling2D", "ZeroPadding2D", "Dropout", "FixedStep")
+# the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
+FUSABLE = {"relu": None, "relu6": 6.0}
 
 
 @dataclasses.dataclass
@@ -67,6 +73,9 @@ class Op:
     padding: str = "SAME"
     pool: tuple = (1, 1)
     relu: bool = False
+    relu_cap: Optional[float] = None  # a fused ReLU6 (6.0)
+    depth_multiplier: int = 1  # dwconv
+    paddings: tuple = ()  # pad: ((top, bottom), (left, right))
     exact_weights: bool = False
     weight_bits: int = 32
     weight_note: str = ""
@@ -92,21 +101,6 @@ class Graph:
         return None
 
 
-def _history(obj) -> list:
-    """All ``keras_history`` triples inside a serialized call's args, in order."""
-    found = []
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            found.append(tuple(obj["config"]["keras_history"]))
-        else:
-            for value in obj.values():
-                found += _history(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            found += _history(value)
-    return found
-
-
 def _first_ref(refs):
     refs = list(refs)
     return tuple(refs[0]) if refs and isinstance(refs[0], (list, tuple)) else tuple(refs)
@@ -118,10 +112,15 @@ def unsupported(layer, why: str) -> ValueError:
 
 
 def _kernel_codes(layer, notes, max_replicas):
-    """(codes with out-channels first, steps, exact, bits, note) of a conv/dense layer."""
+    """(codes with out-channels first, steps, exact, bits, note) of a conv/dense layer (a depthwise conv's
+    kernel ``(kh, kw, C, M)`` as ``(kh, kw, 1, C*M)``, the weight quantizer's own layout)."""
     kernel_q = getattr(layer, "kernel_quantizer", None)
     q_kernel = np.asarray(keras.ops.convert_to_numpy(
-        layer.quantized_kernel() if isinstance(layer, (QConv2D, QDense)) else layer.kernel), dtype=np.float64)
+        layer.quantized_kernel() if isinstance(layer, (QConv2D, QDense, QDepthwiseConv2D)) else layer.kernel),
+        dtype=np.float64)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, c, m = q_kernel.shape
+        q_kernel = q_kernel.reshape(kh, kw, 1, c * m)
     bits = 32 if kernel_q is None else int(kernel_q.bits)
     grid = kernel_q.export_grid(q_kernel, 127 * max_replicas) if kernel_q is not None else None
     out_first = lambda a: np.moveaxis(a, -1, 0)  # noqa: E731  (H,W,I,O)->(O,H,W,I), (I,O)->(O,I)
@@ -183,7 +182,17 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 out_shape = src.shape
             elif cls in SUPPORTED_LAYERS:
                 out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]
-            if isinstance(layer, keras.layers.Conv2D) and cls in ("QConv2D", "Conv2D"):
+            if isinstance(layer, keras.layers.DepthwiseConv2D) and cls in ("QDepthwiseConv2D", "DepthwiseConv2D"):
+                cfg = layer.get_config()
+                if tuple(cfg["dilation_rate"]) != (1, 1):
+                    raise unsupported(layer, "dilated depthwise convolutions are not supported")
+                if cfg["data_format"] != "channels_last":
+                    raise unsupported(layer, "only channels_last is supported")
+                params = _weighted_params(layer, src, graph, max_replicas)
+                graph.ops.append(Op("dwconv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
+                                    strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(),
+                                    depth_multiplier=int(cfg["depth_multiplier"]), **params))
+            elif isinstance(layer, keras.layers.Conv2D) and cls in ("QConv2D", "Conv2D"):
                 cfg = layer.get_config()
                 if tuple(cfg["dilation_rate"]) != (1, 1) or cfg.get("groups", 1) != 1:
                     raise unsupported(layer, "dilated or grouped convolutions are not supported")
@@ -200,18 +209,31 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                                     **params))
             elif cls == "BatchNormalization":
                 _batchnorm(layer, src, graph, ref, out_shape, new_tensor, value, lambda r: uses.get(r, 0))
-            elif cls == "ReLU":
-                cfg = layer.get_config()
-                if cfg.get("max_value") is not None or cfg.get("negative_slope") or cfg.get("threshold"):
-                    raise unsupported(layer, "only the plain ReLU (no max_value/negative_slope/threshold)")
+            elif cls in ("ReLU", "Activation"):
+                cap = _relu_cap(layer)
+                if cap == "linear":
+                    value[ref] = src.name
+                    src.consumers += uses.get(ref, 0) - 1
+                    continue
                 prod = graph.producer(src.name)
-                if prod is None or prod.relu or prod.kind in ("mean", "maxpool") or src.consumers != 1:
+                if prod is None or prod.relu or prod.kind in ("mean", "maxpool", "pad") or src.consumers != 1:
                     raise unsupported(layer, "a ReLU must directly follow a conv, dense, BatchNorm or add "
                                              "whose output has no other consumer")
-                prod.relu = True
+                prod.relu, prod.relu_cap = True, cap
                 prod.layer += f"+{layer.name}"
                 value[ref] = src.name
                 src.consumers = uses.get(ref, 0)
+            elif cls == "Dropout":  # the identity at inference
+                value[ref] = src.name
+                src.consumers += uses.get(ref, 0) - 1
+            elif cls == "ZeroPadding2D":
+                cfg = layer.get_config()
+                if cfg.get("data_format", "channels_last") != "channels_last":
+                    raise unsupported(layer, "only channels_last is supported")
+                out = new_tensor(layer.name, out_shape, ref)
+                graph.tensors[out].stream_grid = src.stream_grid  # zeros are on every stream grid
+                graph.ops.append(Op("pad", [src.name], out, layer.name,
+                                    paddings=tuple(tuple(int(v) for v in p) for p in cfg["padding"])))
             elif isinstance(layer, Quantizer) and (stream := _stream_grid(layer)) is not None:
                 # F's integer residual stream: the producer writes the stream's integers at this step
                 prod = graph.producer(src.name)
@@ -240,7 +262,9 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 graph.ops.append(Op("mean", [src.name], out, layer.name))
             elif cls == "MaxPooling2D":
                 cfg = layer.get_config()
-                graph.ops.append(Op("maxpool", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
+                out = new_tensor(layer.name, out_shape, ref)
+                graph.tensors[out].stream_grid = src.stream_grid  # max of a stream grid's values: that grid
+                graph.ops.append(Op("maxpool", [src.name], out, layer.name,
                                     strides=tuple(cfg["strides"]), pool=tuple(cfg["pool_size"]),
                                     padding=cfg["padding"].upper()))
             else:
@@ -253,13 +277,29 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
 def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dict:
     """The Op fields shared by conv and dense: grid codes, steps, bias, fused ReLU."""
     act = layer.get_config()["activation"]
-    if act not in ("linear", "relu"):
-        raise unsupported(layer, f"activation {act!r} (allowed: linear, relu)")
+    if act != "linear" and act not in FUSABLE:
+        raise unsupported(layer, f"activation {act!r} (allowed: linear, {', '.join(FUSABLE)})")
     codes, steps, exact, bits, note = _kernel_codes(layer, graph.notes, max_replicas)
     _want_input_grid(layer, src, graph)
     bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(codes.shape[0])
-    return dict(codes=codes, steps=steps, bias=bias, relu=act == "relu", exact_weights=exact,
-                weight_bits=bits, weight_note=note)
+    return dict(codes=codes, steps=steps, bias=bias, relu=act in FUSABLE, relu_cap=FUSABLE.get(act),
+                exact_weights=exact, weight_bits=bits, weight_note=note)
+
+
+def _relu_cap(layer):
+    """A ReLU / Activation layer's cap (None: plain ReLU, 6.0: ReLU6) or ``"linear"``; others are refused."""
+    cfg = layer.get_config()
+    if type(layer).__name__ == "Activation":
+        act = cfg["activation"]
+        if act == "linear":
+            return "linear"
+        if act not in FUSABLE:
+            raise unsupported(layer, f"activation {act!r} (allowed: linear, {', '.join(FUSABLE)})")
+        return FUSABLE[act]
+    cap = cfg.get("max_value")
+    if cfg.get("negative_slope") or cfg.get("threshold") or cap not in (None, 6.0):
+        raise unsupported(layer, "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, threshold)")
+    return cap
 
 
 def _stream_grid(layer):
@@ -295,7 +335,7 @@ def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, val
     g = gamma / np.sqrt(var + layer.epsilon)
     shift = beta - mean * g
     prod = graph.producer(src.name)
-    if prod is not None and prod.kind in ("conv", "dense") and not prod.relu and src.consumers == 1:
+    if prod is not None and prod.kind in ("conv", "dwconv", "dense") and not prod.relu and src.consumers == 1:
         # fold: w' = w * g per output channel, keeping codes on the grid
         sign = np.where(g < 0, -1, 1)
         prod.codes = prod.codes * sign.reshape((-1,) + (1,) * (prod.codes.ndim - 1))
@@ -327,6 +367,13 @@ def _mean_of_relu(graph: Graph, op: Op) -> bool:
 
 
 def _resolve_grids(graph: Graph):
+    # PAD keeps its input's scale and zero point: its input takes the grids its consumers want
+    pads = [op for op in graph.ops if op.kind == "pad"]
+    for op in reversed(pads):
+        src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+        src.wanted_grids += out.wanted_grids
+        src.consumers += out.consumers - 1
+        out.wanted_grids = []
     for tensor in graph.tensors.values():
         wanted = tensor.wanted_grids
         if not wanted or all(g == "none" for g, _ in wanted):
@@ -356,3 +403,5 @@ def _resolve_grids(graph: Graph):
             graph.notes.append(f"{tensor.name}: more than 256 activation levels; calibrated int8 tensor")
         else:
             tensor.grid = wanted[0][0]
+    for op in pads:
+        graph.tensors[op.output].grid = graph.tensors[op.inputs[0]].grid

@@ -32,6 +32,7 @@ _VERSIONS = {
     "MEAN": {"int8": 2, "float32": 1},
     "MAX_POOL_2D": {"int8": 2, "float32": 1},
     "CONCATENATION": {"int8": 2, "float32": 1},
+    "PAD": {"int8": 2, "float32": 1},
     "MINIMUM": {"float32": 1},
     "MUL": {"float32": 1},
     "ROUND": {"float32": 1},
@@ -39,7 +40,7 @@ _VERSIONS = {
 }
 # int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
 _VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
-                   "MAX_POOL_2D": 3, "CONCATENATION": 3}
+                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4}
 RESIDUAL_BITS = (16, 8)
 WEIGHTS = ("int8", "packed")
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
@@ -163,12 +164,14 @@ def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
     repeats). Returns (forms, notes)."""
     forms, notes = {}, []
     for op in graph.ops:
-        if op.kind not in ("conv", "dense"):
+        if op.kind not in ("conv", "dwconv", "dense"):
             continue
         # Wide (repeated-input) weights only pay where the input itself is exact (the model input or a
-        # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing.
+        # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing. A
+        # depthwise conv cannot repeat its input (each channel has its own filter): its codes stay within +-127.
         src = graph.tensors[op.inputs[0]]
-        replicas = max_replicas if (op.kind == "dense" or src.name == graph.input or src.grid is not None) else 1
+        replicas = 1 if op.kind == "dwconv" else \
+            max_replicas if (op.kind == "dense" or src.name == graph.input or src.grid is not None) else 1
         float_weights = op.real_weights()
         codes, steps, exact, note = op.codes, op.steps, op.exact_weights, op.weight_note
         packed = (weights == "packed" and op.kind == "conv" and exact and op.weight_bits <= 4 and src.grid is not None
@@ -400,6 +403,12 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
                 for name in op.inputs + [op.output]:
                     tensor = acts[name]
                     tensor.int16 = tensor.grid is None and name not in (graph.input, graph.output)
+        for op in graph.ops:  # a post-activation net's linear bottleneck: a conv output read by convs
+            src = graph.tensors[op.inputs[0]]
+            prod = graph.producer(src.name)
+            if op.kind in ("conv", "dwconv") and src.grid is None and not src.sign and src.stream_grid is None \
+                    and prod is not None and prod.kind in ("conv", "dwconv") and not prod.relu:
+                acts[src.name].int16 = True
         for op in graph.ops:  # the head after the stream (final BatchNorm, pooling) stays int16 too
             out = acts[op.output]
             if op.kind in ("affine", "mean", "maxpool") and acts[op.inputs[0]].int16 and out.grid is None \
@@ -425,6 +434,16 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
                 outputs=(planner.index[graph.output],), layers=planner.layers,
                 stream_scales={n: a.stream_scale for n, a in acts.items() if a.stream_scale is not None},
                 notes=tuple(graph.notes) + tuple(n for n in notes if n not in graph.notes))
+
+
+def _filter_layout(op: Op, weights: np.ndarray) -> np.ndarray:
+    """Out-channels-first weights in TFLite's filter layout: a conv's (O, H, W, I) as they are, a BatchNorm's
+    (C,) and a depthwise conv's (C*M, kh, kw, 1) as DEPTHWISE_CONV_2D's (1, kh, kw, C*M)."""
+    if op.kind == "affine":
+        return weights.reshape(1, 1, 1, -1)
+    if op.kind == "dwconv":
+        return np.transpose(weights[..., 0], (1, 2, 0))[None]
+    return weights
 
 
 class _Planner:
@@ -495,7 +514,7 @@ class _Planner:
         """(weight tensor, bias tensor) indices; records the op's LayerRecord."""
         form = self.forms.get(op.output)
         real = form.float_weights if form is not None else op.real_weights()
-        layout = real.reshape(1, 1, 1, -1) if op.kind == "affine" else real  # depthwise filter: (1, 1, 1, C)
+        layout = _filter_layout(op, real)
         record = dict(layer=op.layer, kind=op.kind, output=op.output, weight_bits=op.weight_bits,
                       replicas=form.replicas if form is not None else 1,
                       exact_weights=form.exact if form is not None else op.exact_weights,
@@ -523,7 +542,7 @@ class _Planner:
             # reads the image (its repeats cost next to nothing; XNNPACK users then get F's codes there too)
             reads_image = op.inputs[0] == self.graph.input
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
-            if op.kind == "affine" or (form is not None and form.packed) or op.output in self.pools:
+            if op.kind in ("affine", "dwconv") or (form is not None and form.packed) or op.output in self.pools:
                 cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7; the head's map: a
                 # large layer in large nets (ResNet-18: 2.4 M weights per repeat), where a closest channel
                 # costs a code at a few accumulator values
@@ -555,7 +574,8 @@ class _Planner:
         self.layers[op.output] = LayerRecord(**record)
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
-        layout = codes.reshape(1, 1, 1, -1) if op.kind == "affine" else intmath.split_codes(codes, record["replicas"])
+        layout = _filter_layout(op, codes) if op.kind in ("affine", "dwconv") else \
+            intmath.split_codes(codes, record["replicas"])
         packed = form is not None and form.packed and int(np.abs(layout).max(initial=0)) <= intmath.INT4_MAX
         w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int4" if packed else "int8", scale=steps,
                        zero_point=np.zeros(len(steps), np.int64), axis=axis)
@@ -620,9 +640,8 @@ class _Planner:
         def concat(inputs, copies):
             name = f"{in_name}/x{copies}"
             if name not in self.index:
-                self.acts[name] = _Act(name, src.shape[:-1] + (src.shape[-1] * copies,), grid=src.grid,
-                                       lo=src.lo, hi=src.hi, sign=src.sign, int16=src.int16,
-                                       int16_like=src.int16_like)
+                # the same quantization as the input (CONCATENATION needs it), F's stream step included
+                self.acts[name] = dataclasses.replace(src, name=name, shape=src.shape[:-1] + (src.shape[-1] * copies,))
                 self.op("CONCATENATION", inputs, [self.activation(name)],
                         ("ConcatenationOptions", {"axis": axis}))
             return self.index[name]
@@ -638,10 +657,15 @@ class _Planner:
     def emit(self, op: Op):
         out_name = op.output
         out = self.acts[out_name]
-        # The input type: an affine (BatchNorm) or dense layer reads its input as stored; every other
-        # op reads its input in its output's type (int16 in and out: the 16x8 kernels; int8 in and out).
-        as_stored = op.kind in ("affine", "dense")
+        # The input type: an affine (BatchNorm), dense or pad op reads its input as stored, and so does a conv
+        # reading the int16 stream (a post-activation net's linear bottleneck: its 16x8 kernel then writes
+        # int16, and QUANTIZE its int8 output); every other op reads its input in its output's type (int16 in
+        # and out: the 16x8 kernels; int8 in and out).
+        as_stored = op.kind in ("affine", "dense", "pad") or (op.kind in ("conv", "dwconv") and
+                                                             self.acts[op.inputs[0]].int16)
         in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
+        if op.kind == "pad":  # PAD writes its input's scale and zero point (the padding is the zero point)
+            out = self.acts[out_name] = dataclasses.replace(self.acts[in_name], name=out_name, shape=out.shape)
         if op.kind == "dense" and out.int16 and not self.acts[in_name].int16:
             # int16 logits come from the 16x8 kernel: an int8-input FULLY_CONNECTED with an int16 output
             # returned wrong values (measured); QUANTIZE int8 -> int16 at the same scale is exact
@@ -652,17 +676,17 @@ class _Planner:
             self.acts[tmp] = _Act(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                   int16_like=out if out.grid is not None else None)
         pool_sum = op.kind == "mean" and op.inputs[0] in self.pools
-        params = self.weights(op, in_name, axis=3 if op.kind == "affine" else 0) \
-            if op.kind in ("conv", "dense", "affine") else self.pool_weights(op, in_name) if pool_sum else None
+        params = self.weights(op, in_name, axis=3 if op.kind in ("affine", "dwconv") else 0) \
+            if op.kind in ("conv", "dwconv", "dense", "affine") else self.pool_weights(op, in_name) if pool_sum else None
         x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
             else self.activation(in_name)
         grid = out.grid
-        rounding = self.mode == "float32" and grid is not None
+        rounding = self.mode == "float32" and grid is not None and op.kind != "pad"
         y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if widened else out_name)
         if rounding:
             self.acts[y_name] = _Act(y_name, out.shape)
         y = self.activation(y_name)
-        act = "RELU" if op.relu else "NONE"
+        act = ("RELU" if op.relu_cap is None else "RELU6") if op.relu else "NONE"
         if out.sign and self.mode == "int8":
             act = "RELU_N1_TO_1"
         if op.kind == "conv":
@@ -670,6 +694,14 @@ class _Planner:
             self.op("CONV_2D", [x, w, b], [y], ("Conv2DOptions", dict(
                 padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], dilationHFactor=1,
                 dilationWFactor=1, fusedActivationFunction=act)))
+        elif op.kind == "dwconv":
+            w, b = params
+            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
+                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], depthMultiplier=op.depth_multiplier,
+                dilationHFactor=1, dilationWFactor=1, fusedActivationFunction=act)))
+        elif op.kind == "pad":
+            paddings = self.const(f"{out_name}/paddings", np.asarray([(0, 0), *op.paddings, (0, 0)], np.int32), "int32")
+            self.op("PAD", [x, paddings], [y], ("PadOptions", {}))
         elif op.kind == "affine":
             w, b = params
             self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(

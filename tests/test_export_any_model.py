@@ -1,0 +1,119 @@
+"""The exporter on F from agq_keras.quantize: depthwise convs, PAD, ReLU6, Activation and Dropout layers
+(DEPTHWISE_CONV_2D with F's weight codes, PAD at its input's scale and zero point, fused RELU6)."""
+
+import numpy as np
+import pytest
+import keras
+
+pytest.importorskip("ai_edge_litert")
+
+from agq_keras import export  # noqa: E402
+from agq_keras.auxiliary import attach  # noqa: E402
+from agq_keras.export.lower import lower  # noqa: E402
+from agq_keras.models.quantize import quantize  # noqa: E402
+from agq_keras.training.callbacks import reestimate_batch_norm  # noqa: E402
+
+RNG = np.random.default_rng(0)
+IMAGES = np.round(RNG.random((160, 16, 16, 3)) * 255).astype("float32") / 255  # on the int8 input grid
+
+
+def _tiny(depth_multiplier=1):
+    """stem -> BN -> ReLU6 -> pad -> depthwise (stride 2) -> BN -> ReLU -> 1x1 project -> BN -> GAP -> Dense."""
+    x = inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="b1_pad")(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, depth_multiplier=depth_multiplier, use_bias=False, name="b1_dw")(x)
+    x = keras.layers.BatchNormalization(name="b1_dw_bn")(x)
+    x = keras.layers.Activation("relu", name="b1_dw_relu")(x)
+    x = keras.layers.Conv2D(16, 1, use_bias=False, name="b1_project")(x)
+    x = keras.layers.BatchNormalization(name="b1_project_bn")(x)
+    x = keras.layers.ReLU(name="b1_relu")(x)
+    x = keras.layers.Dropout(0.2, name="drop")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x), name="tiny")
+
+
+def _f(depth_multiplier=1, **kwargs):
+    keras.utils.set_random_seed(1)
+    f = quantize(_tiny(depth_multiplier), w_bits=2, a_bits=2, first_last_bits=8, **kwargs)
+    import tensorflow as tf
+
+    reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)  # a live, normalized net
+    return f
+
+
+def test_lowering_of_depthwise_pad_relu6_and_dropout():
+    graph = lower(_f())
+    kinds = [(op.kind, op.layer) for op in graph.ops]
+    assert kinds[:4] == [("conv", "stem+stem_bn+stem_relu"), ("pad", "b1_pad"), ("dwconv", "b1_dw+b1_dw_bn+b1_dw_relu"),
+                         ("conv", "b1_project+b1_project_bn+b1_relu")]
+    stem, pad, dw = graph.ops[:3]
+    assert stem.relu and stem.relu_cap == 6.0 and dw.relu and dw.relu_cap is None
+    assert pad.paddings == ((0, 1), (0, 1)) and dw.strides == (2, 2) and dw.padding == "VALID"
+    assert dw.codes.shape == (8, 3, 3, 1) and dw.exact_weights  # (C*M, kh, kw, 1), F's 2-bit grid codes
+    # the pad's input takes the grid the depthwise conv wants, and the pad output keeps it
+    assert graph.tensors["stem"].grid == graph.tensors["b1_pad"].grid == (1 / 3, 3.0)
+
+
+@pytest.mark.parametrize("depth_multiplier", [1, 2])
+def test_float32_export_computes_f(depth_multiplier):
+    """The float32 TFLite of the lowered graph (F's rounding included) equals F: the ops' semantics."""
+    f = _f(depth_multiplier)
+    model, _, _ = export.convert(f, IMAGES[:32], mode="float32")
+    out = export.runner(model, "builtin")(IMAGES[64:])
+    np.testing.assert_allclose(out, np.asarray(f.predict(IMAGES[64:], verbose=0)), atol=2e-4)
+
+
+def test_int8_depthwise_writes_fs_codes_and_pad_keeps_its_scale():
+    """The 2-bit grid tensors F rounds (the stem's ReLU6 output, its padding, the depthwise conv's output) hold F's
+    codes in the int8 model (reference kernels); PAD's output has its input's scale and zero point (zeros are the
+    zero point: real 0)."""
+    f = _f()
+    model, plan, _ = export.convert(f, IMAGES[:64])
+    assert {"DEPTHWISE_CONV_2D", "PAD", "CONV_2D"} <= set(export.model_ops(model))
+    names = ["stem", "b1_pad", "b1_dw"]
+    codes = export.tensor_codes(model, names, IMAGES[64:], "reference")
+    from ai_edge_litert.interpreter import Interpreter
+
+    quant = {d["name"]: d["quantization"] for d in Interpreter(model_content=model).get_tensor_details()}
+    assert quant["b1_pad"] == quant["stem"] and np.allclose(quant["stem"], (1 / 3, 124))
+    probe = keras.Model(f.inputs, [f.get_layer("stem_relu").output, f.get_layer("b1_dw_relu").output])
+    stem_f, dw_f = (np.asarray(v, np.float64) for v in probe(IMAGES[64:]))
+    dw_q = f.get_layer("b1_project").input_quantizer
+    for name, value in (("stem", stem_f), ("b1_dw", dw_f)):
+        x = np.clip(value, 0.0, 1.0) * 3
+        f_codes = np.asarray(dw_q(value.astype("float32")), np.float64) * 3
+        ours = codes[name].astype(np.int64) - 124
+        differ = np.round(f_codes) != ours
+        at_tie = np.abs(np.abs(x - np.floor(x)) - 0.5) < 1e-4
+        assert np.all(at_tie[differ]), (name, int(differ.sum()))
+    padded = codes["b1_pad"].astype(np.int64)
+    assert np.all(padded[:, -1, :, :] == 124) and np.all(padded[:, :, -1, :] == 124)
+    np.testing.assert_array_equal(padded[:, :-1, :-1, :], codes["stem"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", ["MobileNetV2", "ResNet50V2"])
+def test_keras_applications_quantize_attach_fit_export(app):
+    """keras.applications nets (weights=None, 32x32, 10 classes) go through quantize -> attach -> one fit step ->
+    export; the float32 export computes F (the lowering is right). Agreement of the int8 model with F on random
+    inputs is measured by benchmarks/any_model_export.py (docs/export.md, "Any model"), not asserted here."""
+    keras.utils.set_random_seed(0)
+    kwargs = dict(alpha=0.35) if app == "MobileNetV2" else {}
+    base = getattr(keras.applications, app)(weights=None, input_shape=(32, 32, 3), classes=10,
+                                            classifier_activation=None, **kwargs)
+    f = quantize(base, w_bits=4, a_bits=4, first_last_bits=8, stream_bits=8)
+    trainer = attach(f)
+    trainer.compile()
+    x = np.round(RNG.random((16, 32, 32, 3)) * 255).astype("float32") / 255
+    history = trainer.fit(x, np.arange(16) % 10, epochs=1, batch_size=16, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and np.isfinite(history["h_loss"][0])
+    model, plan, _ = export.convert(f, x)
+    assert "DEPTHWISE_CONV_2D" in export.model_ops(model) or app == "ResNet50V2"
+    report = export.verify(model, f, x, runtimes=("reference",), latency_runs=0)
+    assert set(report["agreement_per_runtime"]) == {"builtin", "reference"}
+    f32, _, _ = export.convert(f, x, mode="float32")
+    ref = np.asarray(f.predict(x, verbose=0))
+    np.testing.assert_allclose(export.runner(f32, "builtin")(x), ref, atol=1e-3 * max(1.0, np.abs(ref).max()))
