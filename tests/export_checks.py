@@ -69,6 +69,8 @@ def stored_weights(plan, output):
     codes = np.asarray(record.data, np.int64)
     if layer.kind == "affine":  # a BatchNorm as a 1x1 depthwise conv: one code per channel
         codes = codes.reshape(-1)
+    if layer.kind == "dwconv":  # stored (1, kh, kw, C*M): output channels first
+        codes = np.moveaxis(codes[0], -1, 0)
     if layer.replicas > 1:
         codes = codes.reshape(codes.shape[:-1] + (layer.replicas, -1)).sum(axis=-2)
     scale = np.broadcast_to(np.asarray(record.quant.scale, np.float64), (len(codes),))

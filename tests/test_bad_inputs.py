@@ -188,6 +188,7 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
                              r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
     "text checkpoint": (dict(init_checkpoint="text"), r"is not a \.keras zip archive"),
     "first_last_bits 4": (dict(first_last_bits=4), r"config\.first_last_bits=4 is not supported; allowed: 0 "),
+    "alpha negative": (dict(alpha=-0.5), r"config\.alpha=-0\.5 must be a positive number \(mobilenetv2's width"),
     "bn_reestimation_batches -1": (dict(bn_reestimation_batches=-1),
                                    r"config\.bn_reestimation_batches=-1 must be an integer >= 0 \(0 = off"),
     "Lambda checkpoint": (dict(init_checkpoint="lambda"),

@@ -78,6 +78,10 @@ def validate(config) -> None:
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
                          ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)
+    alpha = config.get("alpha", 0)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == 0 or 0 < alpha < 1e3):
+        raise ValueError(f"config.alpha={alpha!r} must be a positive number (mobilenetv2's width multiplier) or 0 "
+                         "(the arch default).")
     if config.get("first_last_bits", 0) not in (0, 8, 16, 32):
         raise ValueError(f"config.first_last_bits={config.first_last_bits!r} is not supported; allowed: 0 (the "
                          "default: 16, or 32 at full precision), 8, 16, 32.")
@@ -145,6 +149,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
         kwargs["stem"] = config.stem
     if config.num_bases:
         kwargs["num_bases"] = config.num_bases
+    if config.get("alpha", 0):
+        kwargs["alpha"] = config.alpha  # build() validates it (mobilenetv2 only)
     if config.get("residual_stream", "float") != "float":
         kwargs["residual_stream"] = config.residual_stream
     if config.get("first_last_bits", 0):

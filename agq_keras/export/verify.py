@@ -153,7 +153,7 @@ def io_types(model_bytes: bytes) -> dict:
 
 
 def grid_check(model_bytes: bytes, plan) -> list:
-    """Per quantized conv/dense: the int8 weight codes read back from the flatbuffer.
+    """Per quantized conv, depthwise conv and dense layer: the int8 weight codes read back from the flatbuffer.
 
     For each layer: ``levels_max`` (most distinct codes in one output channel,
     the repeated-input parts summed back), ``allowed`` (2^bits), whether
@@ -166,7 +166,7 @@ def grid_check(model_bytes: bytes, plan) -> list:
     tensors = {(t.name.decode() if isinstance(t.name, bytes) else t.name): t for t in sub.tensors}
     rows = []
     for rec in plan.layers.values():
-        if rec.kind not in ("conv", "dense") or rec.float_weights is None:
+        if rec.kind not in ("conv", "dwconv", "dense") or rec.float_weights is None:
             continue
         t = tensors.get(f"{rec.output}/weights")
         if t is None:
@@ -174,6 +174,8 @@ def grid_check(model_bytes: bytes, plan) -> list:
         data = bytes(m.buffers[t.buffer].data)
         codes = (unpack_int4(data, int(np.prod(t.shape))) if t.type == schema.TensorType.INT4 else
                  np.frombuffer(data, np.int8).astype(np.int64)).reshape(t.shape)
+        if rec.kind == "dwconv":  # stored (1, kh, kw, C*M): output channels first, as F's weights
+            codes = np.moveaxis(codes[0], -1, 0)[..., None]
         if rec.replicas > 1:  # sum the repeated-input parts back
             codes = codes.reshape(codes.shape[:-1] + (rec.replicas, -1)).sum(axis=-2)
         scale = np.asarray(t.quantization.scale, np.float64)
