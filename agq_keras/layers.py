@@ -16,7 +16,7 @@ from agq_keras import quantizers
 
 
 class _QuantizedMixin:
-    """Shared quantizer handling of QConv2D and QDense."""
+    """Shared quantizer handling of QConv2D, QDepthwiseConv2D and QDense: build, config, quantized kernel and inputs."""
 
     def _init_quantizers(self, kernel_quantizer, input_quantizer, fragment=None):
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
@@ -32,6 +32,13 @@ class _QuantizedMixin:
 
     def _from_quantizer_layout(self, q):
         return q
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizers(input_shape)
+
+    def get_config(self):
+        return self._quantizer_config(super().get_config())
 
     def _build_quantizers(self, input_shape):
         # Build here so quantizer variables exist before weights are loaded.
@@ -99,10 +106,6 @@ class QConv2D(_QuantizedMixin, keras.layers.Conv2D):
         super().__init__(filters, kernel_size, use_bias=use_bias, **kwargs)
         self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizers(input_shape)
-
     def call(self, inputs):
         outputs = self.convolution_op(self.quantized_inputs(inputs), self.quantized_kernel())
         if self.use_bias:
@@ -110,9 +113,6 @@ class QConv2D(_QuantizedMixin, keras.layers.Conv2D):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
-
-    def get_config(self):
-        return self._quantizer_config(super().get_config())
 
 
 @keras.saving.register_keras_serializable(package="agq_keras")
@@ -125,10 +125,6 @@ class QDense(_QuantizedMixin, keras.layers.Dense):
         super().__init__(units, use_bias=use_bias, **kwargs)
         self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizers(input_shape)
-
     def call(self, inputs, training=None):
         outputs = ops.matmul(self.quantized_inputs(inputs), self.quantized_kernel())
         if self.bias is not None:
@@ -136,9 +132,6 @@ class QDense(_QuantizedMixin, keras.layers.Dense):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
-
-    def get_config(self):
-        return self._quantizer_config(super().get_config())
 
 
 @keras.saving.register_keras_serializable(package="agq_keras")
@@ -157,10 +150,6 @@ class QDepthwiseConv2D(_QuantizedMixin, keras.layers.DepthwiseConv2D):
         super().__init__(kernel_size, use_bias=use_bias, **kwargs)
         self._init_quantizers(kernel_quantizer, input_quantizer, fragment)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizers(input_shape)
-
     def _kernel_for_quantizer(self):
         kh, kw, c, m = self.kernel.shape
         return ops.reshape(self.kernel, (kh, kw, 1, c * m))
@@ -177,9 +166,6 @@ class QDepthwiseConv2D(_QuantizedMixin, keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
-
-    def get_config(self):
-        return self._quantizer_config(super().get_config())
 
 
 @keras.saving.register_keras_serializable(package="agq_keras")

@@ -47,7 +47,7 @@ class Block:
     downsamples: bool
 
 
-def _history(obj) -> list:
+def history_refs(obj) -> list:
     """All ``keras_history`` triples inside a serialized call's args, in order."""
     found = []
     if isinstance(obj, dict):
@@ -55,10 +55,10 @@ def _history(obj) -> list:
             found.append(tuple(obj["config"]["keras_history"]))
         else:
             for value in obj.values():
-                found += _history(value)
+                found += history_refs(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            found += _history(value)
+            found += history_refs(value)
     return found
 
 
@@ -79,11 +79,11 @@ def nodes(model: keras.Model, what: str = "this") -> list[Node]:
             out.append(Node(layer, (layer.name, 0, 0), ()))
         for n, node in enumerate(entry["inbound_nodes"]):
             args, kwargs = node.get("args", []), node.get("kwargs", {})
-            if len(args) != 1 or any(_history(v) for v in kwargs.values()):
+            if len(args) != 1 or any(history_refs(v) for v in kwargs.values()):
                 raise ValueError(f"{what}: layer {layer.name!r} ({type(layer).__name__}) is called with "
                                  f"{len(args)} positional argument(s) or tensor keyword arguments; supported: one "
                                  "tensor or one list of tensors.")
-            refs = tuple(_history(node))
+            refs = tuple(history_refs(node))
             if any(r[2] != 0 for r in refs):
                 raise ValueError(f"{what}: layer {layer.name!r} reads output {max(r[2] for r in refs)} of a "
                                  "multi-output layer; supported: single-output layers.")
@@ -118,17 +118,6 @@ def output_refs(model: keras.Model) -> list:
     if outputs and not isinstance(outputs[0], (list, tuple)):
         outputs = [outputs]
     return [tuple(r) for r in outputs]
-
-
-def consumers(model: keras.Model) -> dict:
-    """``{ref: [consumer layer names]}``; a model output counts as one consumer named ``""``."""
-    uses: dict = {}
-    for node in nodes(model):
-        for ref in node.inputs:
-            uses.setdefault(ref, []).append(node.layer.name)
-    for ref in output_refs(model):
-        uses.setdefault(ref, []).append("")
-    return uses
 
 
 def quantized_layers(model: keras.Model) -> list:

@@ -40,7 +40,7 @@ import numpy as np
 
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
 from agq_keras.quantizers import Quantizer
-from agq_keras.structure import _history
+from agq_keras.structure import history_refs
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense",
                     "BatchNormalization", "ReLU", "Activation", "Add", "GlobalAveragePooling2D",
@@ -153,7 +153,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     uses: dict = {}
     for entry in config["layers"]:
         for node in entry["inbound_nodes"]:
-            for ref in _history(node):
+            for ref in history_refs(node):
                 uses[ref] = uses.get(ref, 0) + 1
     uses[out_ref] = uses.get(out_ref, 0) + 1
 
@@ -176,7 +176,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                     raise unsupported(layer, f"the input must be a fixed (height, width, channels), got {shape}")
                 graph.input = new_tensor(layer.name, shape, ref)
                 continue
-            srcs = [value[r] for r in _history(node)]
+            srcs = [value[r] for r in history_refs(node)]
             src = graph.tensors[srcs[0]]
             if cls == "Add":
                 out_shape = src.shape
