@@ -148,7 +148,8 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
             if layer.name in int8_pools:
                 clones[layer.name] = QGlobalAveragePooling2D(quantizers.edge_pair(8)[1], name=layer.name)
             else:
-                reads_pool = any(p in int8_pools for p in _weighted_sources(graph, layer.name))
+                reads_pool = bool(int8_pools) and _twin(layer) is not None and \
+                    any(p in int8_pools for p in _weighted_sources(graph, layer.name))
                 clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name),
                                             reads_relu=layer.name in relu_fed, first=layer.name in first,
                                             edge=layer.name in first | last, reads_grid=reads_pool)
