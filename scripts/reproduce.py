@@ -1,11 +1,14 @@
-"""Reproduce the CPU-scale twin of the paper's Table 6 on Fashion-MNIST.
+"""The CPU-scale experiments on Fashion-MNIST, and docs/results.md.
 
-  python scripts/reproduce.py --table=fmnist6 --workdir=runs/fmnist6 [--seeds=3] [--train_subset=15000]
-      [--epochs=0] [--deep_arch=resnet32] [--only=name,...] [--results=docs/results.md]
+  python scripts/reproduce.py --table=sweep --workdir=runs/sweep        # issue 13's sweep (resumable)
+  python scripts/reproduce.py --table=mobilenetv2 --workdir=runs/sweep  # MobileNetV2 float / 4-bit / + AG
+      [--seeds=3] [--train_subset=15000] [--epochs=0] [--only=name,...] [--follow_up] [--record=docs/runs]
+      [--results=docs/results.md] [--readme=README.md] [--report_only]
 
-Trains every run not finished yet (a run whose metrics.json exists is skipped, so re-running the same
-command resumes), then writes --results and its convergence PNG from the metrics. The runs, their sizing
-and the time estimate are in agq_keras/experiments/reproduce.py.
+Trains every run not finished yet (a run whose metrics.json exists in --workdir or in the committed --record
+is skipped, so re-running the same command resumes, also on a new checkout), copies each finished run's
+metrics to --record, then writes --results and its convergence PNG from every finished run, and the README's
+evidence paragraph. The runs and their sizing are in agq_keras/experiments/reproduce.py.
 """
 
 import os
@@ -16,13 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("table", "fmnist6", "Which table to reproduce (fmnist6).")
+flags.DEFINE_string("table", "sweep", "Which table to run: sweep, mobilenetv2 or fmnist6.")
 flags.DEFINE_string("workdir", None, "Folder of the runs (one subfolder per run).")
-flags.DEFINE_integer("seeds", 3, "Seeds of the plain 2-bit and plain+AG rows (>= 3 for the comparison).")
+flags.DEFINE_integer("seeds", 3, "Seeds of every k-bit arm (>= 3 for the comparisons).")
 flags.DEFINE_integer("train_subset", 15000, "Training images (0 = all 60 000).")
 flags.DEFINE_integer("test_subset", 0, "Test images (0 = all 10 000).")
 flags.DEFINE_integer("epochs", 0, "Epochs per run (0 = the recipe's 7; the schedule is rescaled).")
-flags.DEFINE_string("deep_arch", "resnet32", "The deeper plain/residual pair: resnet32 or resnet56.")
+flags.DEFINE_string("deep_arch", "resnet32", "fmnist6: the deeper plain/residual pair, resnet32 or resnet56.")
+flags.DEFINE_list("depths", ["resnet20", "resnet32", "resnet56"], "sweep: the depths, in run order.")
+flags.DEFINE_string("lsq_arch", "resnet32", "sweep: the depth of the LSQ pair (where AG helps DoReFa most).")
+flags.DEFINE_string("relu_arch", "resnet20", "sweep: the depth of the ReLU-after-sums arm.")
+flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to the arms of every comparison "
+                     "whose delta sits within 2 spreads, and train them.")
+flags.DEFINE_string("record", "docs/runs", "Committed record of finished runs ('' = none).")
+flags.DEFINE_string("readme", "README.md", "README whose evidence paragraph is rewritten ('' = none).")
 flags.DEFINE_list("only", [], "Train only these run names (default: all); the results cover every finished run.")
 flags.DEFINE_string("results", "docs/results.md", "Markdown report to write (the PNG goes next to it).")
 flags.DEFINE_boolean("report_only", False, "Do not train; only write the report from finished runs.")
@@ -36,13 +46,24 @@ def main(argv):
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras.experiments import reproduce
 
-    runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch)
-    reproduce.check_results_path(FLAGS.results)
+    runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
+                          relu_arch=FLAGS.relu_arch, depths=FLAGS.depths)
+    reproduce.check_results_path(FLAGS.results, FLAGS.readme or None)
+    record = FLAGS.record or None
+    kwargs = dict(record=record, train_subset=FLAGS.train_subset, test_subset=FLAGS.test_subset,
+                  epochs=FLAGS.epochs, verbose=FLAGS.verbose)
     if not FLAGS.report_only:
-        reproduce.run_all(reproduce.select(runs, FLAGS.only), FLAGS.workdir, train_subset=FLAGS.train_subset,
-                          test_subset=FLAGS.test_subset, epochs=FLAGS.epochs, verbose=FLAGS.verbose)
+        runs = reproduce.select(runs, FLAGS.only)
+        reproduce.run_all(runs, FLAGS.workdir, **kwargs)
+        while FLAGS.follow_up:
+            extra = reproduce.follow_up(runs, reproduce.load_results(record, FLAGS.workdir))
+            if not extra:
+                break
+            reproduce.run_all(extra, FLAGS.workdir, **kwargs)
+            runs += extra
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = reproduce.write_results(runs, FLAGS.workdir, FLAGS.results, command=command)
+    out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record,
+                                  readme=FLAGS.readme or None)
     print(f"wrote {out['results']} and {out['png']}")
     return 0
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from agq_keras.experiments import reproduce
@@ -66,21 +67,100 @@ def test_full_precision_config():
     assert (c.w_bits, c.a_bits, c.plain, c.aux, c.init_checkpoint) == (32, 32, True, False, "")
 
 
-def test_deltas_and_spread():
-    def g(top1, loss=0.5):
-        return {"top1": top1, "top5": 99.0, "train_loss": loss, "val_top1": [], "epochs": 1,
-                "train_subset": 1, "wall_s": 1.0, "seed": 0}
+def _g(top1, loss=0.5, seed=0):
+    return {"top1": top1, "top5": 99.0, "raw_top1": top1, "train_loss": loss, "val_top1": [], "raw_val_top1": [],
+            "epochs": 1, "train_subset": 1, "wall_s": 1.0, "seed": seed}
 
-    groups = {("resnet20", "plain"): [g(80.0, 0.5), g(82.0, 0.5), g(81.0, 0.5)],
-              ("resnet20", "plain_ag"): [g(85.0, 0.4), g(86.0, 0.4), g(84.0, 0.4)],
-              ("resnet20", "plain_ag_ssp"): [g(85.5, 0.4)]}
-    rows = {d["comparison"]: d for d in reproduce.deltas(groups)}
-    ag = rows["plain+AG − plain"]
-    assert ag["delta"] == pytest.approx(4.0) and ag["spread"] == pytest.approx(1.0)
-    assert ag["verdict"] == "higher by more than the seed spread" and ag["paper"] == 3.3
-    assert ag["train_loss_change"] == pytest.approx(-0.2)
-    ssp = rows["plain+AG+SSP − plain+AG"]
-    assert ssp["delta"] == pytest.approx(0.5) and ssp["verdict"] == "within the seed spread"
+
+def test_compare_spread_is_the_standard_error_of_the_difference():
+    a, b = [_g(85.0, 0.4), _g(86.0, 0.4), _g(84.0, 0.4)], [_g(80.0), _g(82.0), _g(81.0)]
+    row = reproduce.compare(a, b)
+    se = np.sqrt(np.var([85, 86, 84], ddof=1) / 3 + np.var([80, 82, 81], ddof=1) / 3)
+    assert row["delta"] == pytest.approx(4.0) and row["spread"] == pytest.approx(se)
+    assert row["verdict"] == reproduce.HOLDS and row["train_loss_change"] == pytest.approx(-0.2)
+    assert reproduce.compare(b, a)["verdict"] == reproduce.FAILS
+    assert reproduce.compare([_g(81.5), _g(80.5), _g(81.0)], b)["verdict"] == reproduce.CANNOT
+    assert reproduce.compare([_g(90.0)], b)["verdict"].startswith(reproduce.CANNOT)
+    assert reproduce.compare([_g(90.0)], b)["spread"] is None
+
+
+def test_verdicts_rows_depth_claim_and_follow_up():
+    groups = {("resnet20", "plain"): [_g(80.0, seed=s) for s in range(3)],
+              ("resnet20", "plain_ag"): [_g(80.0 + d, seed=s) for s, d in enumerate((0.0, 0.5, 1.0))],
+              ("resnet56", "plain"): [_g(70.0 + d, seed=s) for s, d in enumerate((0.0, 1.0, 2.0))],
+              ("resnet56", "plain_ag"): [_g(80.0 + d, seed=s) for s, d in enumerate((0.0, 1.0, 2.0))],
+              ("mobilenetv2", "residual"): [_g(88.0, seed=s) for s in range(3)],
+              ("mobilenetv2", "residual_ag"): [_g(88.0 + d, seed=s) for s, d in enumerate((0.0, 0.1, 0.2))]}
+    groups[("resnet20", "plain")][0] = _g(79.0)
+    rows = {(r["claim"], r["arch"]): r for r in reproduce.verdicts(groups)}
+    assert set(rows) == {("AG improves plain nets", "resnet20"), ("AG improves plain nets", "resnet56"),
+                         ("AG helps more as depth grows", "resnet56 vs resnet20"),
+                         ("AG improves the k-bit MobileNetV2", "mobilenetv2")}
+    r20, r56 = rows[("AG improves plain nets", "resnet20")], rows[("AG improves plain nets", "resnet56")]
+    assert r56["verdict"] == reproduce.HOLDS and r56["delta"] == pytest.approx(10.0)
+    depth = rows[("AG helps more as depth grows", "resnet56 vs resnet20")]
+    assert depth["delta"] == pytest.approx(r56["delta"] - r20["delta"])
+    assert depth["spread"] == pytest.approx(np.hypot(r56["spread"], r20["spread"]))
+    assert depth["verdict"] == reproduce.HOLDS
+    # follow-up: only the arms of comparisons that cannot be told get seeds 3 and 4
+    runs = [reproduce.Run(a, m, g["seed"]) for (a, m), gs in groups.items() for g in gs]
+    undecided = {r["arms"] for r in rows.values() if r["verdict"] == reproduce.CANNOT}
+    extra = reproduce.follow_up(runs, groups)
+    assert {(r.arch, r.method) for r in extra} == {arm for arms in undecided for arm in arms}
+    assert sorted({r.seed for r in extra}) == [3, 4]
+    assert not set(r.name for r in extra) & set(r.name for r in runs)
+    assert "AG improves plain nets on resnet56: +10.00 pt" in reproduce.summary(reproduce.verdicts(groups))
+
+
+def test_sweep_and_mobilenet_plans():
+    runs = reproduce.plan("sweep", seeds=3)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names))
+    for arch in reproduce.DEPTHS:
+        assert names.count(f"{arch}_fp_plain_s0") == 1
+        for m in reproduce.SWEEP_ARMS:
+            assert sorted(r.seed for r in runs if (r.arch, r.method) == (arch, m)) == [0, 1, 2]
+    assert {(r.arch, r.method) for r in runs if r.method in ("plain_ag_relu", "lsq_plain", "lsq_plain_ag")} == {
+        ("resnet20", "plain_ag_relu"), ("resnet32", "lsq_plain"), ("resnet32", "lsq_plain_ag")}
+    for i, r in enumerate(runs):
+        if r.init_from:
+            assert r.init_from in names[:i], r.name
+    only20 = reproduce.plan("sweep", seeds=3, depths=["resnet20"], lsq_arch="resnet56")
+    assert {r.arch for r in only20} == {"resnet20", "resnet56"} and "resnet56_fp_plain_s0" in [r.name for r in only20]
+    lsq = reproduce.make_config(reproduce.Run("resnet32", "lsq_plain_ag", 1), "/w")
+    assert (lsq.quantizer, lsq.aux, lsq.plain, lsq.seed) == ("lsq", True, True, 1)
+    assert lsq.init_checkpoint == os.path.join("/w", "resnet32_fp_plain_s0", "f.keras")
+    assert reproduce.make_config(reproduce.Run("resnet20", "plain_ag_relu"), "/w").aux_relu is True
+    assert reproduce.make_config(reproduce.Run("resnet20", "plain_ag"), "/w").aux_relu is False
+    mob = reproduce.plan("mobilenetv2", seeds=3)
+    assert [r.name for r in mob[:3]] == ["mobilenetv2_fp_residual_s0", "mobilenetv2_residual_s0",
+                                         "mobilenetv2_residual_ag_s0"] and len(mob) == 9
+    fp, ag = (reproduce.make_config(reproduce.Run("mobilenetv2", m, 2), "/w") for m in ("fp_residual", "residual_ag"))
+    assert (fp.w_bits, fp.alpha, fp.stem, fp.plain, fp.init_checkpoint) == (32, 0.5, "cifar", False, "")
+    assert (ag.w_bits, ag.aux, ag.init_checkpoint) == (4, True, os.path.join("/w", "mobilenetv2_fp_residual_s0",
+                                                                               "f.keras"))
+    for c in (lsq, fp, ag):
+        runner.validate(c)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(lsq_arch="resnet18"), "lsq_arch='resnet18'"),
+                                           (dict(relu_arch="x"), "relu_arch='x'"),
+                                           (dict(depths=["resnet20", "resnet44"]), "depths=.*resnet44")])
+def test_sweep_plan_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        reproduce.plan("sweep", **kwargs)
+
+
+def test_update_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    start, end = reproduce.README_MARKERS
+    readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nrest\n")
+    reproduce.update_readme(str(readme), "new paragraph")
+    assert readme.read_text() == f"# x\n\n{start}\nnew paragraph\n{end}\n\nrest\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        reproduce.update_readme(str(readme), "p")
+    assert readme.read_text() == "no markers\n"
 
 
 @pytest.mark.parametrize("path, err", [("out.txt", ValueError), ("no/such/folder/results.md", FileNotFoundError)])
@@ -95,40 +175,53 @@ def test_missing_init_checkpoint_is_a_clear_error(tmp_path):
         reproduce.run_all(runs, str(tmp_path), train_subset=128, test_subset=64, epochs=1, verbose=0)
 
 
-def test_end_to_end_tiny_and_resume(tmp_path):
-    workdir, results = str(tmp_path / "runs"), str(tmp_path / "results.md")
+def test_end_to_end_tiny_resume_and_record(tmp_path):
+    workdir, record, results = str(tmp_path / "runs"), str(tmp_path / "record"), str(tmp_path / "results.md")
     only = ["resnet20_fp_plain_s0", "resnet20_plain_s0"]
     kwargs = dict(train_subset=256, test_subset=128, epochs=1, verbose=0)
     runs = reproduce.plan()
-    status = reproduce.run_all(reproduce.select(runs, only), workdir, **kwargs)
+    status = reproduce.run_all(reproduce.select(runs, only), workdir, record=record, **kwargs)
     assert status == {n: "trained" for n in only}
-    out = reproduce.write_results(runs, workdir, results, command="pytest")
+    # the record holds the metrics, the wall time, and only the full-precision run's F
+    assert sorted(os.listdir(os.path.join(record, only[0]))) == ["f.keras", "metrics.json", "reproduce.json"]
+    assert sorted(os.listdir(os.path.join(record, only[1]))) == ["metrics.json", "reproduce.json"]
+    out = reproduce.write_results(workdir, results, command="pytest", record=record)
     text = open(results).read()
     with open(out["png"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.basename(out["png"]) in text
-    for name, label in (("resnet20_fp_plain_s0", "full precision (plain)"), ("resnet20_plain_s0", "plain 2-bit")):
+    for name, label, bits in (("resnet20_fp_plain_s0", "full precision (plain)", "32/32"),
+                              ("resnet20_plain_s0", "plain", "2/2")):
         with open(os.path.join(workdir, name, "metrics.json")) as fh:
             m = json.load(fh)
-        row = re.search(rf"\| resnet20 \| {re.escape(label)} \| 1 \| 1 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|",
-                        text)
+        row = re.search(rf"\| resnet20 \| {re.escape(label)} \| dorefa \| {bits} \| 1 \| 1 \| ([0-9.]+) \| "
+                        rf"([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
         assert row, label
         assert float(row.group(1)) == pytest.approx(100 * m["f"]["top1"], abs=0.006)
-        assert float(row.group(2)) == pytest.approx(100 * m["f"]["top5"], abs=0.006)
-        assert float(row.group(3)) == pytest.approx(m["history"]["loss"][-1], abs=6e-5)
+        assert float(row.group(2)) == pytest.approx(100 * m["f_raw"]["top1"], abs=0.006)
+        assert float(row.group(3)) == pytest.approx(100 * m["f"]["top5"], abs=0.006)
+        assert float(row.group(4)) == pytest.approx(m["history"]["loss"][-1], abs=6e-5)
     # the 2-bit run started from the full-precision F
     with open(os.path.join(workdir, "resnet20_plain_s0", "metrics.json")) as fh:
         assert json.load(fh)["config"]["init_checkpoint"].endswith(os.path.join("resnet20_fp_plain_s0", "f.keras"))
     mtime = os.path.getmtime(os.path.join(workdir, "resnet20_plain_s0", "metrics.json"))
-    assert reproduce.run_all(reproduce.select(runs, only), workdir, **kwargs) == {n: "skipped" for n in only}
+    assert reproduce.run_all(reproduce.select(runs, only), workdir, record=record, **kwargs) == {
+        n: "skipped" for n in only}
     assert os.path.getmtime(os.path.join(workdir, "resnet20_plain_s0", "metrics.json")) == mtime
-    # the script: report only, and a bad flag value is a one-line error, not a trace
+    # a new checkout (empty workdir) continues from the record: finished runs are skipped, and a new run's
+    # initial F is the recorded one
+    fresh = str(tmp_path / "fresh")
+    assert reproduce.run_all(reproduce.select(runs, only), fresh, record=record, **kwargs) == {
+        n: "skipped" for n in only}
+    c = reproduce.make_config(reproduce.Run("resnet20", "plain_ag", 0), fresh, record=record)
+    assert c.init_checkpoint == os.path.join(record, "resnet20_fp_plain_s0", "f.keras")
+    # the script: report only (from the record alone), and a bad flag value is a one-line error, not a trace
     script = os.path.join(ROOT, "scripts", "reproduce.py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    res = subprocess.run([sys.executable, script, f"--workdir={workdir}", f"--results={results}",
-                          "--report_only"], capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, script, f"--workdir={fresh}", f"--results={results}", f"--record={record}",
+                          "--readme=", "--report_only"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
-    assert "--report_only" in open(results).read()
-    res = subprocess.run([sys.executable, script, f"--workdir={workdir}", "--deep_arch=resnet99"],
+    assert "--report_only" in open(results).read() and "| resnet20 | plain | dorefa |" in open(results).read()
+    res = subprocess.run([sys.executable, script, f"--workdir={workdir}", "--table=fmnist6", "--deep_arch=resnet99"],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 1 and "deep_arch='resnet99'" in res.stderr and "Traceback" not in res.stderr

@@ -19,6 +19,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.aux = True
     c.aux_lambda = 1.0
     c.aux_placement = "block"
+    c.aux_relu = False  # H: a ReLU after each aggregation sum (the authors' released code) instead of the linear sum
     c.bn_momentum = 0.9
     c.num_bases = 0  # GroupNet archs: M binary bases per block (0 = the arch default, 5)
     c.alpha = 0.0  # mobilenetv2: width multiplier (0 = the arch default, 1.0)

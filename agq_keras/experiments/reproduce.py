@@ -1,30 +1,29 @@
-"""The CPU-scale twin of the paper's Table 6 on the real Fashion-MNIST (``scripts/reproduce.py``).
+"""The CPU-scale experiments on the real Fashion-MNIST, and docs/results.md (``scripts/reproduce.py``).
 
-Runs (2-bit DoReFa, ``agq_keras/configs/fmnist.py`` variants, i.e. ``agq_keras.configs.base.cpu_recipe`` +
-``apply_method``), each trained by :func:`agq_keras.experiments.run.run` in ``workdir/<run name>``:
+Tables (:func:`plan`), each run an ``agq_keras/configs/fmnist.py`` variant (``cpu_recipe`` + ``apply_method``,
+steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``workdir/<run name>``:
 
-* ResNet-20: full precision (residual, and plain), residual 2-bit, +AG, +AG+SSP, plain 2-bit,
-  plain+AG (both over ``seeds`` seeds), plain+AG+SSP, and a *compute-matched* plain 2-bit baseline
-  trained for twice the epochs (an AG step costs about two F steps);
-* the deeper pair (ResNet-32 by default): full precision (residual, plain), residual 2-bit,
-  plain 2-bit, plain+AG.
+* ``sweep`` (issue 13, the decisive evidence): 2-bit DoReFa plain ResNet-20/32/56, arms plain, plain + AG,
+  plain at 2x epochs (compute-matched: an AG step costs about two F steps) and plain + AG + SSP, 3 seeds
+  each; H's sums with a ReLU at one depth; LSQ plain and plain + AG at one depth. :func:`follow_up` adds
+  seeds up to 5 to the arms of every comparison whose delta sits within 2 spreads.
+* ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2, float / 4-bit / 4-bit + AG, 3 seeds.
+* ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
 
-Stage 1 of the recipe (section 4.1) is the full-precision row itself: every 2-bit run starts from
-the full-precision F of the same architecture and shortcut type (``init_checkpoint``; seed 0),
-so it is trained once, not once per run.
+Stage 1 of the recipe (section 4.1) is the full-precision run itself: every k-bit run starts from the
+full-precision F (seed 0) of its network and shortcut type (``init_checkpoint``), trained once.
 
-Resumable per run: a run whose ``metrics.json`` exists is not redone (a run killed midway resumes
-from its own backup). Then :func:`write_results` renders ``results.md`` (a Table 6-like table:
-top-1, top-5 and F's final training loss as mean ± std over seeds, the deltas next to the paper's,
-the command, the hardware, the wall time) and a convergence PNG next to it, from the
-``metrics.json`` files only.
+Resumable per run, across sessions: a run whose ``metrics.json`` exists in the workdir or in the committed
+``record`` folder (``docs/runs``) is not redone, and a run killed midway resumes from its own backup. Each
+finished run's ``metrics.json`` and wall time (and a full-precision run's ``f.keras``, the initial F of the
+others) are copied to the record, so a new checkout continues where the last one stopped. Then
+:func:`write_results` renders ``results.md`` (the verdict table, every run's top-1 steadied and raw, top-5,
+training loss, epoch-to-epoch swing and time, mean ± std over seeds) and a convergence PNG next to it, from
+the ``metrics.json`` files only, and the README's evidence paragraph.
 
-Default sizing (15 000 training images, the recipe's 7 epochs, the full 10 000 test images,
-batch 128, 3 seeds, 18 runs): at the speeds measured on this 2-core machine when quiet (float F
-about 1000 images/s, 2-bit F about 800, an AG step about 450; ResNet-32 about 1.6x slower than
-ResNet-20) the training is about 3 500 s, the per-epoch evaluations about 600 s and building,
-tracing and saving about 500 s: about 80 minutes in all (the estimate). Measured: the committed
-docs/results.md took 103 min of run wall time (the machine was shared with other jobs for part of it).
+Sizing (15 000 training images, the recipe's 7 epochs, 10 000 test images, batch 128): the wall time of
+every finished run is in docs/results.md ("Time / run"); the first Table 6 twin measured ResNet-20 plain
+4.7 min, plain + AG 8.5 min and ResNet-32 about 1.6x that on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -36,26 +35,36 @@ import platform
 import statistics
 import time
 
-TABLES = ("fmnist6",)
+TABLES = ("sweep", "mobilenetv2", "fmnist6")
+DEPTHS = ("resnet20", "resnet32", "resnet56")
 DEEP_ARCHS = ("resnet32", "resnet56")
 # The paper's Table 6 deltas (top-1 points, ResNet-18 on CIFAR-100), quoted for comparison.
 PAPER_DELTAS = {"plain+AG − plain": 3.3, "plain+AG+SSP − plain+AG": 0.5, "residual+AG − residual": 0.7}
-# Row order and labels of the table.
+# Row order and labels of the table (the bit widths and the quantizer are columns of their own).
 METHODS = (
     ("fp_residual", "full precision (residual)"),
     ("fp_plain", "full precision (plain)"),
-    ("residual", "residual 2-bit"),
-    ("residual_ag", "residual 2-bit + AG"),
-    ("residual_ag_ssp", "residual 2-bit + AG + SSP"),
-    ("plain", "plain 2-bit"),
-    ("plain_ag", "plain 2-bit + AG"),
-    ("plain_ag_ssp", "plain 2-bit + AG + SSP"),
-    ("plain_2x", "plain 2-bit, 2x epochs (compute-matched to AG)"),
+    ("residual", "residual"),
+    ("residual_ag", "residual + AG"),
+    ("residual_ag_ssp", "residual + AG + SSP"),
+    ("plain", "plain"),
+    ("plain_ag", "plain + AG"),
+    ("plain_ag_ssp", "plain + AG + SSP"),
+    ("plain_2x", "plain, 2x epochs (compute-matched to AG)"),
+    ("plain_ag_relu", "plain + AG, ReLU after H's sums"),
+    ("lsq_plain", "plain, LSQ"),
+    ("lsq_plain_ag", "plain + AG, LSQ"),
 )
 LABELS = dict(METHODS)
+# method -> the agq_keras/configs/fmnist.py method of its variant, and the config fields it changes.
 _FMNIST_METHOD = {"fp_residual": "residual_base", "fp_plain": "plain_base", "residual": "residual_base",
                   "residual_ag": "residual_ag", "residual_ag_ssp": "residual_ag_ssp", "plain": "plain_base",
-                  "plain_ag": "plain_ag", "plain_ag_ssp": "plain_ag_ssp", "plain_2x": "plain_base"}
+                  "plain_ag": "plain_ag", "plain_ag_ssp": "plain_ag_ssp", "plain_2x": "plain_base",
+                  "plain_ag_relu": "plain_ag", "lsq_plain": "plain_base", "lsq_plain_ag": "plain_ag"}
+_OVERRIDES = {"plain_ag_relu": {"aux_relu": True}, "lsq_plain": {"quantizer": "lsq"},
+              "lsq_plain_ag": {"quantizer": "lsq"}}
+SWEEP_ARMS = ("plain", "plain_ag", "plain_2x", "plain_ag_ssp")
+MAX_SEEDS = 5  # follow-up: an arm of a comparison that sits within 2 spreads gets seeds up to this many
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,7 @@ class Run:
 
     @property
     def init_from(self) -> str | None:
-        """The full-precision run whose F initialises this one (stage 1), or None."""
+        """The full-precision run whose F initialises this one (stage 1, seed 0), or None."""
         if self.method.startswith("fp_"):
             return None
         return Run(self.arch, "fp_residual" if self.method.startswith("residual") else "fp_plain").name
@@ -82,13 +91,42 @@ def _check_int(name, value, minimum):
     return value
 
 
-def plan(table: str = "fmnist6", seeds: int = 3, deep_arch: str = "resnet32") -> list[Run]:
-    """The runs of a table, in an order where every run's ``init_from`` comes first."""
+def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, lsq_arch: str = "resnet32",
+         relu_arch: str = "resnet20", depths=DEPTHS) -> list[Run]:
+    """The runs of a table, in an order where every run's ``init_from`` comes first.
+
+    * ``sweep`` (issue 13): for each of ``depths``, the plain full-precision F (seed 0; every run of that
+      depth starts from it), then per seed the four arms plain, plain + AG, plain at 2x epochs and plain +
+      AG + SSP; then the two extras: H's sums with a ReLU against the linear sum at ``relu_arch``, and
+      LSQ plain / plain + AG at ``lsq_arch``.
+    * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2 (alpha 0.5, 4-bit DoReFa, residual) at
+      full precision, k-bit and k-bit + AG, ``seeds`` seeds each; the k-bit runs start from seed 0's float F.
+    * ``fmnist6``: the first Table 6 twin (ResNet-20 residual and plain rows, and ``deep_arch``'s pair).
+    """
     if table not in TABLES:
         raise ValueError(f"table={table!r} is not supported; allowed: {', '.join(TABLES)}.")
     _check_int("seeds", seeds, 1)
     if deep_arch not in DEEP_ARCHS:
         raise ValueError(f"deep_arch={deep_arch!r} is not supported; allowed: {', '.join(DEEP_ARCHS)}.")
+    depths = tuple(depths)
+    for name, value in (("lsq_arch", lsq_arch), ("relu_arch", relu_arch)):
+        if value not in DEPTHS:
+            raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(DEPTHS)}.")
+    if not depths or any(d not in DEPTHS for d in depths):
+        raise ValueError(f"depths={depths!r} must be a non-empty subset of {', '.join(DEPTHS)}.")
+    if table == "mobilenetv2":
+        return [Run("mobilenetv2", m, s) for s in range(seeds) for m in ("fp_residual", "residual", "residual_ag")]
+    if table == "sweep":
+        runs = []
+        for arch in depths:
+            runs.append(Run(arch, "fp_plain"))
+            runs += [Run(arch, m, s) for s in range(seeds) for m in SWEEP_ARMS]
+        for arch, methods in ((relu_arch, ("plain_ag_relu",)), (lsq_arch, ("lsq_plain", "lsq_plain_ag"))):
+            if arch not in depths:
+                runs.append(Run(arch, "fp_plain"))
+                depths += (arch,)
+            runs += [Run(arch, m, s) for s in range(seeds) for m in methods]
+        return runs
     runs = [Run("resnet20", m) for m in ("fp_residual", "fp_plain", "residual", "residual_ag", "residual_ag_ssp")]
     runs += [Run("resnet20", m, s) for s in range(seeds) for m in ("plain", "plain_ag")]
     runs += [Run("resnet20", "plain_ag_ssp"), Run("resnet20", "plain_2x")]
@@ -111,13 +149,20 @@ def _scaled(epoch: int, base_epochs: int, epochs: int) -> int:
     return max(1, min(epochs, round(epoch * epochs / base_epochs)))
 
 
-def make_config(run: Run, workdir: str, *, train_subset: int = 15000, test_subset: int = 0, epochs: int = 0,
-                verbose: int = 2):
-    """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant, the recipe's schedule
-    rescaled to ``epochs`` (0 = the recipe's own), doubled for the compute-matched run."""
+def make_config(run: Run, workdir: str, *, record: str | None = None, train_subset: int = 15000,
+                test_subset: int = 0, epochs: int = 0, verbose: int = 2):
+    """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant (plus the method's
+    overrides: LSQ, H's ReLU), the recipe's schedule rescaled to ``epochs`` (0 = the recipe's own), doubled
+    for the compute-matched run. The initial F is ``workdir/<init run>/f.keras``, or the committed
+    ``record/<init run>/f.keras`` when only the record holds it (a new checkout continues a sweep)."""
     from agq_keras.configs import fmnist
 
-    c = fmnist.get_config(f"{run.arch}_{_FMNIST_METHOD[run.method]}")
+    if run.arch == "mobilenetv2" and run.method.startswith("fp_"):
+        c = fmnist.get_config(f"mobilenetv2_{run.method.removeprefix('fp_')}_float")
+    else:
+        c = fmnist.get_config(f"{run.arch}_{_FMNIST_METHOD[run.method]}")
+    for key, value in _OVERRIDES.get(run.method, {}).items():
+        c[key] = value
     base = c.epochs
     target = (epochs or base) * (2 if run.method == "plain_2x" else 1)
     c.lr_decay_epochs = tuple(sorted({_scaled(e, base, target) for e in c.lr_decay_epochs}))
@@ -130,66 +175,139 @@ def make_config(run: Run, workdir: str, *, train_subset: int = 15000, test_subse
         c.w_bits = c.a_bits = 32
     else:
         c.init_checkpoint = os.path.join(workdir, run.init_from, "f.keras")
+        if record and not os.path.isfile(c.init_checkpoint) and os.path.isfile(
+                os.path.join(record, run.init_from, "f.keras")):
+            c.init_checkpoint = os.path.join(record, run.init_from, "f.keras")
     return c
 
 
-def run_all(runs: list[Run], workdir: str, log=print, **config_kwargs) -> dict:
-    """Train every run not finished yet; returns ``{name: "trained" | "skipped"}``."""
+def finished(run: Run, *folders) -> str | None:
+    """The ``metrics.json`` of a finished run in the first of ``folders`` that holds one, else None."""
+    for folder in folders:
+        if folder and os.path.isfile(os.path.join(folder, run.name, "metrics.json")):
+            return os.path.join(folder, run.name, "metrics.json")
+    return None
+
+
+def _to_record(run: Run, out: str, record: str) -> None:
+    """Copy what the report and a later session need into the committed record: the metrics, the wall
+    time, and a full-precision run's F (the initial F of its depth's other runs)."""
+    import shutil
+
+    dest = os.path.join(record, run.name)
+    os.makedirs(dest, exist_ok=True)
+    files = ["reproduce.json", "metrics.json"] + (["f.keras"] if run.method.startswith("fp_") else [])
+    for name in files:  # metrics.json last: it marks the run finished
+        tmp = os.path.join(dest, f".{name}.tmp")
+        shutil.copyfile(os.path.join(out, name), tmp)
+        os.replace(tmp, os.path.join(dest, name))
+
+
+def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = None, **config_kwargs) -> dict:
+    """Train every run not finished yet (in ``workdir`` or ``record``); returns ``{name: "trained" |
+    "skipped"}``. With ``record``, each finished run's metrics (and a full-precision run's F) are copied
+    there, so a later session on a new checkout continues from the committed record."""
     import keras
 
     from agq_keras.saving import write_text
     from agq_keras.experiments import run as runner
 
     runner.check_workdir(workdir)
-    configs = {r.name: make_config(r, workdir, **config_kwargs) for r in runs}  # validate all first
+    configs = {r.name: make_config(r, workdir, record=record, **config_kwargs) for r in runs}  # validate all
     for c in configs.values():
         runner.validate(c)
     status = {}
     for r in runs:
-        out = os.path.join(workdir, r.name)
-        if os.path.isfile(os.path.join(out, "metrics.json")):
-            log(f"[skip] {r.name}: finished (metrics.json exists)")
+        done = finished(r, record, workdir)
+        if done:
+            log(f"[skip] {r.name}: finished ({done} exists)")
+            stamp = os.path.join(os.path.dirname(done), "reproduce.json")
+            if not os.path.isfile(stamp):  # trained outside the driver (the train CLI): wall time not measured
+                write_text(stamp, json.dumps({"wall_s": None, "run": dataclasses.asdict(r)}))
+            if record and not finished(r, record):
+                _to_record(r, os.path.dirname(done), record)
             status[r.name] = "skipped"
             continue
-        c = configs[r.name]
+        c = make_config(r, workdir, record=record, **config_kwargs)  # an init F trained just now is found
         if c.init_checkpoint and not os.path.isfile(c.init_checkpoint):
             raise FileNotFoundError(f"run {r.name} starts from {c.init_checkpoint!r}, which does not exist: "
                                     f"run {r.init_from} first (it is listed before {r.name} in the plan).")
-        log(f"[run] {r.name}: {LABELS[r.method]}, seed {r.seed}, {c.epochs} epoch(s)")
+        log(f"[run] {r.name}: {LABELS[r.method]}, {c.quantizer} W{c.w_bits}/A{c.a_bits}, seed {r.seed}, "
+            f"{c.epochs} epoch(s)")
+        out = os.path.join(workdir, r.name)
         start = time.time()
         runner.run(c, out)
         wall = time.time() - start
-        keras.backend.clear_session()  # 18 runs in one process: drop the finished run's graphs
+        keras.backend.clear_session()  # many runs in one process: drop the finished run's graphs
         write_text(os.path.join(out, "reproduce.json"), json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)}))
+        if record:
+            _to_record(r, out, record)
         status[r.name] = "trained"
     return status
+
+
+def follow_up(runs: list[Run], groups: dict) -> list[Run]:
+    """Issue 13's rule: every arm of a verdict comparison whose delta sits within 2 spreads gets seeds up to
+    ``MAX_SEEDS``. Returns the runs to add (not yet in ``runs``), in plan order."""
+    planned = {r.name for r in runs}
+    extra = []
+    for row in verdicts(groups):
+        if row["verdict"] != "cannot tell at this scale":
+            continue
+        for arch, method in row["arms"]:
+            for seed in range(MAX_SEEDS):
+                r = Run(arch, method, seed)
+                if r.name not in planned:
+                    planned.add(r.name)
+                    extra.append(r)
+    return extra
 
 
 # -- results --------------------------------------------------------------------------------------------------
 
 
-def load_results(runs: list[Run], workdir: str) -> dict:
-    """``{(arch, method): [per-seed dicts]}`` from the finished runs' files."""
+def load_results(*folders) -> dict:
+    """``{(arch, method): [per-seed dicts]}`` from every finished run under ``folders`` (a run folder holding
+    ``metrics.json`` and the driver's ``reproduce.json``); a run in several folders counts once, from the
+    first folder."""
     groups: dict = {}
-    for r in runs:
-        out = os.path.join(workdir, r.name)
-        path = os.path.join(out, "metrics.json")
-        if not os.path.isfile(path):
+    seen = set()
+    for folder in folders:
+        if not folder or not os.path.isdir(folder):
             continue
-        with open(path) as fh:
-            m = json.load(fh)
-        wall = None
-        if os.path.isfile(os.path.join(out, "reproduce.json")):
+        for name in sorted(os.listdir(folder)):
+            out = os.path.join(folder, name)
+            if name in seen or not all(os.path.isfile(os.path.join(out, f)) for f in ("metrics.json",
+                                                                                        "reproduce.json")):
+                continue
+            seen.add(name)
+            with open(os.path.join(out, "metrics.json")) as fh:
+                m = json.load(fh)
             with open(os.path.join(out, "reproduce.json")) as fh:
-                wall = json.load(fh)["wall_s"]
-        history = m.get("history", {})
-        groups.setdefault((r.arch, r.method), []).append({
-            "seed": r.seed, "top1": 100 * m["f"]["top1"], "top5": 100 * m["f"]["top5"],
-            "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
-            "val_top1": [100 * a for a in history.get("val_accuracy", [])], "epochs": m.get("epochs"),
-            "train_subset": m.get("config", {}).get("train_subset"),
-            "test_subset": m.get("config", {}).get("test_subset"), "wall_s": wall})
+                rec = json.load(fh)
+            r = Run(**rec["run"])
+            history, config = m.get("history", {}), m.get("config", {})
+            raw = m.get("f_raw", m["f"])
+            groups.setdefault((r.arch, r.method), []).append({
+                "seed": r.seed, "top1": 100 * m["f"]["top1"], "top5": 100 * m["f"]["top5"],
+                "raw_top1": 100 * raw["top1"],
+                "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
+                "val_top1": [100 * a for a in history.get("val_accuracy", [])],
+                "raw_val_top1": [100 * a for a in history.get("raw_val_accuracy", history.get("val_accuracy", []))],
+                "epochs": m.get("epochs"), "quantizer": config.get("quantizer"),
+                "bits": (config.get("w_bits"), config.get("a_bits")), "bn_batches": config.get(
+                    "bn_reestimation_batches", 0), "train_subset": config.get("train_subset"),
+                "test_subset": config.get("test_subset"), "wall_s": rec.get("wall_s")})
+    for gs in groups.values():
+        gs.sort(key=lambda g: g["seed"])
     return groups
+
+
+def swing(curve) -> float | None:
+    """Mean absolute change of test top-1 between consecutive epochs (points), None under 2 epochs."""
+    if len(curve) < 2:
+        return None
+    return statistics.fmean(abs(b - a) for a, b in zip(curve, curve[1:]))
 
 
 def mean_std(values) -> tuple[float, float | None]:
@@ -203,33 +321,63 @@ def _fmt(values, digits=2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def deltas(groups: dict) -> list[dict]:
-    """The Table 6 comparisons (top-1 points) with the seed spread of both sides."""
-    pairs = (("plain+AG − plain", "plain_ag", "plain"), ("plain+AG+SSP − plain+AG", "plain_ag_ssp", "plain_ag"),
-             ("residual+AG − residual", "residual_ag", "residual"),
-             ("residual − plain+AG (gap left)", "residual", "plain_ag"),
-             ("plain 2x epochs − plain (compute)", "plain_2x", "plain"),
-             ("plain+AG − plain 2x epochs (compute-matched)", "plain_ag", "plain_2x"))
+# The claims of the verdict table: (claim, arm a, arm b, the nets it is about, the paper's delta or None);
+# the delta is a - b (top-1 points).
+CLAIMS = (
+    ("AG improves plain nets", "plain_ag", "plain", "resnet", 3.3),
+    ("AG beats the compute-matched baseline (plain, 2x epochs)", "plain_ag", "plain_2x", "resnet", None),
+    ("SSP adds on top of AG", "plain_ag_ssp", "plain_ag", "resnet", 0.5),
+    ("AG helps LSQ", "lsq_plain_ag", "lsq_plain", "resnet", None),
+    ("ReLU after H's sums beats the linear sum", "plain_ag_relu", "plain_ag", "resnet", None),
+    ("AG improves residual nets", "residual_ag", "residual", "resnet", 0.7),
+    ("AG improves the k-bit MobileNetV2", "residual_ag", "residual", "mobilenetv2", None),
+)
+HOLDS, FAILS, CANNOT = "holds", "does not hold (the reverse is measured)", "cannot tell at this scale"
+
+
+def compare(a: list[dict], b: list[dict]) -> dict:
+    """Top-1 delta of two arms (mean a - mean b, points), its spread and the verdict.
+
+    spread = the standard error of the difference of the means, sqrt(s_a^2/n_a + s_b^2/n_b) (sample stds
+    over seeds). The claim a > b holds when delta > 2 spreads, the reverse is measured when delta < -2
+    spreads, and it cannot be told otherwise (or with a single seed on either side)."""
+    ma, sa = mean_std(g["top1"] for g in a)
+    mb, sb = mean_std(g["top1"] for g in b)
+    delta = ma - mb
+    spread = None if sa is None or sb is None else (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+    if spread is None:
+        verdict = CANNOT + " (one seed)"
+    elif delta > 2 * spread:
+        verdict = HOLDS
+    elif delta < -2 * spread:
+        verdict = FAILS
+    else:
+        verdict = CANNOT
+    loss = mean_std(g["train_loss"] for g in a)[0] / mean_std(g["train_loss"] for g in b)[0] - 1
+    return {"delta": delta, "spread": spread, "verdict": verdict, "train_loss_change": loss,
+            "seeds": (len(a), len(b))}
+
+
+def verdicts(groups: dict) -> list[dict]:
+    """One row per claim and network where both arms have finished runs, plus "AG helps more as depth
+    grows" (the AG delta of the deepest ResNet measured minus ResNet-20's, spreads combined)."""
     rows = []
-    for arch in sorted({a for a, _ in groups}):
-        for name, a, b in pairs:
-            if (arch, a) not in groups or (arch, b) not in groups:
-                continue
-            ga, gb = groups[(arch, a)], groups[(arch, b)]
-            delta = mean_std(g["top1"] for g in ga)[0] - mean_std(g["top1"] for g in gb)[0]
-            stds = [s for s in (mean_std(g["top1"] for g in ga)[1], mean_std(g["top1"] for g in gb)[1])
-                    if s is not None]
-            spread = max(stds) if stds else None
-            loss_delta = (mean_std(g["train_loss"] for g in ga)[0] / mean_std(g["train_loss"] for g in gb)[0] - 1)
-            if spread is None:
-                verdict = "no seed spread measured (one seed each)"
-            elif abs(delta) > spread:
-                verdict = f"{'higher' if delta > 0 else 'lower'} by more than the seed spread"
-            else:
-                verdict = "within the seed spread"
-            rows.append({"arch": arch, "comparison": name, "delta": delta, "spread": spread,
-                         "train_loss_change": loss_delta, "verdict": verdict,
-                         "paper": PAPER_DELTAS.get(name)})
+    for claim, a, b, family, paper in CLAIMS:
+        archs = sorted({arch for arch, _ in groups if (arch, a) in groups and (arch, b) in groups})
+        for arch in (x for x in archs if x.startswith(family)):
+            rows.append({"claim": claim, "arch": arch, "arms": ((arch, a), (arch, b)), "paper": paper,
+                         **compare(groups[(arch, a)], groups[(arch, b)])})
+    ag = {r["arch"]: r for r in rows if r["claim"] == CLAIMS[0][0]}
+    deep = [d for d in DEPTHS[1:] if d in ag]
+    if "resnet20" in ag and deep:
+        hi, lo = ag[deep[-1]], ag["resnet20"]
+        delta = hi["delta"] - lo["delta"]
+        spread = None if hi["spread"] is None or lo["spread"] is None else (hi["spread"] ** 2 + lo["spread"] ** 2) ** .5
+        verdict = (CANNOT + " (one seed)" if spread is None else HOLDS if delta > 2 * spread else
+                   FAILS if delta < -2 * spread else CANNOT)
+        rows.append({"claim": "AG helps more as depth grows", "arch": f"{deep[-1]} vs resnet20",
+                     "arms": hi["arms"] + lo["arms"], "paper": None, "delta": delta, "spread": spread,
+                     "verdict": verdict, "train_loss_change": None, "seeds": hi["seeds"] + lo["seeds"]})
     return rows
 
 
@@ -276,30 +424,73 @@ def plot(groups: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _data_line(groups: dict) -> str:
+    subsets = sorted({str(g["train_subset"] or "all 60000") for gs in groups.values() for g in gs})
+    tests = sorted({str(g.get("test_subset") or "all 10000") for gs in groups.values() for g in gs})
+    bn = sorted({g["bn_batches"] for gs in groups.values() for g in gs})
+    steady = ("F's BatchNorm statistics re-estimated over "
+              f"{', '.join(str(b) for b in bn if b)} training batches before every evaluation (raw: training's "
+              "running statistics)" if any(bn) else "training's running BatchNorm statistics")
+    return (f"Fashion-MNIST, {', '.join(subsets)} training images, F evaluated on {', '.join(tests)} test "
+            f"images; {steady}. First conv and classifier at 16 bits; each k-bit run starts from the "
+            "full-precision F (seed 0) of its network and shortcut type.")
+
+
+def summary(rows: list[dict]) -> str:
+    """The evidence in one paragraph (the README's), from the verdict rows."""
+    if not rows:
+        return "No verdict yet: no comparison has finished runs on both sides."
+    parts = []
+    for r in rows:
+        spread = f"± {r['spread']:.2f} (SE)" if r["spread"] is not None else "(one seed)"
+        parts.append(f"{r['claim']} on {r['arch']}: {r['delta']:+.2f} pt {spread}, "
+                     f"{r['seeds'][0]} vs {r['seeds'][1]} seeds: {r['verdict']}")
+    return ("Measured on Fashion-MNIST at CPU scale (docs/results.md, generated by `scripts/reproduce.py`): "
+            + "; ".join(parts) + ".")
+
+
 def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
     """The Markdown of results.md."""
     if not groups:
-        raise ValueError("no finished run to report (no metrics.json under the workdir).")
+        raise ValueError("no finished run to report (no metrics.json under the workdir or the record).")
     walls = [g["wall_s"] for gs in groups.values() for g in gs if g["wall_s"] is not None]
     n_runs = sum(len(gs) for gs in groups.values())
-    subsets = sorted({str(g["train_subset"] or "all 60000") for gs in groups.values() for g in gs})
-    tests = sorted({str(g.get("test_subset") or "all 10000") for gs in groups.values() for g in gs})
     lines = [
-        "# Table 6 twin on Fashion-MNIST (CPU scale)", "",
+        "# Results on Fashion-MNIST (CPU scale)", "",
         "Generated by `scripts/reproduce.py` from the runs' `metrics.json` files — do not edit by hand.", "",
         f"* Command: `{command}`",
         f"* Hardware: {hardware}",
-        f"* Wall time: {sum(walls) / 60:.1f} min of training in {len(walls)} timed run(s) "
-        f"({n_runs} run(s) reported)",
-        f"* Data: Fashion-MNIST, {', '.join(subsets)} training images, F evaluated on "
-        f"{', '.join(tests)} test images; "
-        "2-bit DoReFa weights and activations (first conv and classifier 16-bit); each 2-bit run starts "
-        "from the full-precision F of its row's architecture and shortcut type.",
-        "",
-        "Top-1, top-5 (%) and F's training loss in the last epoch: mean ± sample std over seeds.", "",
-        "| Network | Method | Seeds | Epochs | Top-1 (%) | Top-5 (%) | F train loss | Time / run (min) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"* Wall time: {sum(walls) / 60:.1f} min of training in {len(walls)} timed run(s) ({n_runs} run(s) "
+        "reported)",
+        f"* Data: {_data_line(groups)}", "",
     ]
+    rows = verdicts(groups)
+    lines += ["## Verdict", "",
+              "Δ = top-1 of the first arm minus the second (points, mean over seeds). Spread = the standard error "
+              "of that difference, sqrt(s_a²/n_a + s_b²/n_b). A claim holds when Δ > 2 spreads, the reverse is "
+              "measured when Δ < −2 spreads, and it cannot be told otherwise. The training-loss change is F's "
+              "final training loss, relative. The paper's deltas (ResNet-18, CIFAR-100, Table 6) are quoted, not "
+              "measured here.", ""]
+    if rows:
+        lines += ["| Claim | Network | Δ top-1 | Spread | Seeds | Verdict | F train loss change | Paper Δ |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            spread = f"{r['spread']:.2f}" if r["spread"] is not None else "n/a"
+            loss = f"{100 * r['train_loss_change']:+.1f} %" if r["train_loss_change"] is not None else "—"
+            paper = f"{r['paper']:+.1f}" if r["paper"] is not None else "—"
+            seeds = "/".join(str(n) for n in r["seeds"])
+            lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {spread} | {seeds} | {r['verdict']} | "
+                         f"{loss} | {paper} |")
+    else:
+        lines.append("No comparison has finished runs on both sides yet.")
+    lines += ["", "## Runs", "",
+              "Top-1 and top-5 (%) of F, steadied (re-estimated BatchNorm statistics, the saved `f.keras`) and "
+              "raw (training's running statistics), and F's training loss in the last epoch: mean ± sample std "
+              "over seeds. Swing = the mean absolute change of test top-1 between consecutive epochs, steadied / "
+              "raw, averaged over seeds.", "",
+              "| Network | Method | Quantizer | W/A bits | Seeds | Epochs | Top-1 (%) | Top-1 raw (%) | Top-5 (%) "
+              "| F train loss | Swing (pt) | Time / run (min) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arch in sorted({a for a, _ in groups}):
         for method, label in METHODS:
             gs = groups.get((arch, method))
@@ -307,42 +498,66 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
                 continue
             w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
             minutes = f"{statistics.fmean(w) / 60:.1f}" if w else "n/a"
-            lines.append(f"| {arch} | {label} | {len(gs)} | {gs[0]['epochs']} | {_fmt(g['top1'] for g in gs)} | "
-                         f"{_fmt(g['top5'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | {minutes} |")
-    rows = deltas(groups)
-    if rows:
-        lines += ["", "## Deltas (top-1 points) against the paper's Table 6 (ResNet-18, CIFAR-100)", "",
-                  "Seed spread = the larger sample std of the two sides. The paper's deltas are quoted, not "
-                  "measured here.", "",
-                  "| Network | Comparison | Δ top-1 | Seed spread | Verdict | F train loss change (relative) "
-                  "| Paper Δ |",
-                  "|---|---|---|---|---|---|---|"]
-        for d in rows:
-            spread = f"{d['spread']:.2f}" if d["spread"] is not None else "n/a"
-            paper = f"{d['paper']:+.1f}" if d["paper"] is not None else "—"
-            lines.append(f"| {d['arch']} | {d['comparison']} | {d['delta']:+.2f} | {spread} | {d['verdict']} | "
-                         f"{100 * d['train_loss_change']:+.1f} % | {paper} |")
+            sw = [swing(g["val_top1"]) for g in gs]
+            sr = [swing(g["raw_val_top1"]) for g in gs]
+            sw_text = (f"{statistics.fmean(sw):.2f} / {statistics.fmean(sr):.2f}"
+                       if None not in sw and None not in sr else "n/a")
+            bits = "/".join(str(b) for b in gs[0]["bits"])
+            lines.append(f"| {arch} | {label} | {gs[0]['quantizer']} | {bits} | {len(gs)} | {gs[0]['epochs']} | "
+                         f"{_fmt(g['top1'] for g in gs)} | {_fmt(g['raw_top1'] for g in gs)} | "
+                         f"{_fmt(g['top5'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | {sw_text} | "
+                         f"{minutes} |")
     lines += ["", "## Convergence (like the paper's Fig. 3)", "", f"![F test top-1 per epoch]({png_name})", ""]
     return "\n".join(lines)
 
 
-def check_results_path(results_path: str) -> None:
-    """Checked before any training, so a bad path does not waste the runs."""
+README_MARKERS = ("<!-- evidence:start -->", "<!-- evidence:end -->")
+
+
+def _split_readme(readme: str) -> tuple[str, str]:
+    """The README's text before the evidence paragraph (start marker included) and after it (end marker
+    included); a clear error when the markers are missing. Checked before any training, too."""
+    with open(readme) as fh:
+        old = fh.read()
+    start, end = README_MARKERS
+    if old.count(start) != 1 or old.count(end) != 1 or old.index(start) > old.index(end):
+        raise ValueError(f"readme={readme!r} must hold the markers {start} and {end} once each, in that order.")
+    head, rest = old.split(start)
+    return head + start, end + rest.split(end, 1)[1]
+
+
+def update_readme(readme: str, text: str) -> None:
+    """Replace the paragraph between the README's evidence markers with ``text`` (atomically)."""
+    from agq_keras.saving import write_text
+
+    head, tail = _split_readme(readme)
+    write_text(readme, head + "\n" + text + "\n" + tail)
+
+
+def check_results_path(results_path: str, readme: str | None = None) -> None:
+    """Checked before any training, so a bad path (or a README without the evidence markers) does not waste
+    the runs."""
     if not results_path.endswith(".md"):
         raise ValueError(f"results={results_path!r} must be a .md file.")
     folder = os.path.dirname(os.path.abspath(results_path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder of results {results_path!r} does not exist; create it first.")
+    if readme:
+        _split_readme(readme)
 
 
-def write_results(runs: list[Run], workdir: str, results_path: str, *, command: str) -> dict:
-    """Write ``results_path`` (Markdown) and the convergence PNG next to it, atomically."""
+def write_results(workdir: str, results_path: str, *, command: str, record: str | None = None,
+                  readme: str | None = None) -> dict:
+    """Write ``results_path`` (Markdown) and the convergence PNG next to it, atomically, from every finished
+    run in ``record`` and ``workdir``; with ``readme``, also its evidence paragraph (:func:`summary`)."""
     from agq_keras.saving import write_text
 
-    check_results_path(results_path)
-    groups = load_results(runs, workdir)
+    check_results_path(results_path, readme)
+    groups = load_results(record, workdir)
     png = os.path.splitext(results_path)[0] + "_convergence.png"
     text = render(groups, command=command, hardware=_hardware(), png_name=os.path.basename(png))
     plot(groups, png)
     write_text(results_path, text)
+    if readme:
+        update_readme(readme, summary(verdicts(groups)))
     return {"results": results_path, "png": png, "groups": groups}

@@ -161,7 +161,7 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
                   decay_epoch=config.ssp_decay_epoch, seed=config.seed)
     if config.aux:
         return build(config.arch, aux=True, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
-                     ssp=ssp, **kwargs)
+                     aux_relu=bool(config.get("aux_relu", False)), ssp=ssp, **kwargs)
     if config.baseline == "none":
         return build(config.arch, ssp=ssp, **kwargs) if ssp else AGTrainer(build(config.arch, **kwargs), None)
     f = build(config.arch, **kwargs)
