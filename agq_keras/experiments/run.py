@@ -16,6 +16,11 @@
 5. writes ``f.keras``, ``trainer.keras``, ``metrics.json`` and
    ``convergence.png`` atomically, then removes the backup.
 
+A config with ``task = "detection"`` (:mod:`agq_keras.configs.detection`) runs :func:`run_detection`
+instead: the detection twin (or COCO/VOC), :func:`agq_keras.detection.build_detector`, the same trainer step
+with :class:`agq_keras.detection.DetectionLoss`, the same callbacks and backup, and ``metrics.json`` with
+F's (and H's) COCO AP / AP50 / AP75 plus ``detections.png``.
+
 Steady evaluation (``config.bn_reestimation_batches = N > 0``): before every evaluation F's BatchNorm
 moving statistics are recomputed, weights frozen, over the first N batches of the training split read
 in order with the test-time preprocessing (a dataset object of its own: the training pipeline, its order
@@ -37,10 +42,11 @@ import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from agq_keras import saving
-from agq_keras.data import pipeline
+from agq_keras import detection, saving
+from agq_keras.data import detection_twin, pipeline
 from agq_keras.models.builder import build
 from agq_keras.training import baselines, callbacks as cb
 from agq_keras.training.recipe import load_by_name, stage1_config
@@ -75,6 +81,8 @@ def _epochs_list(config, key):
 
 def validate(config) -> None:
     """Check every value before anything is built or written."""
+    if config.get("task", "classification") == "detection":
+        return validate_detection(config)
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
                          ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)
@@ -178,6 +186,8 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     """Train one config; returns the metrics dict also written to ``metrics.json``.
 
     ``extra_callbacks`` are appended to the run's own (tests use them to interrupt a run)."""
+    if config.get("task", "classification") == "detection":
+        return run_detection(config, workdir, extra_callbacks)
     validate(config)
     check_workdir(workdir)
     if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
@@ -236,12 +246,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     if steady is not None:  # first: the epoch-end callbacks (TensorBoard, History) see raw_val_*
         callbacks.insert(0, steady)
     callbacks += list(extra_callbacks)
-    history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
-                          verbose=config.verbose, shuffle=False)
-    if guard.diverged_at is not None:
-        epoch, batch = guard.diverged_at
-        raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
-                            f"written, the last good state is kept in {os.path.join(workdir, 'backup')}.")
+    history = _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir)
 
     f_raw = None
     if steady is not None:
@@ -290,6 +295,17 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     return metrics
 
 
+def _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir):
+    """``trainer.fit`` for the run; a :class:`DivergedError` when the loss became NaN/inf."""
+    history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
+                          verbose=config.verbose, shuffle=False)
+    if guard.diverged_at is not None:
+        epoch, batch = guard.diverged_at
+        raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
+                            f"written, the last good state is kept in {os.path.join(workdir, 'backup')}.")
+    return history
+
+
 def _steady_evaluation(config, data_kw, test_ds):
     """The run's :class:`~agq_keras.training.callbacks.BNReestimation` (None when
     ``bn_reestimation_batches`` is 0): its own dataset, the training split in order with the test-time
@@ -314,3 +330,132 @@ def _jsonable(value):
     if isinstance(value, tuple):
         return list(value)
     return float(value) if isinstance(value, numbers.Real) else str(value)
+
+
+# -- detection (agq_keras.configs.detection) --------------------------------------------------------------------
+
+DETECTION_DATASETS = ("fmnist_twin", *detection_twin.TFDS_NAMES)
+
+
+def validate_detection(config) -> None:
+    """A detection config's values (:mod:`agq_keras.configs.detection`), checked before anything is written."""
+    for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("canvas_size", 32), ("max_objects", 1),
+                         ("train_canvases", 0), ("test_canvases", 1), ("fpn_width", 1), ("head_depth", 0),
+                         ("plot_images", 0)):
+        _int(config, key, minimum)
+    _choice(config, "dataset", DETECTION_DATASETS)
+    _choice(config, "optimizer", OPTIMIZERS)
+    _epochs_list(config, "lr_decay_epochs")
+    if config.dataset == "fmnist_twin" and config.train_canvases < 1:
+        raise ValueError(f"config.train_canvases={config.train_canvases!r} must be an integer >= 1 for the twin.")
+    v = config.learning_rate
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"config.learning_rate={v!r} must be a positive finite number.")
+    if not 0 <= config.score_threshold < 1:
+        raise ValueError(f"config.score_threshold={config.score_threshold!r} must be in [0, 1).")
+    unsupported = [(k, config.get(k), default) for k, default in (
+        ("ssp", False), ("baseline", "none"), ("pretrain_epochs", 0), ("bn_reestimation_batches", 0),
+        ("strategy", "none"), ("init_checkpoint", ""), ("residual_stream", "float")) if config.get(k, default) != default]
+    if unsupported:
+        key, value, default = unsupported[0]
+        raise ValueError(f"config.{key}={value!r} is not supported for detection; allowed: {default!r}.")
+    if config.get("first_last_bits", 0) not in (0, 16, 32):
+        raise ValueError(f"config.first_last_bits={config.first_last_bits!r} is not supported for detection; "
+                         "allowed: 0 (16, or 32 at full precision), 16, 32.")
+    spec = _anchor_spec(config)  # a ValueError for bad levels / anchor sizes
+    top = 2 ** spec.levels[-1]
+    if config.canvas_size % top:
+        raise ValueError(f"config.canvas_size={config.canvas_size} must be a multiple of {top} (the stride of the "
+                         f"top level P{spec.levels[-1]}).")
+
+
+def _anchor_spec(config):
+    return detection.AnchorSpec(levels=tuple(config.levels), size_factor=config.anchor_size_factor)
+
+
+def _detection_data(config):
+    """``(training examples (unbatched), test images, test boxes, test labels, num_classes, class names)``."""
+    if config.dataset == "fmnist_twin":
+        kw = dict(data_dir=config.data_dir or None, seed=config.seed, canvas_size=config.canvas_size,
+                  max_objects=config.max_objects)
+        train = detection_twin.load("train", config.train_canvases, **kw)
+        test = detection_twin.load("test", config.test_canvases, **kw)
+        return train[:3], test[:3], detection_twin.NUM_CLASSES, detection_twin.CLASS_NAMES
+    kw = dict(data_dir=config.data_dir, image_size=config.canvas_size, max_objects=config.max_objects)
+    train, num_classes = detection_twin.load_tfds(config.dataset, "train", **kw)
+    test, _ = detection_twin.load_tfds(config.dataset, "test", **kw)
+    if config.train_canvases:
+        train = train.take(config.train_canvases)
+    images, boxes, labels = [], [], []
+    for image, ann in test.take(config.test_canvases).as_numpy_iterator():
+        images.append(image)
+        boxes.append(ann["boxes"])
+        labels.append(ann["labels"])
+    return train, (np.stack(images), np.stack(boxes), np.stack(labels)), num_classes, None
+
+
+def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
+    """Train a detection config: ``f.keras``, ``trainer.keras``, ``metrics.json`` (F's and H's AP, AP50, AP75
+    with pycocotools on the test canvases; the history; the config), ``logs/`` (TensorBoard) and
+    ``detections.png`` (F's boxes on the first test canvases). Resumes from ``workdir/backup``."""
+    validate_detection(config)
+    check_workdir(workdir)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    train, (test_x, test_boxes, test_labels), num_classes, names = _detection_data(config)
+    spec = _anchor_spec(config)
+    image_size = tuple(test_x.shape[1:3])
+    anchors = spec.anchors(image_size)
+    epoch_counter = pipeline.EpochCounter()
+    if isinstance(train, tuple):
+        detection.check_annotations(train[1], train[2], image_size, num_classes, what="training canvases")
+        train_ds = detection_twin.dataset(*train, batch_size=config.batch_size, training=True, seed=config.seed,
+                                          epoch=epoch_counter.epoch)
+    else:
+        train_ds = train.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    test_ds = detection_twin.dataset(test_x, test_boxes, test_labels, batch_size=config.batch_size)
+    train_ds, test_ds = (detection.with_targets(d, anchors) for d in (train_ds, test_ds))
+    first_last = config.get("first_last_bits", 0) or None
+    trainer = detection.build_detector(
+        config.arch, aux=bool(config.aux), num_classes=num_classes, input_shape=(*image_size, test_x.shape[-1]),
+        quantizer=config.quantizer, w_bits=config.w_bits, a_bits=config.a_bits, first_last_bits=first_last,
+        stem=config.stem or None, plain=config.plain, anchors=spec, fpn_width=config.fpn_width,
+        head_depth=config.head_depth, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
+        aux_relu=bool(config.get("aux_relu", False)), fpn_adaptors=config.fpn_adaptors,
+        bn_momentum=config.bn_momentum)
+    if not config.aux:  # F alone, through the same step
+        trainer = AGTrainer(trainer, None, name=trainer.name)
+    trainer.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate, config.weight_decay),
+                    loss=detection.DetectionLoss(num_classes), metrics=[])
+    os.makedirs(workdir, exist_ok=True)
+    guard = cb.NaNGuard()
+    callbacks = [epoch_counter,
+                 keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),
+                 guard, cb.SafeBackup(os.path.join(workdir, "backup"), guard),
+                 keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False, profile_batch=0),
+                 *extra_callbacks]
+    history = _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir)
+    kw = dict(batch_size=config.batch_size, score_threshold=config.score_threshold)
+    metrics = {"f": detection.evaluate(trainer.f, test_x, test_boxes, test_labels, anchors, num_classes, **kw)}
+    metrics["f"]["loss"] = float(trainer.evaluate(test_ds, verbose=0, return_dict=True)["loss"])
+    if trainer.h is not None:
+        metrics["h"] = detection.evaluate(trainer.h, test_x, test_boxes, test_labels, anchors, num_classes, **kw)
+    metrics.update({"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+                    "epochs": config.epochs, "anchors": spec.to_dict(), "test_images": int(len(test_x)),
+                    "config": config.to_dict()})
+    saving.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
+    saving.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
+    saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
+    n = min(config.plot_images, len(test_x))
+    if n:
+        shown = detection.predict(trainer.f, test_x[:n], anchors, num_classes, **kw)
+        detection.draw_detections(test_x[:n], shown, os.path.join(workdir, "detections.png"),
+                                  gt_boxes=test_boxes[:n], gt_labels=test_labels[:n], class_names=names,
+                                  title=f"{config.arch} {config.w_bits}/{config.a_bits}-bit F "
+                                        f"(AP {100 * metrics['f']['AP']:.1f})")
+    shutil.rmtree(os.path.join(workdir, "backup"), ignore_errors=True)
+    print(f"F test AP: {100 * metrics['f']['AP']:.2f}  AP50: {100 * metrics['f']['AP50']:.2f}  "
+          f"AP75: {100 * metrics['f']['AP75']:.2f}"
+          + (f"  (H AP: {100 * metrics['h']['AP']:.2f})" if "h" in metrics else ""))
+    return metrics

@@ -63,6 +63,10 @@ class AGTrainer(keras.Model):
     headline); ``h_loss`` and ``h_accuracy`` are H's (or the teacher's).
     ``compile()`` defaults to Adam, sparse cross-entropy on logits and
     accuracy.
+
+    A *structured* loss (an object with ``structured = True``, called as ``loss(y, outputs)`` on the whole
+    output structure, e.g. :class:`agq_keras.detection.DetectionLoss`) makes F and H multi-output: the
+    same step applies it to F's and H's outputs (no ``h_accuracy``).
     """
 
     def __init__(self, f: keras.Model, h: keras.Model | None = None, aux_lambda: float = 1.0, *,
@@ -90,6 +94,7 @@ class AGTrainer(keras.Model):
         self.h_loss_tracker = keras.metrics.Mean(name="h_loss")
         self.h_accuracy = keras.metrics.SparseCategoricalAccuracy(name="h_accuracy")
         self._h_loss_fn = default_loss()
+        self._structured = False
         self.trace_count = 0  # python-side: how many times train_step was traced
         self.built = True  # F and H are built functional models
 
@@ -99,7 +104,8 @@ class AGTrainer(keras.Model):
 
     def compile(self, optimizer="adam", loss=None, metrics=("accuracy",), **kwargs):
         loss = default_loss() if loss is None else loss
-        if isinstance(loss, keras.losses.Loss):
+        self._structured = bool(getattr(loss, "structured", False))
+        if isinstance(loss, keras.losses.Loss) or self._structured:
             self._h_loss_fn = loss
         else:
             self._h_loss_fn = keras.losses.LossFunctionWrapper(keras.losses.get(loss))
@@ -125,7 +131,7 @@ class AGTrainer(keras.Model):
     def metrics(self):
         # F's loss tracker stands for "loss" (Keras's own tracker would be a second, unused "loss");
         # H's trackers only where there is an H.
-        h = [self.h_loss_tracker, self.h_accuracy] if self.h is not None else []
+        h = [self.h_loss_tracker] + ([] if self._structured else [self.h_accuracy]) if self.h is not None else []
         return [self.f_loss_tracker, *self._compiled_metrics(), *h]
 
     @property
@@ -160,7 +166,7 @@ class AGTrainer(keras.Model):
             y_f, *y_aux = self.f_train(x, training=training)
         else:
             y_f, y_aux = self.f(x, training=training), []
-        loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=training)
+        loss_f = self._f_loss(x, y, y_f, sample_weight, training)
         for y_a in y_aux:
             loss_f = loss_f + self.aux_alpha * self._h_loss_fn(y, y_a, sample_weight=sample_weight)
         if self.h is None:
@@ -204,14 +210,21 @@ class AGTrainer(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_f = self.f(x, training=False)
-        loss_f = self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=False)
+        loss_f = self._f_loss(x, y, y_f, sample_weight, False)
         return self._logs(x, y, y_f, sample_weight, loss_f)
+
+    def _f_loss(self, x, y, y_f, sample_weight, training):
+        if not self._structured:
+            return self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=training)
+        loss = self._h_loss_fn(y, y_f, sample_weight=sample_weight)  # the whole output structure
+        return loss + tf.add_n(self.losses) if self.losses else loss
 
     def _logs(self, x, y, y_f, sample_weight, loss_f, y_h=None, loss_h=None):
         self.f_loss_tracker.update_state(loss_f)
         if y_h is not None:
             self.h_loss_tracker.update_state(loss_h)
-            self.h_accuracy.update_state(y, y_h, sample_weight=sample_weight)
+            if not self._structured:
+                self.h_accuracy.update_state(y, y_h, sample_weight=sample_weight)
         logs = self.compute_metrics(x, y, y_f, sample_weight=sample_weight)
         logs["loss"] = self.f_loss_tracker.result()
         if y_h is None:
@@ -223,12 +236,14 @@ class AGTrainer(keras.Model):
     def get_config(self):
         # F and H share layers: serialize them as one multi-output graph so the
         # sharing survives a round trip: [F, aux_1..aux_k, H].
+        # A multi-output F (and H) keeps all its outputs: [F's n outputs, aux_1..aux_k, H's n outputs].
         aux = list(self.f_train.outputs[1:]) if self.f_train is not None else []
-        outputs = [self.f.outputs[0]] + aux + ([self.h.outputs[0]] if self.h is not None else [])
+        n = len(self.f.outputs)
+        outputs = list(self.f.outputs) + aux + (list(self.h.outputs) if self.h is not None else [])
         joint = keras.Model(self.f.inputs, outputs, name="joint")
         return {"joint": keras.saving.serialize_keras_object(joint), "aux_lambda": self.aux_lambda,
                 "f_name": self.f.name, "h_name": self.h.name if self.h is not None else None,
-                "name": self.name, "num_aux": len(aux), "has_h": self.h is not None,
+                "name": self.name, "num_aux": len(aux), "num_outputs": n, "has_h": self.h is not None,
                 "aux_alpha": self.aux_alpha, "kd_weight": self.kd_weight,
                 "ssp": self.ssp.get_config() if self.ssp is not None else None}
 
@@ -236,9 +251,10 @@ class AGTrainer(keras.Model):
     def from_config(cls, config):
         joint = keras.saving.deserialize_keras_object(config["joint"])
         outs = list(joint.outputs) if isinstance(joint.outputs, (list, tuple)) else [joint.outputs]
-        num_aux, has_h = config.get("num_aux", 0), config.get("has_h", True)
-        f = keras.Model(joint.inputs, outs[0], name=config.get("f_name", "F"))
-        h = keras.Model(joint.inputs, outs[-1], name=config.get("h_name") or "H") if has_h else None
+        num_aux, has_h, n = config.get("num_aux", 0), config.get("has_h", True), config.get("num_outputs", 1)
+        f = keras.Model(joint.inputs, outs[0] if n == 1 else outs[:n], name=config.get("f_name", "F"))
+        h = keras.Model(joint.inputs, outs[-1] if n == 1 else outs[-n:], name=config.get("h_name") or "H") if (
+            has_h) else None
         f_train = keras.Model(joint.inputs, outs[:1 + num_aux], name="f_train") if num_aux else None
         ssp = None
         if config.get("ssp"):
