@@ -214,6 +214,8 @@ def test_detect_bad_inputs():
         det.detect(outs, anchors, 1, (10, 10), score_threshold=1.5)
     with pytest.raises(ValueError, match="non-empty"):
         det.predict(None, np.zeros((0, 8, 8, 1)), anchors, 1)
+    with pytest.raises(ValueError, match="images are uint8; the detector takes float32 pixels in \\[0, 1\\]"):
+        det.predict(None, np.zeros((2, 8, 8, 1), np.uint8), anchors, 1)
 
 
 # -- COCO evaluation -------------------------------------------------------------------------------------------

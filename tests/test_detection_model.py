@@ -58,6 +58,8 @@ def test_h_shares_convs_owns_batchnorms_and_adds_adaptors():
     names = [l.name for l in with_fpn.h.layers if isinstance(l, AuxAdaptor)]
     assert {"h_fpn_adaptor_p3", "h_fpn_adaptor_p4", "h_fpn_adaptor_p5"} <= set(names)
     assert not any("fpn_adaptor" in l.name for l in with_fpn.f.layers)
+    layerwise = det.build_detector("resnet20", aux=True, aux_placement="layer", **SMALL)
+    assert len([l for l in layerwise.h.layers if isinstance(l, AuxAdaptor) and "adaptor" in l.name]) == 18  # per conv
 
 
 def _batch(n=2, size=64):

@@ -84,7 +84,12 @@ def test_pipeline_batches_padding_and_shuffle(twin):
     epoch.assign(1)
     assert not np.array_equal(np.concatenate(first), np.concatenate([b["labels"].numpy() for _, b in ds]))
     plain = dt.dataset(images, boxes, labels, batch_size=40)
-    np.testing.assert_array_equal(next(iter(plain))[1]["labels"].numpy(), labels)
+    x, y = next(iter(plain))
+    np.testing.assert_array_equal(y["labels"].numpy(), labels)
+    # float images are taken as they are: as_float gives what the pipeline feeds F
+    np.testing.assert_allclose(x.numpy(), dt.as_float(images), rtol=1e-6)
+    x_float, _ = next(iter(dt.dataset(dt.as_float(images), boxes, labels, batch_size=40)))
+    np.testing.assert_allclose(x_float.numpy(), x.numpy(), rtol=1e-6)
 
 
 def test_targets_from_the_pipeline(twin):

@@ -6,7 +6,7 @@
   --config=detection.py:resnet20_4bit_ag      the same F trained with AG (adaptors on the backbone blocks)
   --config=detection.py:resnet20_4bit_ag_fpn  AG with adaptors on the FPN levels too
   (and resnet18_*: ResNet-18 widths 64..512, ImageNet stem)
-  --config=detection.py:quick                 resnet20_4bit_ag on 512 canvases, 2 epochs: a few minutes on a CPU
+  --config=detection.py:quick                 resnet20_4bit_ag on 1024 canvases, 6 epochs: ~4 minutes on a CPU
 
 Canvas 128x128 (1-6 garments, scales 0.75-2), ImageNet stem (stride 4): P3 (16x16) reads stage 2, P4 (8x8)
 stage 3 (ResNet-18: P5 stage 4; ResNet-20: P5 is a stride-2 conv on P4). Anchors 2 x stride (16 px on
@@ -58,7 +58,7 @@ def get_config(variant: str = "resnet20_4bit_ag"):
     c.lr_decay_epochs = (9, 11)
     c.batch_size = 32
     c.optimizer = "adam"
-    c.learning_rate = 1e-3
-    if quick:
-        c.train_canvases, c.test_canvases, c.epochs, c.lr_decay_epochs = 512, 200, 2, ()
+    c.learning_rate = 2e-3
+    if quick:  # measured: 4 min 12 s on 2 shared CPU cores, F AP 5.0 / AP50 14.6 (seed 0; README)
+        c.train_canvases, c.test_canvases, c.epochs, c.lr_decay_epochs = 1024, 200, 6, (5,)
     return c

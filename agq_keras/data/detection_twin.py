@@ -155,10 +155,15 @@ def load(split: str = "train", num_canvases: int = 2000, *, data_dir: str | None
                     max_objects=max_objects, scale_range=scale_range, max_iou=max_iou)
 
 
+def as_float(images) -> np.ndarray:
+    """uint8 canvases as the detector sees them: float32 in [0, 1] (pixels / 255, as :func:`dataset` gives)."""
+    return np.asarray(images, np.float32) / 255.0
+
+
 def dataset(images, boxes, labels, *, batch_size: int, training: bool = False, seed: int = 0, epoch=None,
             drop_remainder: bool = False) -> tf.data.Dataset:
     """``(image float32 [0, 1], {"boxes", "labels"})`` batches from arrays (padded as :func:`generate`
-    gives them). ``training``: shuffled with a stateless permutation keyed on ``(seed, epoch)`` (``epoch``
+    gives them; uint8 images are divided by 255, float images taken as they are). ``training``: shuffled with a stateless permutation keyed on ``(seed, epoch)`` (``epoch``
     a variable, as :class:`agq_keras.data.pipeline.EpochCounter` holds, or None for 0)."""
     images, boxes, labels = np.asarray(images), np.asarray(boxes, np.float32), np.asarray(labels, np.int32)
     n = len(images)
@@ -174,7 +179,8 @@ def dataset(images, boxes, labels, *, batch_size: int, training: bool = False, s
                                                             tf.cast(0 if epoch is None else epoch, tf.int64)])))
         ds = order.flat_map(tf.data.Dataset.from_tensor_slices).map(
             lambda i: (tf.gather(images, i), tf.gather(boxes, i), tf.gather(labels, i)))
-    ds = ds.map(lambda x, b, y: (tf.cast(x, tf.float32) / 255.0, {"boxes": b, "labels": y}),
+    scale = 1.0 / 255 if images.dtype == np.uint8 else 1.0  # uint8 canvases, or images already in [0, 1]
+    ds = ds.map(lambda x, b, y: (tf.cast(x, tf.float32) * scale, {"boxes": b, "labels": y}),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 

@@ -44,6 +44,9 @@ def predict(f, images, anchors, num_classes: int, *, batch_size: int = 32, **kwa
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"predict(): images must be a non-empty [N, H, W, C] array; got shape {images.shape}.")
+    if images.dtype == np.uint8:
+        raise ValueError("predict(): images are uint8; the detector takes float32 pixels in [0, 1] as in training "
+                         "(pixels / 255: agq_keras.data.detection_twin.as_float).")
     results = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]

@@ -379,8 +379,9 @@ def _detection_data(config):
         kw = dict(data_dir=config.data_dir or None, seed=config.seed, canvas_size=config.canvas_size,
                   max_objects=config.max_objects)
         train = detection_twin.load("train", config.train_canvases, **kw)
-        test = detection_twin.load("test", config.test_canvases, **kw)
-        return train[:3], test[:3], detection_twin.NUM_CLASSES, detection_twin.CLASS_NAMES
+        images, boxes, labels, _ = detection_twin.load("test", config.test_canvases, **kw)
+        test = (detection_twin.as_float(images), boxes, labels)  # what F sees in training: pixels / 255
+        return train[:3], test, detection_twin.NUM_CLASSES, detection_twin.CLASS_NAMES
     kw = dict(data_dir=config.data_dir, image_size=config.canvas_size, max_objects=config.max_objects)
     train, num_classes = detection_twin.load_tfds(config.dataset, "train", **kw)
     test, _ = detection_twin.load_tfds(config.dataset, "test", **kw)
