@@ -16,6 +16,7 @@ from agq_keras.configs import detection as detection_configs
 from agq_keras.data import detection_twin as dt, fashion_mnist
 from agq_keras.experiments import run
 from agq_keras.layers import AuxAdaptor, QConv2D
+from agq_keras.training.ssp import SSP
 from agq_keras.training.trainer import split_variables
 
 SMALL = dict(input_shape=(64, 64, 1), fpn_width=8, head_depth=1, anchors=det.AnchorSpec(size_factor=2.0))
@@ -34,6 +35,9 @@ def test_f_outputs_bits_and_fragments():
     assert all(convs[n].fragment is None for n in edge)
     blocks = {b.name for b in structure.blocks(f)}
     assert {"stage1_block1", "stage3_block3", "fpn_p3", "fpn_p4", "fpn_p5", "cls_tower1", "box_tower1"} <= blocks
+    # the tap discovery and SSP's block fragments see the detector's blocks (9 backbone, 3 FPN, 2 towers)
+    assert {"stage3_block3_add", "fpn_p3_output", "fpn_p5_output", "cls_tower1_conv"} <= set(structure.auto_taps(f))
+    assert len(SSP("block").attach(f).groups) == 14
     # per-level BatchNorms around the shared head convs
     assert {"cls_tower1_bn_p3", "cls_tower1_bn_p5", "box_predict_bn_p4"} <= {l.name for l in f.layers}
     float_f = det.build_detector("resnet20", w_bits=32, a_bits=32, **SMALL)
