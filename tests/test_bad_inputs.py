@@ -239,7 +239,7 @@ def test_train_cli_unknown_key_is_a_flag_error(tmp_path):
 
 CONFIG = {  # --config value: message pattern (exit 2: the flag is bad; nothing is written)
     "nope.py": r"config file 'nope\.py' \(--config=nope\.py\) not found: looked in the current directory \(.+\) "
-               r"and among the package's configs \(.+agq_keras.configs: default\.py, fmnist\.py, ",
+               r"and among the package's configs \(.+agq_keras.configs: default\.py, detection\.py, fmnist\.py, ",
     "configs/default.py:x": r"config file 'configs/default\.py' \(--config=configs/default\.py:x\) not found: "
                             r"looked at .+configs.default\.py; a bare file name is looked up among the package's",
     "base.py": r"config file 'base\.py' \(--config=base\.py\) not found",  # the schema, not a config
