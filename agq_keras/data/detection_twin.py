@@ -197,6 +197,7 @@ def load_tfds(name: str, split: str, *, data_dir: str = "", image_size: int = 51
     of what :func:`agq_keras.detection.check_annotations` would refuse: boxes are clipped to the image, and
     objects whose clipped box is degenerate (zero height or width) or whose label is outside
     ``0..num_classes - 1`` are dropped, as are COCO's crowd annotations and objects past ``max_objects``.
+    Splits: ``train`` is tfds's ``train``; ``test`` is COCO's ``validation`` (val2017) and VOC's ``test``.
     Returns ``(dataset of examples, num_classes)``."""
     if name not in TFDS_NAMES:
         raise ValueError(f"dataset {name!r} is not available through tensorflow-datasets here; allowed: "
