@@ -228,3 +228,40 @@ def test_exact_thresholds_put_an_f_tie_on_its_exact_side_on_every_runtime(seed):
     fixed = int(np.clip(intmath.fixed_point_multiply(acc, m0, shift), 0, levels)[0])
     floats = int(np.clip(intmath.xnnpack_requantize(acc, mult), 0, levels)[0])
     assert ranks[0] == 0 and fixed == floats == (2 if side > 0 else 1), (fixed, floats, side)
+
+
+@pytest.mark.parametrize("seed,limit", [(s, 127) for s in range(4)] + [(s, 127 * 4) for s in range(4)])
+def test_exact_thresholds_on_a_signed_grid_within_the_reachable_accumulators(seed, limit):
+    """A conv with a folded BatchNorm bias writing F's signed int8 stream: F rounds (acc + beta) M to codes
+    -128..127. For every accumulator the k-bit input can reach (``acc_range``), TFLite's fixed point on the
+    chosen (codes, bias) gives F's code in exact arithmetic (channels of rank 0 or 1), and XNNPACK's float32 too
+    on rank 0; thresholds out of reach do not count, and no gain is applied (the stored steps are F's)."""
+    rng = np.random.default_rng(200 + seed)
+    channels, fan_in, levels = 5, 24, 3
+    base = rng.choice([-3, -1, 1, 3], (channels, fan_in))  # 2-bit DoReFa codes, inputs 0..3
+    steps = rng.uniform(0.002, 0.02, channels)
+    bias = rng.normal(0, 0.5, channels)
+    s_in, s_out = 1 / levels, float(rng.uniform(0.02, 0.05))
+    acc_lo, acc_hi = np.minimum(base, 0).sum(axis=1) * levels, np.maximum(base, 0).sum(axis=1) * levels
+    codes, new_steps, int_bias, ranks, margins, gains = intmath.exact_thresholds(
+        base, steps, bias, s_in, (s_out, -128, 127), limit, acc_range=(acc_lo, acc_hi))
+    assert np.all(gains == 1.0) and np.all(ranks < 2) and np.abs(codes).max() <= limit
+    for c in range(channels):
+        m = int(codes[c, 0] // base[c, 0])
+        assert np.array_equal(codes[c], base[c] * m)
+        mult = intmath.runtime_scale(s_in, new_steps[c], s_out)
+        m0, shift = intmath.quantize_multiplier(mult)
+        accs = np.arange(acc_lo[c], acc_hi[c] + 1)
+        fixed = np.clip(intmath.fixed_point_multiply(accs * m + int(int_bias[c]), m0, shift), -128, 127)
+        xnn = np.clip(intmath.xnnpack_requantize(accs * m + int(int_bias[c]), mult), -128, 127)
+        for a, got, got_x in zip(accs.tolist(), fixed.tolist(), xnn.tolist()):
+            real = (Fraction(a) * Fraction(steps[c]) * Fraction(s_in) + Fraction(bias[c])) / Fraction(s_out)
+            if tie_distance(real) < 1e-6:
+                continue  # F's own float32 arithmetic decides a tie either way
+            want = min(max(round_half_up(real), -128), 127)
+            assert got == want, (c, a, float(real))
+            if ranks[c] == 0:
+                assert got_x == want, (c, a, float(real))
+    # without the reachable range, the out-of-reach thresholds constrain the bias too: never better
+    unbounded = intmath.exact_thresholds(base, steps, bias, s_in, (s_out, -128, 127), limit)[3]
+    assert np.all(unbounded >= ranks)

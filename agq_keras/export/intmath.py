@@ -149,9 +149,15 @@ def tie_distance(points: np.ndarray, mult: float) -> np.ndarray:
     return np.abs(points * mult - np.round(points * mult - 0.5) - 0.5)
 
 
-def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
+def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None, acc_range=None):
     """Per output channel, choose the code multiplier m and the int32 bias B so that the int8
     output equals F's ``round(clip(real, 0, levels))`` for every accumulator value, on every runtime.
+
+    ``grid`` is ``(step, levels)`` (F's unsigned k-bit output: codes 0..levels) or ``(step, lo, hi)`` (a
+    signed grid F rounds to, codes lo..hi: a linear tensor of F's int8 stream written by a conv with a
+    folded BatchNorm bias). ``acc_range``, per channel ``(lo, hi)`` in base-code accumulator units (the
+    codes divided by their gcd), bounds the accumulators the layer's inputs can reach: thresholds beyond
+    it do not constrain B (with 255 levels most are out of reach). None: every threshold counts.
 
     The real pre-activation in output steps is ``(acc + beta) * M`` with ``M = s_in s_w / s_out``
     and a real ``beta = bias / (s_in s_w)``; int8 stores an integer B, and a runtime rounds
@@ -180,12 +186,12 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
     tie (F ties left out), and the gain (stored step / F's step; 1 when unscaled).
     """
     multiply = multiply or fixed_point_multiply
-    step_out, levels = grid
+    step_out, lo, levels = grid if len(grid) == 3 else (grid[0], 0, grid[1])
     s_in32, s_out32 = float(np.float32(s_in)), float(np.float32(step_out))
     codes = codes.copy()
     steps = steps.astype(np.float64).copy()
     out_bias = np.zeros(len(steps))
-    half = np.arange(levels) + 0.5
+    half = np.arange(lo, levels) + 0.5
     n = len(half)
     ranks, margins, gains = [], [], []
     for c in range(len(steps)):
@@ -202,8 +208,11 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
             # every weight code is a multiple of m, so the accumulator only takes multiples of m
             below, above = m * (np.ceil(t / m) - 1), m * np.ceil(t / m)
             acc = np.concatenate([below, above])
-            real = np.clip(np.floor((acc + beta) * mult + 0.5), 0, levels)
+            real = np.clip(np.floor((acc + beta) * mult + 0.5), lo, levels)
             firm = tie_distance(acc + beta, mult) >= F_TIE  # not an F tie
+            reach = np.ones(len(acc), bool) if acc_range is None else \
+                (acc >= m * acc_range[0][c]) & (acc <= m * acc_range[1][c])
+            firm &= reach  # out of reach: no constraint
 
             def judge(stored, b_int):
                 """(rank, F ties missed, margin) of storing weight step ``stored`` and int32 bias ``b_int``,
@@ -214,12 +223,12 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
                 cost 1.7 % agreement under TFLite's kernels while XNNPACK agreed on 100 %)."""
                 kernel = s_in32 * float(np.float32(stored)) / s_out32
                 m0, shift = quantize_multiplier(kernel)
-                fixed = np.clip(multiply(acc + b_int, m0, shift), 0, levels)
+                fixed = np.clip(multiply(acc + b_int, m0, shift), lo, levels)
                 if not np.array_equal(fixed[firm], real[firm]):
                     return None
                 margin = float(tie_distance(acc + b_int, kernel)[firm].min(initial=0.5))
-                floats = np.clip(xnnpack_requantize(acc + b_int, kernel), 0, levels)
-                missed = int(np.sum(((fixed != real) | (floats != real)) & ~firm))
+                floats = np.clip(xnnpack_requantize(acc + b_int, kernel), lo, levels)
+                missed = int(np.sum(((fixed != real) | (floats != real)) & ~firm & reach))
                 return (0 if margin >= MIN_MARGIN and np.array_equal(floats[firm], real[firm]) else 1), missed, margin
 
             # integers B keeping every firm point MIN_MARGIN on F's side of the kernel's boundary
@@ -230,7 +239,8 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None):
             mid = np.floor((b_lo + b_hi) / 2)
             near = [mid + d for d in ((0, -1, 1, -2, 2, -3, 3) if not firm.all() else (0,)) if b_lo <= mid + d <= b_hi]
             candidates = [(s_w, b) for b in near + [np.floor(beta), np.ceil(beta)]]
-            candidates += list(_gain_candidates(half, below, above, firm, mult, beta, m, s_w))
+            if lo == 0:  # a gain moves threshold j by ~j/M: only a few-level unsigned grid can absorb it
+                candidates += list(_gain_candidates(half, below, above, firm, mult, beta, m, s_w))
             for stored, b_int in candidates:
                 verdict = judge(stored, b_int)
                 if verdict is not None and (best is None or verdict[:2] < best[0][:2]):

@@ -530,10 +530,17 @@ class _Planner:
         codes, steps = (form.codes, form.steps) if form is not None else (op.codes, op.steps)
         out = self.acts[op.output]
         grid = out.grid
+        # a conv with a folded BatchNorm bias writing F's int8 stream (a post-activation net's linear
+        # bottleneck, quantize(stream_bits=8)): F rounds (acc + beta) M to its signed grid, so the bias is
+        # searched like a k-bit output's thresholds, over the accumulators its k-bit input can reach
+        # (rounding the bias to the accumulator unit put 5-30 % of such a tensor's codes one off, measured)
+        stream_out = (out.stream_scale is not None and not out.int16 and not wide_in and op.kind in ("conv", "dwconv")
+                      and np.any(op.bias != 0) and self.acts[in_name].grid is not None)
         if out.sign and not wide_in:
             codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
             record["gain"] = _frozen(gain)
-        elif grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or op.output in self.pools) and op.kind != "dense":
+        elif stream_out or (grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or op.output in self.pools)
+                            and op.kind != "dense"):
             # (the 8-bit map an exact pool reads is searched too, however many levels: one layer; TFLite's
             # double rounding otherwise put ~2 % of its codes one off, measured)
             # more input repeats allow larger codes, hence a finer accumulator unit; add repeats (up to
@@ -546,12 +553,20 @@ class _Planner:
                 cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7; the head's map: a
                 # large layer in large nets (ResNet-18: 2.4 M weights per repeat), where a closest channel
                 # costs a code at a few accumulator values
+            acc_range = None
+            if stream_out:
+                grid = (out.stream_scale, -128, 127)
+                base, _, _ = intmath.base_codes(codes, steps)
+                base = base.reshape(len(steps), -1)  # the input's codes are 0..levels (F's k-bit grid)
+                levels = self.acts[in_name].grid[1]
+                acc_range = (np.minimum(base, 0).sum(axis=1) * levels, np.maximum(base, 0).sum(axis=1) * levels)
             best = None
             for replicas in range(record["replicas"], cap + 1):
                 found = intmath.exact_thresholds(
                     codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
                     intmath.INT4_MAX if form is not None and form.packed else 127 * replicas,
-                    multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply)
+                    multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply,
+                    acc_range=acc_range)
                 key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only
                 if best is None or key < best[0]:
                     best = (key, replicas, found)
