@@ -14,6 +14,7 @@ evidence paragraph. The runs and their sizing are in agq_keras/experiments/repro
 import os
 import shlex
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -31,6 +32,13 @@ flags.DEFINE_string("lsq_arch", "resnet32", "sweep: the depth of the LSQ pair (w
 flags.DEFINE_string("relu_arch", "resnet20", "sweep: the depth of the ReLU-after-sums arm.")
 flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to the arms of every comparison "
                      "whose delta sits within 2 spreads, and train them.")
+flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
+                  "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
+                  "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md, no README "
+                  "paragraph; needs a GPU. Each call trains until its budget and the next call resumes.")
+flags.DEFINE_integer("budget_s", 0, "Stop at an epoch end before this many seconds have passed (0 = no limit); "
+                     "the same command resumes.")
+flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX folder ('' = /usr/share/datasets/fashion-mnist).")
 flags.DEFINE_string("record", "docs/runs", "Committed record of finished runs ('' = none).")
 flags.DEFINE_string("readme", "README.md", "README whose evidence paragraph is rewritten ('' = none).")
 flags.DEFINE_list("only", [], "Train only these run names (default: all); the results cover every finished run.")
@@ -46,22 +54,45 @@ def main(argv):
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras.experiments import reproduce
 
+    start = time.time()
+    if FLAGS.scale == "gpu":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            raise ValueError("--scale=gpu needs a GPU, and TensorFlow sees none here; use --scale=cpu.")
+        FLAGS.train_subset, FLAGS.epochs = 0, 35
+        FLAGS.budget_s = FLAGS.budget_s or 540
+        if FLAGS["record"].using_default_value:
+            FLAGS.record = "docs/runs_gpu"
+        if FLAGS["results"].using_default_value:
+            FLAGS.results = "docs/results_gpu.md"
+        if FLAGS["readme"].using_default_value:
+            FLAGS.readme = ""
+    if FLAGS.budget_s < 0:
+        raise ValueError(f"--budget_s={FLAGS.budget_s} must be >= 0 (0 = no limit).")
     runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
                           relu_arch=FLAGS.relu_arch, depths=FLAGS.depths)
     reproduce.check_results_path(FLAGS.results, FLAGS.readme or None)
     record = FLAGS.record or None
     kwargs = dict(record=record, train_subset=FLAGS.train_subset, test_subset=FLAGS.test_subset,
-                  epochs=FLAGS.epochs, verbose=FLAGS.verbose)
+                  epochs=FLAGS.epochs, verbose=FLAGS.verbose, data_dir=FLAGS.data_dir,
+                  deadline=start + FLAGS.budget_s if FLAGS.budget_s else None)
     if not FLAGS.report_only:
         runs = reproduce.select(runs, FLAGS.only)
-        reproduce.run_all(runs, FLAGS.workdir, **kwargs)
-        while FLAGS.follow_up:
+        status = reproduce.run_all(runs, FLAGS.workdir, **kwargs)
+        while FLAGS.follow_up and len(status) == len(runs) and "paused" not in status.values():
             extra = reproduce.follow_up(runs, reproduce.load_results(record, FLAGS.workdir))
             if not extra:
                 break
-            reproduce.run_all(extra, FLAGS.workdir, **kwargs)
             runs += extra
+            status.update(reproduce.run_all(extra, FLAGS.workdir, **kwargs))
+    if not reproduce.load_results(record, FLAGS.workdir):
+        print("no finished run yet: no report written")
+        return 0
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not FLAGS.report_only and (len(status) < len(runs) or "paused" in status.values()):
+        print(f"budget reached: {sum(v != 'paused' for v in status.values())} of {len(runs)} run(s) finished; run "
+              "the same command again to continue")
     out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record,
                                   readme=FLAGS.readme or None)
     print(f"wrote {out['results']} and {out['png']}")

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -225,3 +226,26 @@ def test_end_to_end_tiny_resume_and_record(tmp_path):
     res = subprocess.run([sys.executable, script, f"--workdir={workdir}", "--table=fmnist6", "--deep_arch=resnet99"],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 1 and "deep_arch='resnet99'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_deadline_pauses_at_an_epoch_end_and_the_next_call_resumes(tmp_path):
+    """The GPU twin's 10-minute calls: a run whose next epoch would end after the deadline stops at an epoch
+    end (its backup written, no metrics), the next call resumes it there, and its wall time adds up."""
+    workdir = str(tmp_path / "runs")
+    runs = reproduce.select(reproduce.plan(), ["resnet20_fp_plain_s0"])
+    kwargs = dict(train_subset=256, test_subset=64, epochs=2, verbose=0)
+    logs = []
+    status = reproduce.run_all(runs, workdir, logs.append, deadline=time.time() + 1, start_margin_s=0, **kwargs)
+    out = os.path.join(workdir, "resnet20_fp_plain_s0")
+    assert status == {"resnet20_fp_plain_s0": "paused"} and any("[paused]" in line for line in logs)
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+    with open(os.path.join(out, "reproduce_partial.json")) as fh:
+        first = json.load(fh)["wall_s"]
+    # no run starts within start_margin_s of the deadline
+    assert reproduce.run_all(runs, workdir, logs.append, deadline=time.time() + 30, **kwargs) == {}
+    assert reproduce.run_all(runs, workdir, **kwargs) == {"resnet20_fp_plain_s0": "trained"}
+    with open(os.path.join(out, "metrics.json")) as fh:
+        history = json.load(fh)["history"]
+    assert len(history["loss"]) == 2 and len(history["val_accuracy"]) == 2  # epoch 1 from the paused call
+    with open(os.path.join(out, "reproduce.json")) as fh:
+        assert json.load(fh)["wall_s"] > first > 0

@@ -150,7 +150,7 @@ def _scaled(epoch: int, base_epochs: int, epochs: int) -> int:
 
 
 def make_config(run: Run, workdir: str, *, record: str | None = None, train_subset: int = 15000,
-                test_subset: int = 0, epochs: int = 0, verbose: int = 2):
+                test_subset: int = 0, epochs: int = 0, verbose: int = 2, data_dir: str = ""):
     """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant (plus the method's
     overrides: LSQ, H's ReLU), the recipe's schedule rescaled to ``epochs`` (0 = the recipe's own), doubled
     for the compute-matched run. The initial F is ``workdir/<init run>/f.keras``, or the committed
@@ -170,7 +170,7 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     c.epochs = target
     c.train_subset, c.test_subset = _check_int("train_subset", train_subset, 0), _check_int("test_subset",
                                                                                             test_subset, 0)
-    c.seed, c.verbose, c.pretrain_epochs = run.seed, verbose, 0
+    c.seed, c.verbose, c.pretrain_epochs, c.data_dir = run.seed, verbose, 0, data_dir
     if run.method.startswith("fp_"):
         c.w_bits = c.a_bits = 32
     else:
@@ -203,10 +203,41 @@ def _to_record(run: Run, out: str, record: str) -> None:
         os.replace(tmp, os.path.join(dest, name))
 
 
-def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = None, **config_kwargs) -> dict:
+class DeadlineReached(Exception):
+    """Raised at the end of an epoch (after the run's backup is written) when the next epoch would not end
+    before the deadline: the run resumes from that backup next time."""
+
+
+def _deadline_callback(deadline: float):
+    import keras
+
+    class StopBeforeDeadline(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = {}  # the epochs of this call, as History keeps them (a resumed fit's has only its own)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                self.history.setdefault(key, []).append(float(value))
+            now = time.time()
+            if now + (now - self.start) > deadline:
+                raise DeadlineReached(f"epoch {epoch + 1} ended {deadline - now:.0f} s before the deadline, and it "
+                                      f"took {now - self.start:.0f} s")
+
+    return StopBeforeDeadline()
+
+
+def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = None, deadline: float | None = None,
+            start_margin_s: float = 60.0, **config_kwargs) -> dict:
     """Train every run not finished yet (in ``workdir`` or ``record``); returns ``{name: "trained" |
-    "skipped"}``. With ``record``, each finished run's metrics (and a full-precision run's F) are copied
-    there, so a later session on a new checkout continues from the committed record."""
+    "skipped" | "paused"}``. With ``record``, each finished run's metrics (and a full-precision run's F) are
+    copied there, so a later session on a new checkout continues from the committed record. With
+    ``deadline`` (a ``time.time()``), no run starts in its last ``start_margin_s``, and a run whose next epoch would
+    end after it stops at an epoch end ("paused"; the same call again resumes it from its backup, and its
+    wall time adds up over the calls)."""
     import keras
 
     from agq_keras.saving import write_text
@@ -232,12 +263,34 @@ def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = No
         if c.init_checkpoint and not os.path.isfile(c.init_checkpoint):
             raise FileNotFoundError(f"run {r.name} starts from {c.init_checkpoint!r}, which does not exist: "
                                     f"run {r.init_from} first (it is listed before {r.name} in the plan).")
+        if deadline is not None and time.time() > deadline - start_margin_s:
+            log(f"[stop] {r.name} not started: the deadline is less than {start_margin_s:.0f} s away")
+            break
         log(f"[run] {r.name}: {LABELS[r.method]}, {c.quantizer} W{c.w_bits}/A{c.a_bits}, seed {r.seed}, "
             f"{c.epochs} epoch(s)")
         out = os.path.join(workdir, r.name)
+        partial = os.path.join(out, "reproduce_partial.json")  # wall time and epochs of the calls that paused it
+        before = {"wall_s": 0.0, "history": {}}
+        if os.path.isfile(partial):
+            with open(partial) as fh:
+                before = json.load(fh)
         start = time.time()
-        runner.run(c, out)
-        wall = time.time() - start
+        stopper = _deadline_callback(deadline) if deadline is not None else None
+        try:
+            runner.run(c, out, extra_callbacks=[stopper] if stopper is not None else ())
+        except DeadlineReached as stop:
+            history = {k: before["history"].get(k, []) + v for k, v in stopper.history.items()}
+            write_text(partial, json.dumps({"wall_s": before["wall_s"] + time.time() - start, "history": history}))
+            keras.backend.clear_session()
+            log(f"[paused] {r.name}: {stop}; the same command resumes it from its backup")
+            status[r.name] = "paused"
+            break
+        wall = before["wall_s"] + time.time() - start
+        if before["history"]:  # a resumed fit's history has only its own epochs: put the paused ones first
+            with open(os.path.join(out, "metrics.json")) as fh:
+                metrics = json.load(fh)
+            metrics["history"] = {k: before["history"].get(k, []) + v for k, v in metrics["history"].items()}
+            write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
         keras.backend.clear_session()  # many runs in one process: drop the finished run's graphs
         write_text(os.path.join(out, "reproduce.json"), json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)}))
         if record:
