@@ -249,3 +249,31 @@ def test_deadline_pauses_at_an_epoch_end_and_the_next_call_resumes(tmp_path):
     assert len(history["loss"]) == 2 and len(history["val_accuracy"]) == 2  # epoch 1 from the paused call
     with open(os.path.join(out, "reproduce.json")) as fh:
         assert json.load(fh)["wall_s"] > first > 0
+
+
+def test_progress_estimates_the_runs_left_from_the_measured_ones():
+    def g(seed, wall):
+        return {**_g(80.0, seed=seed), "wall_s": wall}
+
+    groups = {("resnet20", "fp_plain"): [g(0, 60.0)], ("resnet20", "plain"): [g(0, 100.0), g(1, 140.0)],
+              ("resnet32", "plain_ag"): [g(0, 320.0)]}
+    rows = {p["table"]: p for p in reproduce.progress(groups)}
+    sweep = rows["sweep"]
+    planned = reproduce.plan("sweep")
+    assert sweep["planned"] == len(planned) and sweep["finished"] == 4
+    assert sweep["finished_s"] == pytest.approx(620.0) and len(sweep["left"]) == len(planned) - 4
+    left = [reproduce.Run(*n.rsplit("_s", 1)[0].split("_", 1)) for n in sweep["left"]]
+    want, unknown = 0.0, 0
+    for r in left:
+        if (r.arch, r.method) == ("resnet20", "plain"):
+            want += 120.0
+        elif r.method == "plain":
+            want += 120.0 * reproduce.DEPTH_COST[r.arch]
+        elif r.method == "fp_plain":
+            want += 60.0 * reproduce.DEPTH_COST[r.arch]
+        elif r.method == "plain_ag":
+            want += 320.0 * reproduce.DEPTH_COST[r.arch] / 1.6
+        else:
+            unknown += 1
+    assert sweep["left_s"] == pytest.approx(want) and sweep["not_estimated"] == unknown > 0
+    assert rows["mobilenetv2"]["finished"] == 0 and rows["mobilenetv2"]["not_estimated"] == 9

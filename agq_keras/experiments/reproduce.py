@@ -398,17 +398,15 @@ def compare(a: list[dict], b: list[dict]) -> dict:
     mb, sb = mean_std(g["top1"] for g in b)
     delta = ma - mb
     spread = None if sa is None or sb is None else (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
-    if spread is None:
-        verdict = CANNOT + " (one seed)"
-    elif delta > 2 * spread:
-        verdict = HOLDS
-    elif delta < -2 * spread:
-        verdict = FAILS
-    else:
-        verdict = CANNOT
     loss = mean_std(g["train_loss"] for g in a)[0] / mean_std(g["train_loss"] for g in b)[0] - 1
-    return {"delta": delta, "spread": spread, "verdict": verdict, "train_loss_change": loss,
+    return {"delta": delta, "spread": spread, "verdict": _verdict(delta, spread), "train_loss_change": loss,
             "seeds": (len(a), len(b))}
+
+
+def _verdict(delta: float, spread: float | None) -> str:
+    if spread is None:
+        return CANNOT + " (one seed)"
+    return HOLDS if delta > 2 * spread else FAILS if delta < -2 * spread else CANNOT
 
 
 def verdicts(groups: dict) -> list[dict]:
@@ -426,11 +424,9 @@ def verdicts(groups: dict) -> list[dict]:
         hi, lo = ag[deep[-1]], ag["resnet20"]
         delta = hi["delta"] - lo["delta"]
         spread = None if hi["spread"] is None or lo["spread"] is None else (hi["spread"] ** 2 + lo["spread"] ** 2) ** .5
-        verdict = (CANNOT + " (one seed)" if spread is None else HOLDS if delta > 2 * spread else
-                   FAILS if delta < -2 * spread else CANNOT)
         rows.append({"claim": "AG helps more as depth grows", "arch": f"{deep[-1]} vs resnet20",
                      "arms": hi["arms"] + lo["arms"], "paper": None, "delta": delta, "spread": spread,
-                     "verdict": verdict, "train_loss_change": None, "seeds": hi["seeds"] + lo["seeds"]})
+                     "verdict": _verdict(delta, spread), "train_loss_change": None, "seeds": hi["seeds"] + lo["seeds"]})
     return rows
 
 
@@ -477,6 +473,46 @@ def plot(groups: dict, path: str) -> None:
     plt.close(fig)
 
 
+# Step cost of a depth relative to ResNet-20 (measured on the CPU: docs/results_fmnist6.md), to estimate a
+# run that has no finished twin at its own depth.
+DEPTH_COST = {"resnet20": 1.0, "resnet32": 1.6, "resnet56": 2.7}
+
+
+def progress(groups: dict, tables=("sweep", "mobilenetv2")) -> list[dict]:
+    """Per table (its default plan, 3 seeds): runs finished, their measured wall time, and the time the rest
+    would take at the measured speeds: the mean wall time of finished runs of the same network and method,
+    else of the same method at another ResNet depth scaled by :data:`DEPTH_COST`; runs with neither are
+    counted as not estimated."""
+    walls: dict = {}
+    for key, gs in groups.items():
+        w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
+        if w:
+            walls[key] = statistics.fmean(w)
+    done = {Run(arch, method, g["seed"]).name for (arch, method), gs in groups.items() for g in gs}
+    rows = []
+    for table in tables:
+        runs = plan(table)
+        left = [r for r in runs if r.name not in done]
+        estimate, unknown = 0.0, 0
+        for r in left:
+            if (r.arch, r.method) in walls:
+                estimate += walls[(r.arch, r.method)]
+                continue
+            peers = [w * DEPTH_COST[r.arch] / DEPTH_COST[a] for (a, m), w in walls.items()
+                     if m == r.method and a in DEPTH_COST and r.arch in DEPTH_COST]
+            if peers:
+                estimate += statistics.fmean(peers)
+            else:
+                unknown += 1
+        planned = {r.name for r in runs}
+        finished = [g["wall_s"] for (arch, method), gs in groups.items() for g in gs
+                    if Run(arch, method, g["seed"]).name in planned and g["wall_s"] is not None]
+        rows.append({"table": table, "planned": len(runs), "finished": len(runs) - len(left),
+                     "finished_s": sum(finished), "left": [r.name for r in left], "left_s": estimate,
+                     "not_estimated": unknown})
+    return rows
+
+
 def _data_line(groups: dict) -> str:
     subsets = sorted({str(g["train_subset"] or "all 60000") for gs in groups.values() for g in gs})
     tests = sorted({str(g.get("test_subset") or "all 10000") for gs in groups.values() for g in gs})
@@ -485,8 +521,8 @@ def _data_line(groups: dict) -> str:
               f"{', '.join(str(b) for b in bn if b)} training batches before every evaluation (raw: training's "
               "running statistics)" if any(bn) else "training's running BatchNorm statistics")
     return (f"Fashion-MNIST, {', '.join(subsets)} training images, F evaluated on {', '.join(tests)} test "
-            f"images; {steady}. First conv and classifier at 16 bits; each k-bit run starts from the "
-            "full-precision F (seed 0) of its network and shortcut type.")
+            f"images; {steady}. The k-bit runs keep the first conv and the classifier at 16 bits and start from the "
+            "full-precision F (seed 0) of their network and shortcut type.")
 
 
 def summary(rows: list[dict]) -> str:
@@ -536,6 +572,16 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
                          f"{loss} | {paper} |")
     else:
         lines.append("No comparison has finished runs on both sides yet.")
+    lines += ["", "## Progress", "",
+              "Each table's plan at 3 seeds, before follow-up seeds; the time left is estimated from the finished "
+              "runs' wall times (same network and method, else the same method at another depth scaled by the "
+              "measured step cost), on this machine.", "",
+              "| Table | Runs finished | Training time so far (min) | Runs left | Estimated time left (h) |",
+              "|---|---|---|---|---|"]
+    for p in progress(groups):
+        unknown = f" + {p['not_estimated']} run(s) not estimated yet" if p["not_estimated"] else ""
+        lines.append(f"| {p['table']} | {p['finished']} of {p['planned']} | {p['finished_s'] / 60:.1f} | "
+                     f"{len(p['left'])} | {p['left_s'] / 3600:.1f}{unknown} |")
     lines += ["", "## Runs", "",
               "Top-1 and top-5 (%) of F, steadied (re-estimated BatchNorm statistics, the saved `f.keras`) and "
               "raw (training's running statistics), and F's training loss in the last epoch: mean ± sample std "
