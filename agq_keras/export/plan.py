@@ -549,10 +549,13 @@ class _Planner:
             # reads the image (its repeats cost next to nothing; XNNPACK users then get F's codes there too)
             reads_image = op.inputs[0] == self.graph.input
             cap = max(record["replicas"], min(THRESHOLD_REPLICAS, self.max_replicas))
-            if op.kind in ("affine", "dwconv") or (form is not None and form.packed) or op.output in self.pools:
+            if op.kind in ("affine", "dwconv") or (form is not None and form.packed) or op.output in self.pools \
+                    or stream_out:
                 cap = record["replicas"]  # packed INT4: no input repeats, codes within +-7; the head's map: a
                 # large layer in large nets (ResNet-18: 2.4 M weights per repeat), where a closest channel
-                # costs a code at a few accumulator values
+                # costs a code at a few accumulator values; a stream output: exact took up to 16 repeats in
+                # MobileNetV2's project convs, a file 1.30x its float32 one (docs/export.md), and searching
+                # them made the export several times slower (measured)
             acc_range = None
             if stream_out:
                 grid = (out.stream_scale, -128, 127)
