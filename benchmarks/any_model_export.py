@@ -57,7 +57,8 @@ def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stre
             "convert_s": round(convert_s, 1), "notes": list(notes)}
 
 
-SETTINGS = [("MobileNetV2", 2, 2, None, None), ("MobileNetV2", 4, 4, 8, 8), ("ResNet50V2", 2, 2, None, None),
+SETTINGS = [("MobileNetV2", 2, 2, None, None), ("MobileNetV2", 4, 4, 8, 8), ("MobileNetV2", 2, 2, 8, 8),
+            ("ResNet50V2", 2, 2, None, None),
             ("ResNet50V2", 4, 4, 8, 8)]
 
 
