@@ -2,6 +2,7 @@
 
   python scripts/reproduce.py --table=sweep --workdir=runs/sweep        # issue 13's sweep (resumable)
   python scripts/reproduce.py --table=mobilenetv2 --workdir=runs/sweep  # MobileNetV2 float / 4-bit / + AG
+  python scripts/reproduce.py --table=detection --workdir=runs/sweep    # the detector: float / 4-bit / + AG / 2x
       [--seeds=3] [--train_subset=15000] [--epochs=0] [--only=name,...] [--follow_up] [--record=docs/runs]
       [--results=docs/results.md] [--readme=README.md] [--report_only]
 
@@ -20,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("table", "sweep", "Which table to run: sweep, mobilenetv2 or fmnist6.")
+flags.DEFINE_string("table", "sweep", "Which table to run: sweep, mobilenetv2, fmnist6 or detection "
+                    "(--train_subset and --test_subset do not apply to detection, which has its own budget).")
 flags.DEFINE_string("workdir", None, "Folder of the runs (one subfolder per run).")
 flags.DEFINE_integer("seeds", 3, "Seeds of every k-bit arm (>= 3 for the comparisons).")
 flags.DEFINE_integer("train_subset", 15000, "Training images (0 = all 60 000).")

@@ -277,3 +277,61 @@ def test_progress_estimates_the_runs_left_from_the_measured_ones():
             unknown += 1
     assert sweep["left_s"] == pytest.approx(want) and sweep["not_estimated"] == unknown > 0
     assert rows["mobilenetv2"]["finished"] == 0 and rows["mobilenetv2"]["not_estimated"] == 9
+
+
+def test_detection_plan_and_configs():
+    runs = reproduce.plan("detection")
+    assert [r.name for r in runs[:4]] == [f"det_resnet20_{m}_s0" for m in reproduce.DETECTION_ARMS]
+    assert len(runs) == 12 and all(r.init_from is None for r in runs)
+    configs = {r.method: reproduce.make_config(r, "/w", train_subset=7) for r in runs if r.seed == 1}
+    for method, c in configs.items():
+        runner.validate(c)
+        assert (c.task, c.arch, c.seed, c.train_canvases, c.test_canvases, c.init_checkpoint) == (
+            "detection", "resnet20", 1, 1024, 200, "")
+        assert (c.w_bits, c.aux) == ((32, False) if method == "float" else (4, method == "4bit_ag"))
+    assert (configs["4bit"].epochs, tuple(configs["4bit"].lr_decay_epochs)) == (6, (5,))
+    assert (configs["4bit_2x"].epochs, tuple(configs["4bit_2x"].lr_decay_epochs)) == (12, (10,))
+
+
+def _det_run(folder, method, seed, ap, loss, h_ap=None):
+    out = os.path.join(folder, f"det_resnet20_{method}_s{seed}")
+    os.makedirs(out)
+    metrics = {"f": {"AP": ap, "AP50": ap + 0.1, "AP75": ap / 2, "loss": 1.0}, "epochs": 6, "test_images": 200,
+               "history": {"loss": [1.0, loss]}, "config": {"quantizer": "dorefa", "w_bits": 4, "a_bits": 4,
+                                                          "train_canvases": 1024}}
+    if h_ap is not None:
+        metrics["h"] = {"AP": h_ap}
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump(metrics, fh)
+    with open(os.path.join(out, "reproduce.json"), "w") as fh:
+        json.dump({"wall_s": 60.0, "run": {"arch": "det_resnet20", "method": method, "seed": seed}}, fh)
+
+
+def test_detection_section_and_claims(tmp_path):
+    """The detectors' APs (from their metrics.json) get their own section and claims, with the threshold
+    rule ("within 1 AP of float": delta > -1); the classification verdicts and the plot leave them out."""
+    folder = str(tmp_path / "runs")
+    for seed, (f, q, ag) in enumerate(((0.300, 0.100, 0.295), (0.310, 0.110, 0.300), (0.290, 0.105, 0.305))):
+        _det_run(folder, "float", seed, f, 0.3)
+        _det_run(folder, "4bit", seed, q, 0.6)
+        _det_run(folder, "4bit_ag", seed, ag, 0.5, h_ap=ag + 0.01)
+    groups = reproduce.load_results(folder)
+    assert groups[("det_resnet20", "4bit_ag")][2]["ap"] == pytest.approx(30.5)
+    assert groups[("det_resnet20", "4bit_ag")][0]["h_ap"] == pytest.approx(30.5)
+    rows = {r["claim"]: r for r in reproduce.detection_verdicts(groups)}
+    assert set(rows) == {"4-bit + AG is within 1 AP of float", "4-bit + AG is above 4-bit alone"}
+    within = rows["4-bit + AG is within 1 AP of float"]
+    se = np.sqrt(np.var([30.0, 31.0, 29.0], ddof=1) / 3 + np.var([29.5, 30.0, 30.5], ddof=1) / 3)
+    assert within["delta"] == pytest.approx(0.0) and within["spread"] == pytest.approx(se)
+    assert within["verdict"] == (reproduce.HOLDS if 2 * se < 1 else reproduce.CANNOT)
+    assert rows["4-bit + AG is above 4-bit alone"]["verdict"] == reproduce.HOLDS
+    assert reproduce.verdicts(groups) == []
+    assert reproduce._verdict(-3.0, 0.5, -1.0) == reproduce.FAILS
+    assert reproduce._verdict(-0.5, 0.5, -1.0) == reproduce.CANNOT
+    assert reproduce._verdict(-0.5, 0.2, -1.0) == reproduce.HOLDS
+    text = reproduce.render(groups, command="pytest", hardware="cpu", png_name="x.png")
+    section = text.split("## Detection", 1)[1]
+    assert "| det_resnet20 | 4-bit + AG | 4/4 | 3 | 6 | 30.00 ± 0.50 | 40.00 ± 0.50 | 15.00 ± 0.25 | 0.5000 ± 0.0000 | " \
+           "31.00 ± 0.50 | 1.0 |" in section
+    assert "| 4-bit + AG is above 4-bit alone | det_resnet20 | +19.50 |" in section
+    assert "| detection | 9 of 12 |" in text

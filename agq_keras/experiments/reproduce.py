@@ -9,6 +9,10 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
   seeds up to 5 to the arms of every comparison whose delta sits within 2 spreads.
 * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2, float / 4-bit / 4-bit + AG, 3 seeds.
 * ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
+* ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
+  (``agq_keras/configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
+  float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; reported
+  as AP, AP50, AP75 and training loss in results.md's "Detection" section.
 
 Stage 1 of the recipe (section 4.1) is the full-precision run itself: every k-bit run starts from the
 full-precision F (seed 0) of its network and shortcut type (``init_checkpoint``), trained once.
@@ -35,7 +39,7 @@ import platform
 import statistics
 import time
 
-TABLES = ("sweep", "mobilenetv2", "fmnist6")
+TABLES = ("sweep", "mobilenetv2", "fmnist6", "detection")
 DEPTHS = ("resnet20", "resnet32", "resnet56")
 DEEP_ARCHS = ("resnet32", "resnet56")
 # The paper's Table 6 deltas (top-1 points, ResNet-18 on CIFAR-100), quoted for comparison.
@@ -54,6 +58,10 @@ METHODS = (
     ("plain_ag_relu", "plain + AG, ReLU after H's sums"),
     ("lsq_plain", "plain, LSQ"),
     ("lsq_plain_ag", "plain + AG, LSQ"),
+    ("float", "float"),
+    ("4bit", "4-bit"),
+    ("4bit_ag", "4-bit + AG"),
+    ("4bit_2x", "4-bit, 2x epochs (compute-matched to AG)"),
 )
 LABELS = dict(METHODS)
 # method -> the agq_keras/configs/fmnist.py method of its variant, and the config fields it changes.
@@ -64,6 +72,9 @@ _FMNIST_METHOD = {"fp_residual": "residual_base", "fp_plain": "plain_base", "res
 _OVERRIDES = {"plain_ag_relu": {"aux_relu": True}, "lsq_plain": {"quantizer": "lsq"},
               "lsq_plain_ag": {"quantizer": "lsq"}}
 SWEEP_ARMS = ("plain", "plain_ag", "plain_2x", "plain_ag_ssp")
+# the detection table: networks are named det_<backbone>; its budget is detection.py's ``quick`` one
+DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x")
+DETECTION_BUDGET = {"train_canvases": 1024, "test_canvases": 200, "epochs": 6, "lr_decay_epochs": (5,)}
 MAX_SEEDS = 5  # follow-up: an arm of a comparison that sits within 2 spreads gets seeds up to this many
 
 
@@ -79,8 +90,9 @@ class Run:
 
     @property
     def init_from(self) -> str | None:
-        """The full-precision run whose F initialises this one (stage 1, seed 0), or None."""
-        if self.method.startswith("fp_"):
+        """The full-precision run whose F initialises this one (stage 1, seed 0), or None (a full-precision
+        run, a detector: those start from scratch)."""
+        if self.method.startswith("fp_") or self.arch.startswith("det_"):
             return None
         return Run(self.arch, "fp_residual" if self.method.startswith("residual") else "fp_plain").name
 
@@ -102,6 +114,7 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
     * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2 (alpha 0.5, 4-bit DoReFa, residual) at
       full precision, k-bit and k-bit + AG, ``seeds`` seeds each; the k-bit runs start from seed 0's float F.
     * ``fmnist6``: the first Table 6 twin (ResNet-20 residual and plain rows, and ``deep_arch``'s pair).
+    * ``detection``: the ResNet-20 detector, :data:`DETECTION_ARMS`, ``seeds`` seeds each.
     """
     if table not in TABLES:
         raise ValueError(f"table={table!r} is not supported; allowed: {', '.join(TABLES)}.")
@@ -114,6 +127,8 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
             raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(DEPTHS)}.")
     if not depths or any(d not in DEPTHS for d in depths):
         raise ValueError(f"depths={depths!r} must be a non-empty subset of {', '.join(DEPTHS)}.")
+    if table == "detection":
+        return [Run("det_resnet20", m, s) for s in range(seeds) for m in DETECTION_ARMS]
     if table == "mobilenetv2":
         return [Run("mobilenetv2", m, s) for s in range(seeds) for m in ("fp_residual", "residual", "residual_ag")]
     if table == "sweep":
@@ -154,8 +169,13 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant (plus the method's
     overrides: LSQ, H's ReLU), the recipe's schedule rescaled to ``epochs`` (0 = the recipe's own), doubled
     for the compute-matched run. The initial F is ``workdir/<init run>/f.keras``, or the committed
-    ``record/<init run>/f.keras`` when only the record holds it (a new checkout continues a sweep)."""
+    ``record/<init run>/f.keras`` when only the record holds it (a new checkout continues a sweep).
+    A detector (``det_<backbone>``) is ``agq_keras/configs/detection.py``'s variant at
+    :data:`DETECTION_BUDGET` (``train_subset`` and ``test_subset`` do not apply to it)."""
     from agq_keras.configs import fmnist
+
+    if run.arch.startswith("det_"):
+        return _detection_config(run, epochs=epochs, verbose=verbose, data_dir=data_dir)
 
     if run.arch == "mobilenetv2" and run.method.startswith("fp_"):
         c = fmnist.get_config(f"mobilenetv2_{run.method.removeprefix('fp_')}_float")
@@ -178,6 +198,21 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
         if record and not os.path.isfile(c.init_checkpoint) and os.path.isfile(
                 os.path.join(record, run.init_from, "f.keras")):
             c.init_checkpoint = os.path.join(record, run.init_from, "f.keras")
+    return c
+
+
+def _detection_config(run: Run, *, epochs: int, verbose: int, data_dir: str):
+    from agq_keras.configs import detection
+
+    backbone = run.arch.removeprefix("det_")
+    c = detection.get_config(f"{backbone}_{run.method.removesuffix('_2x')}")
+    for key, value in DETECTION_BUDGET.items():
+        c[key] = value
+    base = c.epochs
+    target = (epochs or base) * (2 if run.method.endswith("_2x") else 1)
+    c.lr_decay_epochs = tuple(sorted({_scaled(e, base, target) for e in c.lr_decay_epochs}))
+    c.epochs = target
+    c.seed, c.verbose, c.data_dir = run.seed, verbose, data_dir
     return c
 
 
@@ -340,6 +375,16 @@ def load_results(*folders) -> dict:
                 rec = json.load(fh)
             r = Run(**rec["run"])
             history, config = m.get("history", {}), m.get("config", {})
+            if "AP" in m["f"]:  # a detector
+                groups.setdefault((r.arch, r.method), []).append({
+                    "seed": r.seed, "ap": 100 * m["f"]["AP"], "ap50": 100 * m["f"]["AP50"],
+                    "ap75": 100 * m["f"]["AP75"], "h_ap": 100 * m["h"]["AP"] if "h" in m else None,
+                    "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
+                    "epochs": m.get("epochs"), "quantizer": config.get("quantizer"),
+                    "bits": (config.get("w_bits"), config.get("a_bits")),
+                    "train_canvases": config.get("train_canvases"), "test_images": m.get("test_images"),
+                    "wall_s": rec.get("wall_s")})
+                continue
             raw = m.get("f_raw", m["f"])
             groups.setdefault((r.arch, r.method), []).append({
                 "seed": r.seed, "top1": 100 * m["f"]["top1"], "top5": 100 * m["f"]["top5"],
@@ -388,25 +433,26 @@ CLAIMS = (
 HOLDS, FAILS, CANNOT = "holds", "does not hold (the reverse is measured)", "cannot tell at this scale"
 
 
-def compare(a: list[dict], b: list[dict]) -> dict:
-    """Top-1 delta of two arms (mean a - mean b, points), its spread and the verdict.
+def compare(a: list[dict], b: list[dict], key: str = "top1", threshold: float = 0.0) -> dict:
+    """The ``key`` delta of two arms (mean a - mean b, points), its spread and the verdict on the claim
+    ``delta > threshold``.
 
     spread = the standard error of the difference of the means, sqrt(s_a^2/n_a + s_b^2/n_b) (sample stds
-    over seeds). The claim a > b holds when delta > 2 spreads, the reverse is measured when delta < -2
-    spreads, and it cannot be told otherwise (or with a single seed on either side)."""
-    ma, sa = mean_std(g["top1"] for g in a)
-    mb, sb = mean_std(g["top1"] for g in b)
+    over seeds). The claim holds when delta - 2 spreads > threshold, the reverse is measured when delta + 2
+    spreads < threshold, and it cannot be told otherwise (or with a single seed on either side)."""
+    ma, sa = mean_std(g[key] for g in a)
+    mb, sb = mean_std(g[key] for g in b)
     delta = ma - mb
     spread = None if sa is None or sb is None else (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
     loss = mean_std(g["train_loss"] for g in a)[0] / mean_std(g["train_loss"] for g in b)[0] - 1
-    return {"delta": delta, "spread": spread, "verdict": _verdict(delta, spread), "train_loss_change": loss,
-            "seeds": (len(a), len(b))}
+    return {"delta": delta, "spread": spread, "verdict": _verdict(delta, spread, threshold),
+            "train_loss_change": loss, "seeds": (len(a), len(b))}
 
 
-def _verdict(delta: float, spread: float | None) -> str:
+def _verdict(delta: float, spread: float | None, threshold: float = 0.0) -> str:
     if spread is None:
         return CANNOT + " (one seed)"
-    return HOLDS if delta > 2 * spread else FAILS if delta < -2 * spread else CANNOT
+    return HOLDS if delta - 2 * spread > threshold else FAILS if delta + 2 * spread < threshold else CANNOT
 
 
 def verdicts(groups: dict) -> list[dict]:
@@ -427,6 +473,25 @@ def verdicts(groups: dict) -> list[dict]:
         rows.append({"claim": "AG helps more as depth grows", "arch": f"{deep[-1]} vs resnet20",
                      "arms": hi["arms"] + lo["arms"], "paper": None, "delta": delta, "spread": spread,
                      "verdict": _verdict(delta, spread), "train_loss_change": None, "seeds": hi["seeds"] + lo["seeds"]})
+    return rows
+
+
+# The detection claims (issue 12): (claim, arm a, arm b, threshold): AP(a) - AP(b) > threshold.
+DETECTION_CLAIMS = (
+    ("4-bit + AG is within 1 AP of float", "4bit_ag", "float", -1.0),
+    ("4-bit + AG is above 4-bit alone", "4bit_ag", "4bit", 0.0),
+    ("4-bit + AG is above the compute-matched 4-bit (2x epochs)", "4bit_ag", "4bit_2x", 0.0),
+)
+
+
+def detection_verdicts(groups: dict) -> list[dict]:
+    """One row per detection claim and detector network where both arms have finished runs."""
+    rows = []
+    for arch in sorted({a for a, _ in groups if a.startswith("det_")}):
+        for claim, a, b, threshold in DETECTION_CLAIMS:
+            if (arch, a) in groups and (arch, b) in groups:
+                rows.append({"claim": claim, "arch": arch, "arms": ((arch, a), (arch, b)), "threshold": threshold,
+                             **compare(groups[(arch, a)], groups[(arch, b)], "ap", threshold)})
     return rows
 
 
@@ -478,7 +543,7 @@ def plot(groups: dict, path: str) -> None:
 DEPTH_COST = {"resnet20": 1.0, "resnet32": 1.6, "resnet56": 2.7}
 
 
-def progress(groups: dict, tables=("sweep", "mobilenetv2")) -> list[dict]:
+def progress(groups: dict, tables=("sweep", "mobilenetv2", "detection")) -> list[dict]:
     """Per table (its default plan, 3 seeds): runs finished, their measured wall time, and the time the rest
     would take at the measured speeds: the mean wall time of finished runs of the same network and method,
     else of the same method at another ResNet depth scaled by :data:`DEPTH_COST`; runs with neither are
@@ -538,12 +603,19 @@ def summary(rows: list[dict]) -> str:
             + "; ".join(parts) + ".")
 
 
+def split_groups(groups: dict) -> tuple[dict, dict]:
+    """(the classification runs, the detectors: networks named ``det_*``)."""
+    det = {k: v for k, v in groups.items() if k[0].startswith("det_")}
+    return {k: v for k, v in groups.items() if k not in det}, det
+
+
 def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
     """The Markdown of results.md."""
     if not groups:
         raise ValueError("no finished run to report (no metrics.json under the workdir or the record).")
     walls = [g["wall_s"] for gs in groups.values() for g in gs if g["wall_s"] is not None]
     n_runs = sum(len(gs) for gs in groups.values())
+    everything, (groups, detectors) = groups, split_groups(groups)
     lines = [
         "# Results on Fashion-MNIST (CPU scale)", "",
         "Generated by `scripts/reproduce.py` from the runs' `metrics.json` files — do not edit by hand.", "",
@@ -551,7 +623,7 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
         f"* Hardware: {hardware}",
         f"* Wall time: {sum(walls) / 60:.1f} min of training in {len(walls)} timed run(s) ({n_runs} run(s) "
         "reported)",
-        f"* Data: {_data_line(groups)}", "",
+        f"* Data: {_data_line(groups)}" if groups else "* Data: no classification run yet", "",
     ]
     rows = verdicts(groups)
     lines += ["## Verdict", "",
@@ -578,7 +650,7 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
               "measured step cost), on this machine.", "",
               "| Table | Runs finished | Training time so far (min) | Runs left | Estimated time left (h) |",
               "|---|---|---|---|---|"]
-    for p in progress(groups):
+    for p in progress(everything):
         unknown = f" + {p['not_estimated']} run(s) not estimated yet" if p["not_estimated"] else ""
         lines.append(f"| {p['table']} | {p['finished']} of {p['planned']} | {p['finished_s'] / 60:.1f} | "
                      f"{len(p['left'])} | {p['left_s'] / 3600:.1f}{unknown} |")
@@ -607,7 +679,50 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
                          f"{_fmt(g['top5'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | {sw_text} | "
                          f"{minutes} |")
     lines += ["", "## Convergence (like the paper's Fig. 3)", "", f"![F test top-1 per epoch]({png_name})", ""]
+    if detectors:
+        lines += render_detection(detectors)
     return "\n".join(lines)
+
+
+def render_detection(groups: dict) -> list[str]:
+    """The "Detection" section (issue 12): the claims, then every detector run's AP, AP50, AP75 and loss."""
+    canvases = sorted({str(g["train_canvases"]) for gs in groups.values() for g in gs})
+    tests = sorted({str(g["test_images"]) for gs in groups.values() for g in gs})
+    lines = ["## Detection", "",
+             f"The RetinaNet-style detector (`agq_keras.detection`, `agq_keras/configs/detection.py`) on the "
+             f"Fashion-MNIST detection twin: {', '.join(canvases)} training canvases (128×128, 1–6 garments), "
+             f"F evaluated on {', '.join(tests)} test canvases with pycocotools' AP@[.5:.95], AP50 and AP75 (in %). "
+             "ResNet-20 backbone (ImageNet stem), FPN P3–P5, class and box towers; the 4-bit nets quantize the "
+             "backbone, FPN and towers with DoReFa and keep the stem and the prediction convs at 16 bits. Every "
+             "run starts from scratch (no stage 1).", "",
+             "Δ = AP of the first arm minus the second (points, mean over seeds), spread = the standard error "
+             "of the difference. A claim `Δ > t` holds when Δ − 2 spreads > t, the reverse is measured when "
+             "Δ + 2 spreads < t, and it cannot be told otherwise. The paper (CVPR 2020) reports its 4-bit "
+             "detector \"near lossless\" against full precision.", ""]
+    rows = detection_verdicts(groups)
+    if rows:
+        lines += ["| Claim | Network | Δ AP | t | Spread | Seeds | Verdict | F train loss change |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            spread = f"{r['spread']:.2f}" if r["spread"] is not None else "n/a"
+            lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {r['threshold']:+.1f} | {spread} | "
+                         f"{'/'.join(str(n) for n in r['seeds'])} | {r['verdict']} | "
+                         f"{100 * r['train_loss_change']:+.1f} % |")
+        lines.append("")
+    lines += ["| Network | Method | W/A bits | Seeds | Epochs | AP | AP50 | AP75 | F train loss | H's AP | "
+              "Time / run (min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arch in sorted({a for a, _ in groups}):
+        for method, label in METHODS:
+            gs = groups.get((arch, method))
+            if not gs:
+                continue
+            w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
+            h = [g["h_ap"] for g in gs if g["h_ap"] is not None]
+            lines.append(f"| {arch} | {label} | {'/'.join(str(b) for b in gs[0]['bits'])} | {len(gs)} | "
+                         f"{gs[0]['epochs']} | {_fmt(g['ap'] for g in gs)} | {_fmt(g['ap50'] for g in gs)} | "
+                         f"{_fmt(g['ap75'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | "
+                         f"{_fmt(h) if h else '—'} | {f'{statistics.fmean(w) / 60:.1f}' if w else 'n/a'} |")
+    return lines + [""]
 
 
 README_MARKERS = ("<!-- evidence:start -->", "<!-- evidence:end -->")
@@ -655,8 +770,9 @@ def write_results(workdir: str, results_path: str, *, command: str, record: str 
     groups = load_results(record, workdir)
     png = os.path.splitext(results_path)[0] + "_convergence.png"
     text = render(groups, command=command, hardware=_hardware(), png_name=os.path.basename(png))
-    plot(groups, png)
+    classification = split_groups(groups)[0]
+    plot(classification, png)
     write_text(results_path, text)
     if readme:
-        update_readme(readme, summary(verdicts(groups)))
+        update_readme(readme, summary(verdicts(classification)))
     return {"results": results_path, "png": png, "groups": groups}
