@@ -7,6 +7,12 @@ Each setting: the net (weights=None, 10 classes, --size input), `agq_keras.quant
 one `fit` step on --batch random images, then `agq_keras.export.convert` (calibrated on those images) and the
 agreement on --images other random images (`--reestimate` also re-estimates F's BatchNorm statistics on the
 training batch first: an untrained keras.applications net keeps its initial moving statistics after one step).
+
+    python3 benchmarks/any_model_export.py --out=/tmp/per_tensor.json --per_tensor=20 --only=MobileNetV2:4:4:8:8
+
+`--per_tensor=N` also compares, on N of the test images, every int8/int16 tensor the int8 model computes with F's
+value at the same place (the output of the last Keras layer its op implements, on the tensor's grid), in graph
+order, under the reference kernels: where F and the int8 model part, and how the difference grows.
 """
 
 from __future__ import annotations
@@ -18,8 +24,42 @@ import time
 import numpy as np
 
 
+def per_tensor(f, model: bytes, plan, images) -> list:
+    """Per op output tensor of the int8 model (graph order): the fraction of values whose stored code differs
+    from F's value at that place by more than half a step, and the largest difference (steps, and % of the
+    tensor's range). F's value is the output of the last Keras layer the op implements, rounded to the
+    tensor's k-bit grid where it has one (F's consumer rounds it there); a stream tensor's last layer is F's
+    own stream quantizer. A calibrated tensor (int16 for a float F tensor) is never exact: its int32 bias
+    alone moves it by up to half an accumulator unit, many int16 steps; read its largest difference as a
+    part of its range."""
+    import importlib
+
+    import keras
+
+    verify = importlib.import_module("agq_keras.export.verify")
+    records = {t.name: t for t in plan.tensors}
+    ops = [op for op in plan.graph.ops if op.output in records and records[op.output].quant is not None]
+    codes = verify.tensor_codes(model, [op.output for op in ops], images, runtime="reference")
+    probe = keras.Model(f.inputs, [f.get_layer(op.layer.split("+")[-1]).output for op in ops])
+    rows = []
+    for op, value in zip(ops, probe.predict(images, verbose=0)):
+        record, tensor = records[op.output], plan.graph.tensors[op.output]
+        scale, zero = float(np.ravel(record.quant.scale)[0]), float(np.ravel(record.quant.zero_point)[0])
+        ours = (codes[op.output].astype(np.float64) - zero) * scale
+        ref = np.asarray(value, np.float64).reshape(ours.shape)
+        if tensor.grid is not None:
+            step, levels = tensor.grid
+            ref = step * np.clip(np.round(ref / step), 0, levels)
+        steps = np.abs(ours - ref) / scale
+        rows.append({"op": op.kind, "layers": op.layer, "dtype": record.dtype,
+                     "grid": "k-bit" if tensor.grid is not None else "stream" if tensor.stream_grid else "calibrated",
+                     "mismatch": float(np.mean(steps > 0.5 + 1e-6)), "max_steps": float(steps.max(initial=0)),
+                     "max_range": float(steps.max(initial=0)) / (32767 if record.dtype == "int16" else 255)})
+    return rows
+
+
 def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stream_bits, images: int, batch: int,
-            reestimate: bool) -> dict:
+            reestimate: bool, per_tensor_images: int = 0) -> dict:
     import keras
     import tensorflow as tf
 
@@ -54,7 +94,8 @@ def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stre
             "agreement_reference": float(np.mean(out.argmax(1) == ref.argmax(1))),
             "logit_std": float(ref.std(axis=1).mean()), "median_top2_gap": float(np.median(top2[:, 1] - top2[:, 0])),
             "ops": export.model_ops(model), "size_bytes": len(model), "fit_s": round(fit_s, 1),
-            "convert_s": round(convert_s, 1), "notes": list(notes)}
+            "convert_s": round(convert_s, 1), "notes": list(notes),
+            "per_tensor": per_tensor(f, model, plan, test[:per_tensor_images]) if per_tensor_images else []}
 
 
 SETTINGS = [("MobileNetV2", 2, 2, None, None), ("MobileNetV2", 4, 4, 8, 8), ("MobileNetV2", 2, 2, 8, 8),
@@ -69,11 +110,25 @@ def main():
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--reestimate", action="store_true")
+    parser.add_argument("--per_tensor", type=int, default=0, help="images of the per-tensor comparison (0: none)")
+    parser.add_argument("--only", default="", help="settings app:w:a:first_last:stream, comma-separated "
+                        "('None' for a default); default: all of SETTINGS")
     args = parser.parse_args()
+    settings = SETTINGS
+    if args.only:
+        wanted = [tuple(part.split(":")) for part in args.only.split(",")]
+        settings = [s for s in SETTINGS if tuple(str(v) for v in s) in wanted]
+        if len(settings) != len(wanted):
+            parser.error(f"--only={args.only!r}: allowed settings are "
+                         f"{', '.join(':'.join(str(v) for v in s) for s in SETTINGS)}")
     results = []
-    for app, w, a, fl, stream in SETTINGS:
-        row = measure(app, args.size, w, a, fl, stream, args.images, args.batch, args.reestimate)
-        print(json.dumps({k: v for k, v in row.items() if k != "notes"}), flush=True)
+    for app, w, a, fl, stream in settings:
+        row = measure(app, args.size, w, a, fl, stream, args.images, args.batch, args.reestimate, args.per_tensor)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("notes", "per_tensor")}), flush=True)
+        for t in row["per_tensor"]:
+            print(f"  {t['op']:7s} {t['layers'][:64]:64s} {t['grid']:10s} {t['dtype']:5s} "
+                  f"mismatch {100 * t['mismatch']:6.2f} %  max {t['max_steps']:9.2f} steps "
+                  f"({100 * t['max_range']:.1f} % of its range)", flush=True)
         results.append(row)
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=1)
