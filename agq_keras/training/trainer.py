@@ -174,8 +174,9 @@ class AGTrainer(keras.Model):
         with quantizers.frozen_state():  # stateful quantizers update from F's pass only
             y_h = self.h(x, training=training)
         loss_h = self._h_loss_fn(y, y_h, sample_weight=sample_weight)
-        if self.kd_weight:
-            distill = 0.5 * tf.reduce_mean(tf.square(tf.cast(y_f, "float32") - tf.cast(y_h, "float32")))
+        if self.kd_weight:  # this replica's share of the global batch's mean, as Keras's losses reduce
+            gap = tf.cast(y_f, "float32") - tf.cast(y_h, "float32")
+            distill = 0.5 * tf.reduce_mean(tf.square(gap)) / _replicas()
             loss_f = loss_f + self.kd_weight * distill
             loss_h = loss_h + self.kd_weight * distill
         return loss_f, loss_h, y_f, y_h
@@ -217,12 +218,14 @@ class AGTrainer(keras.Model):
         if not self._structured:
             return self.compute_loss(x=x, y=y, y_pred=y_f, sample_weight=sample_weight, training=training)
         loss = self._h_loss_fn(y, y_f, sample_weight=sample_weight)  # the whole output structure
-        return loss + tf.add_n(self.losses) if self.losses else loss
+        return loss + tf.add_n(self.losses) / _replicas() if self.losses else loss
 
     def _logs(self, x, y, y_f, sample_weight, loss_f, y_h=None, loss_h=None):
-        self.f_loss_tracker.update_state(loss_f)
+        # under tf.distribute every replica's loss is its share of the global batch's (1 / replicas, so that
+        # the summed gradients are the global batch's); the logs report the global batch's loss
+        self.f_loss_tracker.update_state(loss_f * _replicas())
         if y_h is not None:
-            self.h_loss_tracker.update_state(loss_h)
+            self.h_loss_tracker.update_state(loss_h * _replicas())
             if not self._structured:
                 self.h_accuracy.update_state(y, y_h, sample_weight=sample_weight)
         logs = self.compute_metrics(x, y, y_f, sample_weight=sample_weight)
@@ -270,6 +273,11 @@ def _is_sparse(loss) -> bool:
     if isinstance(loss, str):
         return loss == "sparse_categorical_crossentropy"
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+
+
+def _replicas() -> int:
+    """Replicas of the current tf.distribute strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def _combine(g1, g2, lam):
