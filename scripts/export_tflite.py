@@ -10,6 +10,11 @@ verification images get the run's own preprocessing. Writes ``f.tflite`` (int8 i
 ops), with ``--verify`` also ``f.json`` (agreement per runtime, top-1, grid check, ops, Edge TPU
 check, sizes, latency), with ``--c_array`` ``f.cc`` + ``f.h`` for TensorFlow Lite Micro. See
 docs/export.md.
+
+A detection run's ``--workdir`` (``configs/detection.py``) exports the detector F (one output per level and
+head), calibrated on its first training canvases; ``--verify`` compares every output and prints the COCO AP of
+the int8 model per runtime next to the Keras F's on the run's test canvases (``--verify_images`` overrides
+their number). Decoding and NMS run outside the model (no TFLite_Detection_PostProcess custom op).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ flags.DEFINE_string("runtimes", "builtin,xnnpack", "--verify: runtimes to compar
 flags.DEFINE_integer("micro_images", 1000, "--verify: test images run through TensorFlow Lite Micro (one per invoke).")
 flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.")
 flags.DEFINE_bool("verify", False, "Compare with the Keras F on the test set; write <output>.json.")
-flags.DEFINE_integer("verify_images", 10000, "Test images for --verify.")
+flags.DEFINE_integer("verify_images", 10000, "Test images for --verify (a detection run: default its test canvases).")
 flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array for TFLite Micro).")
 flags.DEFINE_integer("max_replicas", None, "Most input repeats for wide weight codes (1: plain int8 weights; "
                      "default: 259 unless the file would outgrow its float32 twin, then 1, with a note).")
@@ -58,6 +63,7 @@ def main(argv):
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from agq_keras import export  # ImportError without the `export` extra: reported in one line
     from agq_keras.data import pipeline
+    from agq_keras.experiments import run
 
     where = export.export_source(FLAGS.workdir, model=FLAGS.model, output=FLAGS.output, dataset=FLAGS.dataset,
                                   data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
@@ -71,10 +77,14 @@ def main(argv):
         raise FileNotFoundError(f"Output directory {out_dir!r} does not exist; create it first.")
     f, notes = export.resolve_model(where["model"])
 
+    detector = where["config"].get("task") == "detection"
+
     def load_images(split, count):
+        if detector:  # images, boxes, labels, classes of the run's detection data
+            return run.detection_split(where["config"], split, count)
         return pipeline.arrays(where["dataset"], split, count, **where["data"])
 
-    calib, _ = load_images("train", FLAGS.calibration_images)
+    calib = load_images("train", FLAGS.calibration_images)[0]
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
                    residual_bits=None if FLAGS.residual_bits == "auto" else int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
                    output_bits=int(FLAGS.output_bits), weights=FLAGS.weights)
@@ -94,9 +104,17 @@ def main(argv):
     if FLAGS.verify:
         float_bytes = export.convert(f, calib, mode="float32", max_replicas=FLAGS.max_replicas,
                                      output_range=FLAGS.output_range)[0]
-        x, y = load_images("test", FLAGS.verify_images)
-        report = export.verify(data, f, x, y, plan=plan, float_bytes=float_bytes,
-                               latency_runs=FLAGS.latency_runs, runtimes=runtimes, micro_images=FLAGS.micro_images)
+        kwargs = dict(plan=plan, float_bytes=float_bytes, latency_runs=FLAGS.latency_runs, runtimes=runtimes,
+                      micro_images=FLAGS.micro_images)
+        if detector:
+            count = FLAGS.verify_images if FLAGS["verify_images"].present else where["config"]["test_canvases"]
+            x, boxes, labels, classes = load_images("test", count)
+            report = export.verify_detector(
+                data, f, x, boxes, labels, run.detection_anchors(where["config"], x.shape[1:3]), classes,
+                detect_kwargs=dict(score_threshold=where["config"]["score_threshold"]), **kwargs)
+        else:
+            x, y = load_images("test", FLAGS.verify_images)
+            report = export.verify(data, f, x, y, **kwargs)
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]
@@ -106,6 +124,10 @@ def main(argv):
         off = [r["layer"] for r in report["grid_check"] if not r["on_grid"]]
         print(f"grid check: {len(report['grid_check']) - len(off)}/{len(report['grid_check'])} layers exact"
               + (f"; not exact: {off}" if off else ""))
+        if detector:
+            for name, ap in report["ap"].items():
+                print(f"AP {name:10s} {100 * ap['AP']:6.2f}  AP50 {100 * ap['AP50']:6.2f}  AP75 {100 * ap['AP75']:6.2f}"
+                      + ("" if name == "keras" else f"  (int8 - Keras: {100 * (ap['AP'] - report['ap']['keras']['AP']):+.2f})"))
         print(f"wrote {stem}.json")
 
 

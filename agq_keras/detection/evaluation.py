@@ -14,7 +14,7 @@ import io
 import numpy as np
 
 from agq_keras.detection.boxes import PAD_LABEL, check_annotations
-from agq_keras.detection.postprocess import predict
+from agq_keras.detection.postprocess import detect_outputs, predict
 
 
 def _coco():
@@ -85,3 +85,12 @@ def evaluate(model, images, gt_boxes, gt_labels, anchors, num_classes: int, *, b
     images = np.asarray(images)
     detections = predict(model, images, anchors, num_classes, batch_size=batch_size, **detect_kwargs)
     return coco_ap(gt_boxes, gt_labels, detections, num_classes, images.shape[1:3])
+
+
+def evaluate_outputs(outputs, gt_boxes, gt_labels, anchors, num_classes: int, image_size, *, batch_size: int = 32,
+                     **detect_kwargs) -> dict:
+    """:func:`coco_ap` of F's outputs already computed on the images (one ``[N, ...]`` array per output, e.g.
+    the dequantized outputs of F's int8 TFLite model: :func:`agq_keras.export.verify_detector`); decoding
+    and NMS by :func:`~agq_keras.detection.postprocess.detect_outputs`, as :func:`evaluate` does for a model."""
+    detections = detect_outputs(outputs, anchors, num_classes, image_size, batch_size=batch_size, **detect_kwargs)
+    return coco_ap(gt_boxes, gt_labels, detections, num_classes, image_size)

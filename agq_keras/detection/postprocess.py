@@ -39,6 +39,22 @@ def detect(outputs, anchors, num_classes: int, image_size, *, score_threshold: f
             nmsed.valid_detections.numpy().astype(np.int32))
 
 
+def _per_image(detected) -> list:
+    boxes, scores, classes, counts = detected
+    return [(b[:n], s[:n], c[:n]) for b, s, c, n in zip(boxes, scores, classes, counts)]
+
+
+def detect_outputs(outputs, anchors, num_classes: int, image_size, *, batch_size: int = 32, **kwargs) -> list:
+    """:func:`detect` over F's outputs already computed for N images (one ``[N, ...]`` array per output, e.g.
+    an exported model's dequantized outputs), in batches: lists per image of ``(boxes, scores, classes)``."""
+    outputs = [np.asarray(o, np.float32) for o in outputs]
+    results = []
+    for start in range(0, len(outputs[0]), batch_size):
+        results += _per_image(detect([o[start:start + batch_size] for o in outputs], anchors, num_classes,
+                                     image_size, **kwargs))
+    return results
+
+
 def predict(f, images, anchors, num_classes: int, *, batch_size: int = 32, **kwargs):
     """:func:`detect` over an array of images, in batches: lists per image of ``(boxes, scores, classes)``."""
     images = np.asarray(images)
@@ -50,7 +66,5 @@ def predict(f, images, anchors, num_classes: int, *, batch_size: int = 32, **kwa
     results = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        outputs = f(batch, training=False)
-        boxes, scores, classes, counts = detect(outputs, anchors, num_classes, images.shape[1:3], **kwargs)
-        results += [(b[:n], s[:n], c[:n]) for b, s, c, n in zip(boxes, scores, classes, counts)]
+        results += _per_image(detect(f(batch, training=False), anchors, num_classes, images.shape[1:3], **kwargs))
     return results

@@ -375,24 +375,58 @@ def _anchor_spec(config):
 
 def _detection_data(config):
     """``(training examples (unbatched), test images, test boxes, test labels, num_classes, class names)``."""
+    test = detection_split(config, "test", config.test_canvases)
     if config.dataset == "fmnist_twin":
-        kw = dict(data_dir=config.data_dir or None, seed=config.seed, canvas_size=config.canvas_size,
-                  max_objects=config.max_objects)
-        train = detection_twin.load("train", config.train_canvases, **kw)
-        images, boxes, labels, _ = detection_twin.load("test", config.test_canvases, **kw)
-        test = (detection_twin.as_float(images), boxes, labels)  # what F sees in training: pixels / 255
-        return train[:3], test, detection_twin.NUM_CLASSES, detection_twin.CLASS_NAMES
-    kw = dict(data_dir=config.data_dir, image_size=config.canvas_size, max_objects=config.max_objects)
-    train, num_classes = detection_twin.load_tfds(config.dataset, "train", **kw)
-    test, _ = detection_twin.load_tfds(config.dataset, "test", **kw)
+        train = detection_twin.load("train", config.train_canvases, **_twin_kwargs(config))
+        return train[:3], test[:3], detection_twin.NUM_CLASSES, detection_twin.CLASS_NAMES
+    train, _ = detection_twin.load_tfds(config.dataset, "train", **_tfds_kwargs(config))
     if config.train_canvases:
         train = train.take(config.train_canvases)
+    return train, test[:3], test[3], None
+
+
+def _twin_kwargs(config) -> dict:
+    return dict(data_dir=config.data_dir or None, seed=config.seed, canvas_size=config.canvas_size,
+                max_objects=config.max_objects)
+
+
+def _tfds_kwargs(config) -> dict:
+    return dict(data_dir=config.data_dir, image_size=config.canvas_size, max_objects=config.max_objects)
+
+
+def detection_split(config, split: str, count: int):
+    """``(images float32 as F sees them, boxes, labels, num_classes)``: the first ``count`` canvases of a
+    detection config's ``split`` ("train" or "test"), the twin's (generated with the config's seed) or the tfds
+    dataset's, as :func:`run_detection` trains and evaluates on them. ``config``: a detection config, or the
+    ``config`` dict of a run's metrics.json."""
+    config = _as_config(config)
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} is not supported; allowed: train, test.")
+    if config.dataset == "fmnist_twin":
+        images, boxes, labels, _ = detection_twin.load(split, count, **_twin_kwargs(config))
+        # what F sees in training: pixels / 255
+        return detection_twin.as_float(images), boxes, labels, detection_twin.NUM_CLASSES
+    data, num_classes = detection_twin.load_tfds(config.dataset, split, **_tfds_kwargs(config))
     images, boxes, labels = [], [], []
-    for image, ann in test.take(config.test_canvases).as_numpy_iterator():
+    for image, ann in data.take(count).as_numpy_iterator():
         images.append(image)
         boxes.append(ann["boxes"])
         labels.append(ann["labels"])
-    return train, (np.stack(images), np.stack(boxes), np.stack(labels)), num_classes, None
+    return np.stack(images), np.stack(boxes), np.stack(labels), num_classes
+
+
+def detection_anchors(config, image_size):
+    """The anchors ``[A, 4]`` of a detection config (a config or a run's metrics.json ``config`` dict) for
+    images of ``(height, width)``."""
+    return _anchor_spec(_as_config(config)).anchors(tuple(image_size))
+
+
+def _as_config(config):
+    if isinstance(config, dict):  # a run's metrics.json "config"
+        import ml_collections
+
+        return ml_collections.ConfigDict(config)
+    return config
 
 
 def run_detection(config, workdir: str, extra_callbacks=()) -> dict:

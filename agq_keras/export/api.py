@@ -136,7 +136,8 @@ def export_source(workdir=None, *, model=None, output=None, dataset=None, data_d
     """Where an export's model, output file and data come from. With ``workdir`` (a training run's folder):
     its ``f.keras``, ``f.tflite`` next to it, and the dataset, data folder, image size and classes of its
     config (``metrics.json``), so the images get the run's own preprocessing; explicit values override.
-    Returns ``{"model", "output", "dataset", "data": {data_dir, image_size, num_classes}}``."""
+    Returns ``{"model", "output", "dataset", "data": {data_dir, image_size, num_classes}, "config"}`` (``config``:
+    the run's config, ``{}`` without ``workdir``; ``config["task"] == "detection"`` for a detector's run)."""
     config = {}
     if workdir:
         metrics = os.path.join(workdir, "metrics.json")
@@ -157,7 +158,7 @@ def export_source(workdir=None, *, model=None, output=None, dataset=None, data_d
     return {"model": model, "output": output, "dataset": dataset or config.get("dataset") or "fashion_mnist",
             "data": {"data_dir": config.get("data_dir", "") if data_dir is None else data_dir,
                      "image_size": image_size or config.get("image_size") or 224,
-                     "num_classes": num_classes or config.get("num_classes") or 0}}
+                     "num_classes": num_classes or config.get("num_classes") or 0}, "config": config}
 
 
 def save_atomic(data: bytes, path: str):

@@ -15,7 +15,8 @@ OUTPUT_RANGES = ("top", "full")
 
 def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
     """Float evaluation of the IR with the weights ``forms`` (:func:`plan.weight_forms`) and the exact
-    activation rounding. Returns ``(outputs, ranges)``: the output array and ``{tensor: (min, max)}``."""
+    activation rounding. Returns ``(outputs, ranges)``: the output arrays (one per graph output, in order)
+    and ``{tensor: (min, max)}``."""
     ranges: dict = {}
     results = []
     for start in range(0, len(images), batch_size):
@@ -44,6 +45,8 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
                 y = tf.reduce_mean(x, axis=[1, 2])
             elif op.kind == "pad":
                 y = tf.pad(x, [(0, 0), *op.paddings, (0, 0)])
+            elif op.kind == "resize":  # nearest, integer factors: each value repeated
+                y = tf.repeat(tf.repeat(x, op.factor[0], axis=1), op.factor[1], axis=2)
             else:
                 y = tf.nn.max_pool2d(x, op.pool, op.strides, op.padding)
             if op.relu:
@@ -61,8 +64,8 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
             lo, hi = float(tf.reduce_min(v)), float(tf.reduce_max(v))
             old = ranges.get(name, (lo, hi))
             ranges[name] = (min(old[0], lo), max(old[1], hi))
-        results.append(values[graph.output].numpy())
-    return np.concatenate(results), ranges
+        results.append([values[name].numpy() for name in graph.outputs])
+    return [np.concatenate(arrays) for arrays in zip(*results)], ranges
 
 
 def calibrate(graph: Graph, images, output_range: str = "top", max_replicas: int = 259, weights: str = "int8") -> dict:
@@ -74,13 +77,15 @@ def calibrate(graph: Graph, images, output_range: str = "top", max_replicas: int
     maximum logit, less a quarter of the span above it, to the largest logit.
     Lower logits saturate at -128, which never changes the argmax but makes
     the int8 step several times finer, so near-tied winners stay apart.
+    It applies to a single 2-D output (a classifier's logits); the outputs of a
+    multi-output F (a detector's per-level tensors) always cover every value seen.
     """
     if output_range not in OUTPUT_RANGES:
         raise ValueError(f"output_range={output_range!r} is not supported; allowed: {', '.join(OUTPUT_RANGES)}.")
     forms, _ = weight_forms(graph, max_replicas, weights)
     outputs, ranges = evaluate(graph, forms, images)
-    if output_range == "top" and outputs.ndim == 2 and outputs.shape[1] > 1:
+    if output_range == "top" and len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] > 1:
         lo, hi = ranges[graph.output]
-        top_lo = float(outputs.max(axis=1).min())
+        top_lo = float(outputs[0].max(axis=1).min())
         ranges[graph.output] = (max(lo, top_lo - 0.25 * (hi - top_lo)), hi)
     return ranges

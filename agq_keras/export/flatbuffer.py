@@ -3,7 +3,9 @@
 The last stage of the pipeline. It encodes the plan with the schema bindings that ship with LiteRT
 (``ai_edge_litert.schema_py_generated``) and decides nothing: tensors, buffers and operators are
 written in the plan's order, operator codes in order of first use, so the bytes are a deterministic
-function of the plan.
+function of the plan. A constant the plan marks as sharing an earlier one's bytes (``TensorRecord.shares``:
+a shared layer's later call, e.g. a detector's head conv at another pyramid level) points at that tensor's
+buffer, so its bytes are stored once; its own quantization (scales) stays on its own tensor.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _ENUMS = {"padding": schema.Padding, "fusedActivationFunction": schema.Activatio
           "weightsFormat": schema.FullyConnectedOptionsWeightsFormat}
 
 
-def _tensor(record, buffers):
+def _tensor(record, buffers, tensors):
     t = schema.TensorT()
     t.name = record.name
     t.shape = np.asarray(([1] if record.batch else []) + list(record.shape), np.int32)
@@ -32,7 +34,9 @@ def _tensor(record, buffers):
         t.shapeSignature = np.asarray([-1] + list(record.shape), np.int32)
     t.type = TENSOR_TYPES[record.dtype]
     t.buffer = 0
-    if record.data is not None:
+    if record.shares is not None:  # the same bytes as an earlier constant (a shared layer's later call)
+        t.buffer = tensors[record.shares].buffer
+    elif record.data is not None:
         buf = schema.BufferT()
         raw = pack_int4(record.data) if record.dtype == "int4" else np.ascontiguousarray(record.data).tobytes()
         buf.data = np.frombuffer(raw, np.uint8)
@@ -82,7 +86,9 @@ def to_bytes(plan, description: str | None = None) -> bytes:
     model.operatorCodes = []
     sub = schema.SubGraphT()
     sub.name = "main"
-    sub.tensors = [_tensor(record, model.buffers) for record in plan.tensors]
+    sub.tensors = []
+    for record in plan.tensors:
+        sub.tensors.append(_tensor(record, model.buffers, sub.tensors))
     sub.operators = []
     codes: dict = {}
     for record in plan.ops:

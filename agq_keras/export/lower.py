@@ -5,16 +5,23 @@ Lowering reads what F computes and decides nothing about the integer form: weigh
 and steps (or F's float weights), BatchNorms are folded, and each tensor records the grid F puts
 on it. The graph is not changed after :func:`lower` returns.
 
-The IR has five op kinds, each a TFLite builtin with an int8 kernel:
+The IR's op kinds, each a TFLite builtin with an int8 kernel:
 
 * ``conv``   -> CONV_2D (per-channel int8 weights, int32 bias, fused ReLU or ReLU6)
 * ``dwconv`` -> DEPTHWISE_CONV_2D (a depthwise conv: codes ``(C*M, kh, kw, 1)``, per output channel)
 * ``affine`` -> DEPTHWISE_CONV_2D 1x1 (a BatchNorm that cannot be folded)
 * ``pad``    -> PAD (ZeroPadding2D: zeros at the input's own scale and zero point)
+* ``resize`` -> RESIZE_NEAREST_NEIGHBOR (UpSampling2D, nearest, integer factors: the input's own scale
+  and zero point)
 * ``dense``  -> FULLY_CONNECTED
 * ``add``    -> ADD,  ``mean`` -> MEAN (global average pooling; a DEPTHWISE_CONV_2D of ones when F
   rounds both its input and its output, :class:`~agq_keras.layers.QGlobalAveragePooling2D`),
   ``maxpool`` -> MAX_POOL_2D
+
+A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them
+in F's output order (:attr:`Graph.outputs`). A layer called several times (a detector's head convs,
+shared by the pyramid levels) lowers once per call; call ``n > 0`` names its tensor
+``<layer>/call<n>``, and each call holds its own weights (each call folds its own BatchNorm).
 
 Weights are held as integer ``codes`` and a positive per-output-channel
 ``steps`` vector (real weight = codes * steps). A BatchNorm directly after a
@@ -44,7 +51,10 @@ from agq_keras.structure import history_refs
 
 SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense",
                     "BatchNormalization", "ReLU", "Activation", "Add", "GlobalAveragePooling2D",
-                    "QGlobalAveragePooling2D", "MaxPooling2D", "ZeroPadding2D", "Dropout", "FixedStep")
+                    "QGlobalAveragePooling2D", "MaxPooling2D", "ZeroPadding2D", "UpSampling2D", "Dropout",
+                    "FixedStep")
+# ops whose output keeps the input's scale and zero point (and grid): the values move, none changes
+PASS_THROUGH = ("pad", "resize")
 # the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
 FUSABLE = {"relu": None, "relu6": 6.0}
 
@@ -76,6 +86,7 @@ class Op:
     relu_cap: Optional[float] = None  # a fused ReLU6 (6.0)
     depth_multiplier: int = 1  # dwconv
     paddings: tuple = ()  # pad: ((top, bottom), (left, right))
+    factor: tuple = (1, 1)  # resize: the integer (height, width) upsampling factors
     exact_weights: bool = False
     weight_bits: int = 32
     weight_note: str = ""
@@ -91,19 +102,22 @@ class Graph:
     tensors: dict
     ops: list
     input: str
-    output: str
+    outputs: list  # F's outputs, in F's order
     notes: list
+
+    @property
+    def output(self) -> str:
+        """The output of a single-output F (a classifier); a ValueError for a multi-output F."""
+        if len(self.outputs) != 1:
+            raise ValueError(f"The graph has {len(self.outputs)} outputs ({', '.join(self.outputs)}); use "
+                             "graph.outputs.")
+        return self.outputs[0]
 
     def producer(self, name: str) -> Optional[Op]:
         for op in self.ops:
             if op.output == name:
                 return op
         return None
-
-
-def _first_ref(refs):
-    refs = list(refs)
-    return tuple(refs[0]) if refs and isinstance(refs[0], (list, tuple)) else tuple(refs)
 
 
 def unsupported(layer, why: str) -> ValueError:
@@ -144,10 +158,10 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
         raise ValueError(f"Model {model.name!r} is not a functional Keras model; export needs F as built by "
                          "agq_keras.build (a functional keras.Model).")
     inputs, outputs = config["input_layers"], config["output_layers"]
-    if isinstance(inputs[0], (list, tuple)) and len(inputs) != 1 or isinstance(outputs[0], (list, tuple)) \
-            and len(outputs) != 1:
-        raise ValueError("Export supports models with exactly one input and one output.")
-    out_ref = _first_ref(outputs)
+    if isinstance(inputs[0], (list, tuple)) and len(inputs) != 1:
+        raise ValueError(f"Model {model.name!r} has {len(inputs)} inputs; export supports exactly one input "
+                         "(one or more outputs).")
+    out_refs = [tuple(r) for r in outputs] if isinstance(outputs[0], (list, tuple)) else [tuple(outputs)]
 
     # consumer counts per Keras tensor
     uses: dict = {}
@@ -155,12 +169,18 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
         for node in entry["inbound_nodes"]:
             for ref in history_refs(node):
                 uses[ref] = uses.get(ref, 0) + 1
-    uses[out_ref] = uses.get(out_ref, 0) + 1
+    for ref in out_refs:
+        uses[ref] = uses.get(ref, 0) + 1
 
-    graph = Graph({}, [], "", "", [])
+    graph = Graph({}, [], "", [], [])
     value: dict = {}  # keras ref -> IR tensor name
 
     def new_tensor(name, shape, ref):
+        if ref[1]:  # a later call of a shared layer (a detector's head conv at another pyramid level)
+            name = f"{name}/call{ref[1]}"
+        if name in graph.tensors:
+            raise ValueError(f"Cannot export: two tensors of model {model.name!r} would both be named {name!r}; "
+                             "rename the layer.")
         graph.tensors[name] = Tensor(name, tuple(int(d) for d in shape), consumers=uses.get(ref, 0))
         value[ref] = name
         return name
@@ -216,7 +236,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                     src.consumers += uses.get(ref, 0) - 1
                     continue
                 prod = graph.producer(src.name)
-                if prod is None or prod.relu or prod.kind in ("mean", "maxpool", "pad") or src.consumers != 1:
+                if prod is None or prod.relu or prod.kind in ("mean", "maxpool") + PASS_THROUGH or src.consumers != 1:
                     raise unsupported(layer, "a ReLU must directly follow a conv, dense, BatchNorm or add "
                                              "whose output has no other consumer")
                 prod.relu, prod.relu_cap = True, cap
@@ -234,6 +254,11 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 graph.tensors[out].stream_grid = src.stream_grid  # zeros are on every stream grid
                 graph.ops.append(Op("pad", [src.name], out, layer.name,
                                     paddings=tuple(tuple(int(v) for v in p) for p in cfg["padding"])))
+            elif cls == "UpSampling2D":
+                factor = _upsampling_factor(layer)
+                out = new_tensor(layer.name, out_shape, ref)
+                graph.tensors[out].stream_grid = src.stream_grid  # repeated values: the input's grid
+                graph.ops.append(Op("resize", [src.name], out, layer.name, factor=factor))
             elif isinstance(layer, Quantizer) and (stream := _stream_grid(layer)) is not None:
                 # F's integer residual stream: the producer writes the stream's integers at this step
                 prod = graph.producer(src.name)
@@ -269,9 +294,25 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                                     padding=cfg["padding"].upper()))
             else:
                 raise unsupported(layer, "no integer TFLite lowering for this layer")
-    graph.output = value[out_ref]
+    graph.outputs = [value[ref] for ref in out_refs]
+    graph.notes = list(dict.fromkeys(graph.notes))  # a shared layer's calls repeat its notes: once each
     _resolve_grids(graph)
     return graph
+
+
+def _upsampling_factor(layer) -> tuple:
+    """The integer (height, width) factors of a nearest UpSampling2D (RESIZE_NEAREST_NEIGHBOR repeats each
+    value; other interpolations and fractional factors have no exact integer form here)."""
+    cfg = layer.get_config()
+    if cfg.get("interpolation", "nearest") != "nearest":
+        raise unsupported(layer, f"interpolation={cfg['interpolation']!r} (allowed: 'nearest', which repeats "
+                                 "values exactly)")
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        raise unsupported(layer, "only channels_last is supported")
+    size = tuple(cfg["size"]) if isinstance(cfg["size"], (list, tuple)) else (cfg["size"],) * 2
+    if len(size) != 2 or any(isinstance(v, bool) or float(v) != int(v) or int(v) < 1 for v in size):
+        raise unsupported(layer, f"size={cfg['size']!r} (allowed: two integer factors >= 1)")
+    return tuple(int(v) for v in size)
 
 
 def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dict:
@@ -367,8 +408,8 @@ def _mean_of_relu(graph: Graph, op: Op) -> bool:
 
 
 def _resolve_grids(graph: Graph):
-    # PAD keeps its input's scale and zero point: its input takes the grids its consumers want
-    pads = [op for op in graph.ops if op.kind == "pad"]
+    # PAD and RESIZE keep their input's scale and zero point: the input takes the grids their consumers want
+    pads = [op for op in graph.ops if op.kind in PASS_THROUGH]
     for op in reversed(pads):
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         src.wanted_grids += out.wanted_grids

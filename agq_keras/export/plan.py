@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from agq_keras.export import intmath
-from agq_keras.export.lower import Graph, Op
+from agq_keras.export.lower import PASS_THROUGH, Graph, Op
 
 MODES = ("int8", "float32")
 # (builtin, version) per op and mode: the versions the TFLite converter gives these kernels.
@@ -33,6 +33,7 @@ _VERSIONS = {
     "MAX_POOL_2D": {"int8": 2, "float32": 1},
     "CONCATENATION": {"int8": 2, "float32": 1},
     "PAD": {"int8": 2, "float32": 1},
+    "RESIZE_NEAREST_NEIGHBOR": {"int8": 2, "float32": 1},  # align_corners = half_pixel_centers = False
     "MINIMUM": {"float32": 1},
     "MUL": {"float32": 1},
     "ROUND": {"float32": 1},
@@ -40,7 +41,7 @@ _VERSIONS = {
 }
 # int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
 _VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
-                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4}
+                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4, "RESIZE_NEAREST_NEIGHBOR": 4}
 RESIDUAL_BITS = (16, 8)
 WEIGHTS = ("int8", "packed")
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
@@ -86,6 +87,7 @@ class TensorRecord:
     quant: Optional[QuantParams] = None
     data: Optional[np.ndarray] = None  # constant contents (read-only), None for activations
     batch: bool = False  # an activation: shape [1] + shape, signature [-1] + shape
+    shares: Optional[int] = None  # a constant with the same bytes as tensor ``shares``: stored once, in its buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +309,7 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
     scale (not exact). Sets ``stream_scale`` on ``acts`` and base codes on ``forms``; returns notes."""
     notes = []
     for members in _groups(graph, {name for name, tensor in acts.items() if tensor.int16}):
-        gridded, units, off_grid = [], [], False
+        gridded, units, off_grid = [], [], []
         for name in members:
             op = graph.producer(name)
             if op is None or op.kind == "add":
@@ -315,7 +317,7 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
             src = graph.tensors[op.inputs[0]]
             form = forms.get(op.output)
             if op.kind != "conv" or not form.exact or src.grid is None or op.relu or np.any(op.bias != 0):
-                off_grid = True  # the stem: rounded to the stream scale, once
+                off_grid.append(op.layer.split("+")[0])  # the stem: rounded to the stream scale, once
                 continue
             _, _, gcd = intmath.base_codes(form.codes, form.steps)
             gridded.append((form, gcd))
@@ -324,9 +326,9 @@ def stream_grids(graph: Graph, acts: dict, forms: dict) -> list:
         if not gridded:
             continue
         if off_grid and not declared:  # a float stream holding the stem: finer per-tensor scales round less
-            notes.append(f"residual stream {members[0]}…: F's residual stream is float and holds the 16-bit stem's "
-                         "output; calibrated int16 scales (closest, not exact; build F with "
-                         "residual_stream='int16' for an exact export)")
+            notes.append(f"residual stream {members[0]}…: F's residual stream is float and holds the output of "
+                         f"{', '.join(off_grid)} (not on a grid: a 16-bit stem, an upsampled FPN level); calibrated "
+                         "int16 scales (closest, not exact; build F with residual_stream='int16' for an exact export)")
             continue
         allu = np.concatenate(units)
         if declared:  # F's own int16 grid (residual_stream="int16"): F saturates where int16 does
@@ -386,15 +388,17 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
     if mode == "int8" and output_bits == 16:
-        acts[graph.output].int16 = True
-        if graph.tensors[graph.output].stream_grid is not None:
-            notes.append("output_bits=16: F rounds its logits to int8 itself; the int16 logits hold F's int8 codes")
+        for name in graph.outputs:
+            acts[name].int16 = True
+            if graph.tensors[name].stream_grid is not None:
+                notes.append("output_bits=16: F rounds its logits to int8 itself; the int16 logits hold F's int8 "
+                             "codes")
     if mode == "int8" and head_bits == 16 and exact_pools(graph):
         notes.append("head_bits=16: F's head is integer (QGlobalAveragePooling2D); its map and pooled features "
                      "stay on F's int8 grids")
     if mode == "int8" and head_bits == 16:
         for op in graph.ops:
-            if op.kind == "mean" and op.output != graph.output:
+            if op.kind == "mean" and op.output not in graph.outputs:
                 for name in (op.inputs[0], op.output):
                     acts[name].int16 = acts[name].grid is None and name != graph.input
     if mode == "int8" and residual_bits == 16:
@@ -402,17 +406,23 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
             if op.kind == "add":
                 for name in op.inputs + [op.output]:
                     tensor = acts[name]
-                    tensor.int16 = tensor.grid is None and name not in (graph.input, graph.output)
+                    tensor.int16 = tensor.grid is None and name != graph.input and name not in graph.outputs
         for op in graph.ops:  # a post-activation net's linear bottleneck: a conv output read by convs
             src = graph.tensors[op.inputs[0]]
             prod = graph.producer(src.name)
             if op.kind in ("conv", "dwconv") and src.grid is None and not src.sign and src.stream_grid is None \
                     and prod is not None and prod.kind in ("conv", "dwconv") and not prod.relu:
                 acts[src.name].int16 = True
+        for op in reversed(graph.ops):  # an ImageNet stem's max-pool in the stream (it keeps its input's scale):
+            # the stem writes int16, as a CIFAR stem writing the stream does (int8 lost ~0.5 int8 steps there)
+            src = graph.tensors[op.inputs[0]]
+            if op.kind == "maxpool" and acts[op.output].int16 and src.grid is None and src.name != graph.input \
+                    and not src.sign and src.stream_grid is None:
+                acts[src.name].int16 = True
         for op in graph.ops:  # the head after the stream (final BatchNorm, pooling) stays int16 too
             out = acts[op.output]
             if op.kind in ("affine", "mean", "maxpool") and acts[op.inputs[0]].int16 and out.grid is None \
-                    and op.output != graph.output:
+                    and op.output not in graph.outputs:
                 out.int16 = True
         notes += stream_grids(graph, acts, forms)
     if mode == "int8" and residual_bits == 8:
@@ -431,7 +441,7 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
                          f"thresholds (not exact){packed}")
     return Plan(graph=graph, mode=mode, description=description, tensors=tuple(planner.tensors),
                 ops=tuple(planner.ops), inputs=(planner.index[graph.input],),
-                outputs=(planner.index[graph.output],), layers=planner.layers,
+                outputs=tuple(planner.index[name] for name in graph.outputs), layers=planner.layers,
                 stream_scales={n: a.stream_scale for n, a in acts.items() if a.stream_scale is not None},
                 notes=tuple(graph.notes) + tuple(n for n in notes if n not in graph.notes))
 
@@ -456,15 +466,16 @@ class _Planner:
         self.ops: list = []
         self.index: dict = {}
         self.layers: dict = {}
+        self.shared: dict = {}  # (Keras layer, dtype, shape, bytes) -> the first weight tensor holding them
 
     # -- tensors -------------------------------------------------------
-    def tensor(self, name, shape, dtype, data=None, scale=None, zero_point=None, axis=0, batch=False):
+    def tensor(self, name, shape, dtype, data=None, scale=None, zero_point=None, axis=0, batch=False, shares=None):
         quant = None
         if scale is not None:
             quant = QuantParams(tuple(float(s) for s in np.atleast_1d(scale)),
                                 tuple(int(z) for z in np.atleast_1d(zero_point)), axis)
         self.tensors.append(TensorRecord(name, tuple(int(d) for d in shape), dtype, quant,
-                                         None if data is None else _frozen(data), batch))
+                                         None if data is None else _frozen(data), batch, shares))
         return len(self.tensors) - 1
 
     def activation(self, name: str) -> int:
@@ -498,8 +509,16 @@ class _Planner:
             self.op("QUANTIZE", [self.activation(name)], [self.activation(copy)])
         return copy
 
-    def const(self, name, array, dtype, **quant):
-        return self.tensor(name, array.shape, dtype, data=array, **quant)
+    def const(self, name, array, dtype, layer=None, **quant):
+        """A constant tensor. ``layer``: the Keras layer whose weights these are; a later call of the same layer
+        (a detector's head conv at another pyramid level) whose weights have the same bytes shares the first
+        call's buffer (its own scales: each call folds its own BatchNorm)."""
+        shares = None
+        if layer is not None:
+            key = (layer, dtype, array.shape, np.ascontiguousarray(array).tobytes())
+            shares = self.shared.get(key)
+            self.shared.setdefault(key, len(self.tensors))
+        return self.tensor(name, array.shape, dtype, data=array, shares=shares, **quant)
 
     # -- ops -----------------------------------------------------------
     def op(self, builtin: str, inputs, outputs, options=None):
@@ -522,7 +541,7 @@ class _Planner:
                       float_weights=None if form is None else _frozen(form.float_weights))
         if self.mode == "float32":
             self.layers[op.output] = LayerRecord(**record)
-            w = self.const(f"{op.output}/weights", layout.astype(np.float32), "float32")
+            w = self.const(f"{op.output}/weights", layout.astype(np.float32), "float32", layer=op.layer.split("+")[0])
             b = self.const(f"{op.output}/bias", op.bias.astype(np.float32), "float32")
             return w, b
         s_in = self.scale_of(in_name)
@@ -596,7 +615,7 @@ class _Planner:
             intmath.split_codes(codes, record["replicas"])
         packed = form is not None and form.packed and int(np.abs(layout).max(initial=0)) <= intmath.INT4_MAX
         w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int4" if packed else "int8", scale=steps,
-                       zero_point=np.zeros(len(steps), np.int64), axis=axis)
+                       zero_point=np.zeros(len(steps), np.int64), axis=axis, layer=op.layer.split("+")[0])
         bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
         if np.abs(bias).max(initial=0) >= 2**31 - 1 and not wide_in:
             raise ValueError(f"Layer {op.layer!r}: its bias does not fit int32 at scale s_in*s_w; cannot export.")
@@ -679,10 +698,12 @@ class _Planner:
         # reading the int16 stream (a post-activation net's linear bottleneck: its 16x8 kernel then writes
         # int16, and QUANTIZE its int8 output); every other op reads its input in its output's type (int16 in
         # and out: the 16x8 kernels; int8 in and out).
-        as_stored = op.kind in ("affine", "dense", "pad") or (op.kind in ("conv", "dwconv") and
+        as_stored = op.kind in ("affine", "dense") + PASS_THROUGH or (op.kind in ("conv", "dwconv") and
                                                              self.acts[op.inputs[0]].int16)
         in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
-        if op.kind == "pad":  # PAD writes its input's scale and zero point (the padding is the zero point)
+        if op.kind in PASS_THROUGH + ("maxpool",):  # PAD, RESIZE and MAX_POOL_2D write their input's scale and
+            # zero point (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose
+            # output had its own calibrated int16 scale, an ImageNet stem's pool in a float stream, was wrong)
             out = self.acts[out_name] = dataclasses.replace(self.acts[in_name], name=out_name, shape=out.shape)
         if op.kind == "dense" and out.int16 and not self.acts[in_name].int16:
             # int16 logits come from the 16x8 kernel: an int8-input FULLY_CONNECTED with an int16 output
@@ -699,7 +720,7 @@ class _Planner:
         x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
             else self.activation(in_name)
         grid = out.grid
-        rounding = self.mode == "float32" and grid is not None and op.kind != "pad"
+        rounding = self.mode == "float32" and grid is not None and op.kind not in PASS_THROUGH
         y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if widened else out_name)
         if rounding:
             self.acts[y_name] = _Act(y_name, out.shape)
@@ -720,6 +741,10 @@ class _Planner:
         elif op.kind == "pad":
             paddings = self.const(f"{out_name}/paddings", np.asarray([(0, 0), *op.paddings, (0, 0)], np.int32), "int32")
             self.op("PAD", [x, paddings], [y], ("PadOptions", {}))
+        elif op.kind == "resize":  # nearest, integer factors: output pixel i reads input floor(i / factor)
+            size = self.const(f"{out_name}/size", np.asarray(out.shape[:2], np.int32), "int32")
+            self.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [y], ("ResizeNearestNeighborOptions", dict(
+                alignCorners=False, halfPixelCenters=False)))
         elif op.kind == "affine":
             w, b = params
             self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(

@@ -33,10 +33,12 @@ def _interpreter(model_bytes: bytes, kernels: str = "builtin", preserve: bool = 
 
 
 class Runner:
-    """Batch inference of a one-input/one-output TFLite model with LiteRT.
+    """Batch inference of a one-input TFLite model with LiteRT.
 
     Float images go in, float outputs come out: an int8 input is quantized with
-    the model's input scale/zero point, an int8 output dequantized.
+    the model's input scale/zero point, an int8 output dequantized. A model with one
+    output gives one array; a model with several (a detector's per-level tensors) a
+    list of arrays in the model's output order (:meth:`outputs`).
     """
 
     def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin", preserve: bool = False):
@@ -48,7 +50,8 @@ class Runner:
         self.interpreter.resize_tensor_input(inp["index"], [batch_size] + list(inp["shape"][1:]))
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output_details = self.interpreter.get_output_details()  # in the model's output order
+        self.output = self.output_details[0]
 
     def quantize(self, x):
         if self.input["dtype"] not in (np.int8, np.int16):
@@ -58,7 +61,11 @@ class Runner:
         return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(self.input["dtype"])
 
     def raw(self, images):
-        """The raw output tensor (int8 codes for an int8 model)."""
+        """The raw output tensor (int8 codes for an int8 model); the first output of a multi-output model."""
+        return self.raw_outputs(images)[0]
+
+    def raw_outputs(self, images) -> list:
+        """Every raw output tensor, in the model's output order."""
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size]
@@ -67,8 +74,8 @@ class Runner:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
             self.interpreter.set_tensor(self.input["index"], self.quantize(batch))
             self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self.output["index"])[:n].copy())
-        return np.concatenate(out)
+            out.append([self.interpreter.get_tensor(d["index"])[:n].copy() for d in self.output_details])
+        return [np.concatenate(arrays) for arrays in zip(*out)]
 
     def tensor(self, name: str):
         """The stored codes of an intermediate tensor after the last batch (needs ``preserve=True``)."""
@@ -76,12 +83,23 @@ class Runner:
             raise KeyError(f"No tensor {name!r} in the model; it has {len(self.tensors)} tensors.")
         return self.interpreter.get_tensor(self.tensors[name]).copy()
 
+    def outputs(self, images) -> list:
+        """Every output, dequantized, in the model's output order."""
+        return [dequantize(raw, detail) for raw, detail in
+                zip(self.raw_outputs(np.asarray(images, np.float32)), self.output_details)]
+
     def __call__(self, images):
-        raw = self.raw(np.asarray(images, np.float32))
-        if self.output["dtype"] not in (np.int8, np.int16):
-            return raw.astype(np.float32)
-        scale, zp = self.output["quantization"]
-        return (raw.astype(np.float32) - zp) * scale
+        """The dequantized output (one output), or the list of them (several)."""
+        out = self.outputs(images)
+        return out[0] if len(out) == 1 else out
+
+
+def dequantize(raw, detail) -> np.ndarray:
+    """Float values of an output tensor's ``raw`` codes (``detail``: its LiteRT details)."""
+    if detail["dtype"] not in (np.int8, np.int16):
+        return raw.astype(np.float32)
+    scale, zp = detail["quantization"]
+    return (raw.astype(np.float32) - zp) * scale
 
 
 class MicroRunner(Runner):
@@ -101,15 +119,17 @@ class MicroRunner(Runner):
             return {"dtype": d["dtype"], "quantization": (float(q["scales"][0]), int(q["zero_points"][0]))}
 
         self.input = details(self.interpreter.get_input_details(0))
-        self.output = details(self.interpreter.get_output_details(0))
+        count = len(_model(model_bytes).subgraphs[0].outputs)
+        self.output_details = [details(self.interpreter.get_output_details(i)) for i in range(count)]
+        self.output = self.output_details[0]
 
-    def raw(self, images):
+    def raw_outputs(self, images) -> list:
         out = []
         for image in images:
             self.interpreter.set_input(self.quantize(image[None]), 0)
             self.interpreter.invoke()
-            out.append(np.array(self.interpreter.get_output(0))[0])
-        return np.stack(out)
+            out.append([np.array(self.interpreter.get_output(i))[0] for i in range(len(self.output_details))])
+        return [np.stack(arrays) for arrays in zip(*out)]
 
 
 def runner(model_bytes: bytes, runtime: str, batch_size: int = 250):
@@ -146,10 +166,14 @@ def int16_tensors(model_bytes: bytes) -> list:
 
 
 def io_types(model_bytes: bytes) -> dict:
+    """``{"input", "output"}`` type names (the first output's); with several outputs also ``"outputs"``."""
     m = _model(model_bytes)
     sub = m.subgraphs[0]
     name = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    return {"input": name[sub.tensors[sub.inputs[0]].type], "output": name[sub.tensors[sub.outputs[0]].type]}
+    types = {"input": name[sub.tensors[sub.inputs[0]].type], "output": name[sub.tensors[sub.outputs[0]].type]}
+    if len(sub.outputs) > 1:
+        types["outputs"] = [name[sub.tensors[i].type] for i in sub.outputs]
+    return types
 
 
 def grid_check(model_bytes: bytes, plan) -> list:
@@ -223,19 +247,40 @@ def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes
     Returns a JSON-able dict: argmax agreement (per runtime), top-1 of both (with labels),
     max |logit difference| (all logits and the winning logit), ops, float
     tensors, I/O types, the per-layer grid check (with ``plan``, from :func:`convert`), sizes and
-    latencies (with ``float_bytes``, the float32 TFLite of the same F).
+    latencies (with ``float_bytes``, the float32 TFLite of the same F). For an F with several outputs (a
+    detector) every output is compared instead (:func:`output_agreement`, per output and runtime);
+    ``labels`` are then not used.
     """
+    return _verify(model_bytes, f, images, labels, plan=plan, float_bytes=float_bytes, latency_runs=latency_runs,
+                   runtimes=runtimes, micro_images=micro_images)[0]
+
+
+def _verify(model_bytes, f, images, labels, *, plan, float_bytes, latency_runs, runtimes, micro_images,
+            batch_size=250):
+    """:func:`verify`'s report, F's outputs and ``{runtime: the TFLite model's outputs}`` (dequantized)."""
     images = np.asarray(images, np.float32)
-    ref = np.asarray(f.predict(images, batch_size=250, verbose=0))
-    batch = max(1, min(250, len(images)))  # a runner holds buffers for its whole batch
-    runner_out = Runner(model_bytes, batch_size=batch)(images)
-    win = ref.argmax(axis=1)
-    agreement = {"builtin": float(np.mean(runner_out.argmax(axis=1) == win))}
-    for runtime in runtimes:
-        if runtime not in agreement:
+    ref = f.predict(images, batch_size=batch_size, verbose=0)
+    batch = max(1, min(batch_size, len(images)))  # a runner holds buffers for its whole batch
+    outs, details = {}, None
+    for runtime in ("builtin",) + tuple(r for r in runtimes if r != "builtin"):
+        if runtime not in outs:
             count = len(images) if runtime != "micro" else min(len(images), micro_images)
-            out = runner(model_bytes, runtime, batch_size=batch)(images[:count])
-            agreement[runtime] = float(np.mean(out.argmax(axis=1) == win[:count]))
+            run = runner(model_bytes, runtime, batch_size=batch)
+            outs[runtime], details = run.outputs(images[:count]), run.output_details
+    if isinstance(ref, (list, tuple)):  # several outputs: each compared
+        ref = [np.asarray(r) for r in ref]
+        names = list(getattr(f, "output_names", None) or [f"output_{i}" for i in range(len(ref))])
+        if len(details) != len(ref):
+            raise ValueError(f"F has {len(ref)} outputs, the TFLite model {len(details)}; export F itself.")
+        report = {"images": int(len(images)), "outputs": names,
+                  **output_agreement(ref, outs, details, names),  # TensorFlow Lite Micro: the first micro_images
+                  **_model_facts(model_bytes)}
+        _plan_and_size(report, model_bytes, plan, float_bytes, latency_runs, images.shape[1:])
+        return report, ref, outs
+    ref = np.asarray(ref)
+    runner_out = outs["builtin"][0]
+    win = ref.argmax(axis=1)
+    agreement = {runtime: float(np.mean(out[0].argmax(axis=1) == win[:len(out[0])])) for runtime, out in outs.items()}
     report = {
         "images": int(len(images)),
         "kernels": "builtin (TFLite's optimized kernels, bit-identical to the reference kernels)",
@@ -244,17 +289,53 @@ def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes
         "agreement_per_runtime": agreement,  # images: all, TensorFlow Lite Micro: the first micro_images
         "max_abs_logit_diff": float(np.abs(runner_out - ref).max()),
         "max_abs_winning_logit_diff": float(np.abs(runner_out[np.arange(len(win)), win] - ref.max(axis=1)).max()),
-        "ops": model_ops(model_bytes),
-        "float_tensors": float_tensors(model_bytes),
-        "int16_tensors": len(int16_tensors(model_bytes)),
-        "io_types": io_types(model_bytes),
-        "size_bytes": len(model_bytes),
+        **_model_facts(model_bytes),
     }
     if labels is not None:
         labels = np.asarray(labels)
         report["top1_tflite"] = float(np.mean(runner_out.argmax(axis=1) == labels))
         report["top1_keras"] = float(np.mean(win == labels))
         report["top1_diff_pt"] = 100.0 * (report["top1_tflite"] - report["top1_keras"])
+    _plan_and_size(report, model_bytes, plan, float_bytes, latency_runs, images.shape[1:])
+    return report, [ref], outs
+
+
+def output_agreement(ref, outs, details, names) -> dict:
+    """Per output and runtime, the TFLite outputs ``outs`` (``{runtime: [arrays]}``, dequantized, on the
+    first images) against F's ``ref`` (one array per output): ``agreement_per_output`` (the share of
+    values whose integer code is F's value rounded to the output's scale and zero point: 1.0 means
+    every code is F's, rounded), ``max_abs_diff_per_output`` (and in output steps) and
+    ``mean_abs_diff_per_output``."""
+    agreement, diff, steps, mean = {}, {}, {}, {}
+    for j, name in enumerate(names):
+        agreement[name], diff[name], steps[name], mean[name] = {}, {}, {}, {}
+        detail = details[j]
+        quantized = detail["dtype"] in (np.int8, np.int16)
+        scale, zp = detail["quantization"] if quantized else (1.0, 0)
+        for runtime, out in outs.items():
+            f_val = ref[j][:len(out[j])].astype(np.float64)
+            t_val = out[j].astype(np.float64)
+            d = np.abs(t_val - f_val)
+            diff[name][runtime] = float(d.max(initial=0.0))
+            mean[name][runtime] = float(d.mean()) if d.size else 0.0
+            if quantized:
+                info = np.iinfo(detail["dtype"])
+                f_code = np.clip(np.round(f_val / scale) + zp, info.min, info.max)
+                agreement[name][runtime] = float(np.mean(np.round(t_val / scale) + zp == f_code))
+                steps[name][runtime] = float(d.max(initial=0.0) / scale)
+            else:
+                agreement[name][runtime] = float(np.mean(d <= 1e-5 * np.maximum(1.0, np.abs(f_val))))
+    return {"agreement_per_output": agreement, "max_abs_diff_per_output": diff,
+            "max_abs_diff_steps_per_output": steps, "mean_abs_diff_per_output": mean}
+
+
+def _model_facts(model_bytes: bytes) -> dict:
+    return {"ops": model_ops(model_bytes), "float_tensors": float_tensors(model_bytes),
+            "int16_tensors": len(int16_tensors(model_bytes)), "io_types": io_types(model_bytes),
+            "size_bytes": len(model_bytes)}
+
+
+def _plan_and_size(report, model_bytes, plan, float_bytes, latency_runs, shape):
     if plan is not None:
         report["grid_check"] = grid_check(model_bytes, plan)
         report["exact_activation_tensors"] = sum(t.grid is not None for t in plan.graph.tensors.values())
@@ -263,10 +344,41 @@ def verify(model_bytes: bytes, f, images, labels=None, *, plan=None, float_bytes
         report["float32_size_bytes"] = len(float_bytes)
         report["size_ratio"] = len(model_bytes) / len(float_bytes)
         if latency_runs:
-            shape = images.shape[1:]
             for kernels in ("builtin", "xnnpack"):
                 report[f"latency_ms_int8_{kernels}"] = latency_ms(model_bytes, shape, latency_runs, kernels)
                 report[f"latency_ms_float32_{kernels}"] = latency_ms(float_bytes, shape, latency_runs, kernels)
+
+
+def verify_detector(model_bytes: bytes, f, images, gt_boxes, gt_labels, anchors, num_classes: int, *,
+                    batch_size: int = 8, detect_kwargs=None, **verify_kwargs) -> dict:
+    """:func:`verify` of a detector's TFLite model (every output compared), plus the COCO AP, AP50 and AP75
+    of F and of the TFLite model under each runtime on the same images: ``report["ap"] = {"keras": ...,
+    runtime: ...}`` (the runtimes of ``verify_kwargs``). The same decoding and NMS
+    (:func:`agq_keras.detection.postprocess.detect`, outside the model) run on F's outputs and on the
+    TFLite model's dequantized outputs; TFLite's ``TFLite_Detection_PostProcess`` (a custom op) is not in
+    the model. ``detect_kwargs``: score and IoU thresholds of :func:`~agq_keras.detection.postprocess.detect`;
+    ``batch_size``: images per invoke (small: a detector's image-reading conv with input repeats needs a
+    large im2col buffer, which LiteRT caps at 2^31 elements)."""
+    from agq_keras.detection import evaluation
+
+    images = np.asarray(images, np.float32)
+    report, ref, outs = _verify(model_bytes, f, images, None, plan=verify_kwargs.pop("plan", None),
+                                float_bytes=verify_kwargs.pop("float_bytes", None),
+                                latency_runs=verify_kwargs.pop("latency_runs", 0),
+                                runtimes=verify_kwargs.pop("runtimes", ("builtin", "xnnpack")),
+                                micro_images=verify_kwargs.pop("micro_images", 1000), batch_size=batch_size)
+    if verify_kwargs:
+        raise TypeError(f"verify_detector() got unexpected arguments {sorted(verify_kwargs)}.")
+    gt_boxes, gt_labels = np.asarray(gt_boxes), np.asarray(gt_labels)
+
+    def ap(outputs):
+        n = len(outputs[0])
+        return evaluation.evaluate_outputs(outputs, gt_boxes[:n], gt_labels[:n], anchors, num_classes,
+                                           images.shape[1:3], batch_size=batch_size, **(detect_kwargs or {}))
+
+    report["ap"] = {"keras": ap(ref), **{runtime: ap(out) for runtime, out in outs.items()}}
+    report["postprocess"] = ("decode + NMS outside the model (agq_keras.detection.postprocess.detect on the "
+                             "dequantized outputs); TFLite_Detection_PostProcess (a custom op) is not used")
     return report
 
 
