@@ -350,10 +350,12 @@ def _plan_and_size(report, model_bytes, plan, float_bytes, latency_runs, shape):
 
 
 def verify_detector(model_bytes: bytes, f, images, gt_boxes, gt_labels, anchors, num_classes: int, *,
-                    batch_size: int = 8, detect_kwargs=None, **verify_kwargs) -> dict:
+                    plan=None, float_bytes: bytes | None = None, latency_runs: int = 0,
+                    runtimes=("builtin", "xnnpack"), micro_images: int = 1000, batch_size: int = 8,
+                    detect_kwargs=None) -> dict:
     """:func:`verify` of a detector's TFLite model (every output compared), plus the COCO AP, AP50 and AP75
     of F and of the TFLite model under each runtime on the same images: ``report["ap"] = {"keras": ...,
-    runtime: ...}`` (the runtimes of ``verify_kwargs``). The same decoding and NMS
+    runtime: ...}`` (``runtimes``, as in :func:`verify`). The same decoding and NMS
     (:func:`agq_keras.detection.postprocess.detect`, outside the model) run on F's outputs and on the
     TFLite model's dequantized outputs; TFLite's ``TFLite_Detection_PostProcess`` (a custom op) is not in
     the model. ``detect_kwargs``: score and IoU thresholds of :func:`~agq_keras.detection.postprocess.detect`;
@@ -362,13 +364,9 @@ def verify_detector(model_bytes: bytes, f, images, gt_boxes, gt_labels, anchors,
     from agq_keras.detection import evaluation
 
     images = np.asarray(images, np.float32)
-    report, ref, outs = _verify(model_bytes, f, images, None, plan=verify_kwargs.pop("plan", None),
-                                float_bytes=verify_kwargs.pop("float_bytes", None),
-                                latency_runs=verify_kwargs.pop("latency_runs", 0),
-                                runtimes=verify_kwargs.pop("runtimes", ("builtin", "xnnpack")),
-                                micro_images=verify_kwargs.pop("micro_images", 1000), batch_size=batch_size)
-    if verify_kwargs:
-        raise TypeError(f"verify_detector() got unexpected arguments {sorted(verify_kwargs)}.")
+    report, ref, outs = _verify(model_bytes, f, images, None, plan=plan, float_bytes=float_bytes,
+                                latency_runs=latency_runs, runtimes=runtimes, micro_images=micro_images,
+                                batch_size=batch_size)
     gt_boxes, gt_labels = np.asarray(gt_boxes), np.asarray(gt_labels)
 
     def ap(outputs):
