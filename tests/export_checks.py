@@ -232,9 +232,11 @@ def build(kind, bits):
 
 class Family(dict):
     """{(kind, bits): F}, trained on first use (a test marked slow costs nothing when deselected): the
-    2-bit net of ``kind`` trains one epoch on ``x`` (batch 32); another width (or another kind, e.g.
-    "plain_edge8") starts from its weights (by layer name) and trains 20 more steps (so its BatchNorm
-    statistics fit its grid)."""
+    2-bit net of ``kind`` trains one epoch on ``x`` (batch 32). Another width of the same kind starts
+    from its weights (by layer name) and re-estimates its BatchNorm statistics on 20 batches of 32 (so
+    they fit its grid: the nets of one kind hold no quantizer state, and a forward pass costs a fraction
+    of tracing a training step); another kind (e.g. "plain_edge8", whose int8 head learns its logits'
+    range) trains 20 more steps instead."""
 
     def __init__(self, x, y, kind):
         super().__init__()
@@ -251,7 +253,14 @@ class Family(dict):
 
             f = build(other, bits)
             load_by_name(self[base], f)
-            f = train(f, self.x[:640], self.y[:640], epochs=1)
+            if other == self.kind:
+                import tensorflow as tf
+
+                from agq_keras.training.callbacks import reestimate_batch_norm
+
+                reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(self.x[:640]).batch(32), 20)
+            else:
+                f = train(f, self.x[:640], self.y[:640], epochs=1)
         self[key] = f
         return f
 

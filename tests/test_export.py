@@ -31,8 +31,17 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """{("plain", bits): F}: 2-bit trained 50 steps, 1/3/4/8-bit from its weights + 20 steps (on use)."""
+    """{("plain", bits): F}: 2-bit trained 50 steps, 1/3/4/8-bit from its weights with re-estimated
+    BatchNorm statistics, plain_edge8 from its weights + 20 steps (on use)."""
     return Family(data[0], data[1], "plain")
+
+
+@pytest.fixture(scope="module")
+def converted(trained, data):
+    """The default export of the 2-bit plain F, calibrated on CALIB images: (model bytes, plan, notes).
+    The conversion is deterministic (test_export_residual.test_conversion_is_deterministic), so the tests
+    that read this export share one."""
+    return export.convert(trained[("plain", 2)], data[0][:CALIB])
 
 
 # On 500 test images every disagreement with F is explained by a float32 tie in F or by the head's
@@ -53,7 +62,7 @@ def test_int8_model_matches_f(trained, data, kind, bits):
     check_grid(f, report, bits)
 
 
-def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
+def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data, converted):
     """first_last_bits=8: the stem's and the classifier's per-channel int8 weights are stored as they are
     (no repeated input for the classifier, no wide codes; the stem repeats the image until its thresholds
     are exact on every runtime), the head is F's integer head (check_int8_head: the pool a proven
@@ -73,7 +82,7 @@ def test_8bit_first_and_last_layers_export_as_plain_int8(trained, data):
     assert pooled.kind == "mean" and plan.tensor(pooled.output).quant == \
         type(plan.tensor(pooled.output).quant)((float(grid.step),), (127 - grid.levels,), 0)
     export_checks.check_int8_head(f, model, plan, xt[:20])
-    assert len(model) < len(export.convert(trained[("plain", 2)], x[:CALIB])[0])
+    assert len(model) < len(converted[0])
     check_explained(f, model, plan, xt[:TEST])
 
 
@@ -123,7 +132,7 @@ def test_plain_2bit_agreement_on_5k_test_images(trained, data):
     check_explained(f, model, plan, xt[:5000], body_images=0)
 
 
-def test_int16_head_option(trained, data):
+def test_int16_head_option(trained, data, converted):
     """head_bits=16: the last feature map and the pooled features are int16 (16x8 kernels, then a
     QUANTIZE to the int8 logits); int8 I/O holds and every disagreement is explained; bad values say so."""
     f, x, xt, yt = trained[("plain", 2)], data[0][:CALIB], data[2][:TEST], data[3][:TEST]
@@ -131,15 +140,14 @@ def test_int16_head_option(trained, data):
     report = export.verify(model, f, xt[:100], yt[:100], plan=plan, latency_runs=0)
     assert report["int16_tensors"] > 0 and report["io_types"] == {"input": "INT8", "output": "INT8"}
     check_explained(f, model, plan, xt, body_images=0)
-    assert verify_module.int16_tensors(export.convert(f, x)[0]) == []  # the default plain model stays int8
+    assert verify_module.int16_tensors(converted[0]) == []  # the default plain model stays int8
     with pytest.raises(ValueError, match="head_bits=4 is not supported"):
         export.convert(f, x, head_bits=4)
 
 
-def test_weight_codes_are_dorefa_grid(trained, data):
+def test_weight_codes_are_dorefa_grid(converted):
     """Read the int8 codes back: per channel they are m * {±1, ±3} (2-bit DoReFa)."""
-    f = trained[("plain", 2)]
-    model, plan, _ = export.convert(f, data[0][:CALIB])
+    model, plan, _ = converted
     flat = verify_module._model(model)
     sub = flat.subgraphs[0]
     name = "stage2_block1_conv1/weights"
@@ -161,8 +169,8 @@ def test_trainer_exports_f(data):
     assert model == export.convert(trainer.f, data[0][:64])[0]
 
 
-def test_edgetpu_check_and_c_array(trained, data, tmp_path):
-    model = export.convert(trained[("plain", 2)], data[0][:CALIB])[0]
+def test_edgetpu_check_and_c_array(converted, tmp_path):
+    model = converted[0]
     report = export.edgetpu_report(model)
     assert report["all_mappable"] and report["unsupported"] == []
     assert "not run" in report["compiler"]
@@ -183,10 +191,10 @@ def test_edgetpu_check_and_c_array(trained, data, tmp_path):
         export.c_array(model, "1bad")
 
 
-def test_tflite_micro_runs_the_model(trained, data):
+def test_tflite_micro_runs_the_model(converted, data):
     runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
                                   reason="PyPI tflite-micro is optional (pip install tflite-micro)")
-    model = export.convert(trained[("plain", 2)], data[0][:CALIB])[0]
+    model = converted[0]
     micro = runtime.Interpreter.from_bytes(model, arena_size=8_000_000)
     lite = export.Runner(model, batch_size=1)
     for image in data[2][:20]:
@@ -297,7 +305,7 @@ def test_export_never_outgrows_its_float32_twin(data):
         export.convert(f, x, max_replicas=259)
 
 
-def test_packed_weights_are_int4_with_the_same_codes(trained, data):
+def test_packed_weights_are_int4_with_the_same_codes(trained, data, converted):
     """weights="packed": the k-bit convs store packed INT4 codes (two per byte, low nibble first), which every
     LiteRT resolver and TensorFlow Lite Micro read as the same codes as int8 storage of the same plan; the
     grid check reads them back on F's grid; the file is smaller. (Exactness is lower: ±7 codes leave
@@ -319,6 +327,6 @@ def test_packed_weights_are_int4_with_the_same_codes(trained, data):
         assert np.array_equal(export.runner(model, runtime)(xt[:n]), export.runner(twin, runtime)(xt[:n]))
     report = export.verify(model, f, xt, plan=plan, latency_runs=0)
     assert all(r["on_grid"] for r in report["grid_check"])
-    assert len(model) < len(twin) < len(export.convert(f, x)[0]) + 1
+    assert len(model) < len(twin) < len(converted[0]) + 1
     with pytest.raises(ValueError, match=r"weights='int2' is not supported; allowed: int8, packed"):
         export.convert(f, x, weights="int2")

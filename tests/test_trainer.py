@@ -106,14 +106,23 @@ def test_fit_traces_once_and_logs_f_and_h():
     assert np.isfinite(history.history["h_loss"]).all()
 
 
-def test_evaluate_and_predict_use_f_only():
-    t = make_trainer()
+@pytest.fixture(scope="module")
+def fitted():
+    """A plain trainer (aux_lambda=0.5) after one epoch on batch(32), and that batch: shared by the tests
+    that only read it (predict, evaluate, save), so that its training step is traced once."""
+    keras.utils.set_random_seed(1234)  # module fixtures are set up before the per-test seed
+    t = make_trainer(aux_lambda=0.5)
     t.compile()
     x, y = batch(32)
     t.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return t, x, y
+
+
+def test_evaluate_and_predict_use_f_only(fitted):
+    t, x, y = fitted
     np.testing.assert_allclose(t.predict(x, verbose=0), t.f.predict(x, verbose=0), rtol=1e-6)
     logs = t.evaluate(x, y, verbose=0, return_dict=True)
-    f = t.f
+    f = keras.Model(t.f.inputs, t.f.outputs)  # F's layers and weights, compiled apart (t.f stays as it was)
     f.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     ref = f.evaluate(x, y, verbose=0, return_dict=True)
     assert logs["loss"] == pytest.approx(ref["loss"], rel=1e-5)
@@ -136,11 +145,8 @@ def test_f_saves_alone_without_any_trace_of_h(tmp_path):
     assert len(loaded.weights) == len(t.f.weights)
 
 
-def test_trainer_round_trips_through_keras_file_with_sharing(tmp_path):
-    t = make_trainer(aux_lambda=0.5)
-    t.compile()
-    x, y = batch(32)
-    t.fit(x, y, batch_size=16, epochs=1, verbose=0)
+def test_trainer_round_trips_through_keras_file_with_sharing(fitted, tmp_path):
+    t, x, _ = fitted
     path = str(tmp_path / "trainer.keras")
     t.save(path)
     loaded = keras.saving.load_model(path)
