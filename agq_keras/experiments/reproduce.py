@@ -662,22 +662,16 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
               "| Network | Method | Quantizer | W/A bits | Seeds | Epochs | Top-1 (%) | Top-1 raw (%) | Top-5 (%) "
               "| F train loss | Swing (pt) | Time / run (min) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arch in sorted({a for a, _ in groups}):
-        for method, label in METHODS:
-            gs = groups.get((arch, method))
-            if not gs:
-                continue
-            w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
-            minutes = f"{statistics.fmean(w) / 60:.1f}" if w else "n/a"
-            sw = [swing(g["val_top1"]) for g in gs]
-            sr = [swing(g["raw_val_top1"]) for g in gs]
-            sw_text = (f"{statistics.fmean(sw):.2f} / {statistics.fmean(sr):.2f}"
-                       if None not in sw and None not in sr else "n/a")
-            bits = "/".join(str(b) for b in gs[0]["bits"])
-            lines.append(f"| {arch} | {label} | {gs[0]['quantizer']} | {bits} | {len(gs)} | {gs[0]['epochs']} | "
-                         f"{_fmt(g['top1'] for g in gs)} | {_fmt(g['raw_top1'] for g in gs)} | "
-                         f"{_fmt(g['top5'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | {sw_text} | "
-                         f"{minutes} |")
+    for arch, label, gs, minutes in _arms(groups):
+        sw = [swing(g["val_top1"]) for g in gs]
+        sr = [swing(g["raw_val_top1"]) for g in gs]
+        sw_text = (f"{statistics.fmean(sw):.2f} / {statistics.fmean(sr):.2f}"
+                   if None not in sw and None not in sr else "n/a")
+        bits = "/".join(str(b) for b in gs[0]["bits"])
+        lines.append(f"| {arch} | {label} | {gs[0]['quantizer']} | {bits} | {len(gs)} | {gs[0]['epochs']} | "
+                     f"{_fmt(g['top1'] for g in gs)} | {_fmt(g['raw_top1'] for g in gs)} | "
+                     f"{_fmt(g['top5'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | {sw_text} | "
+                     f"{minutes} |")
     lines += ["", "## Convergence (like the paper's Fig. 3)", "", f"![F test top-1 per epoch]({png_name})", ""]
     if detectors:
         lines += render_detection(detectors)
@@ -711,18 +705,24 @@ def render_detection(groups: dict) -> list[str]:
         lines.append("")
     lines += ["| Network | Method | W/A bits | Seeds | Epochs | AP | AP50 | AP75 | F train loss | H's AP | "
               "Time / run (min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arch, label, gs, minutes in _arms(groups):
+        h = [g["h_ap"] for g in gs if g["h_ap"] is not None]
+        lines.append(f"| {arch} | {label} | {'/'.join(str(b) for b in gs[0]['bits'])} | {len(gs)} | "
+                     f"{gs[0]['epochs']} | {_fmt(g['ap'] for g in gs)} | {_fmt(g['ap50'] for g in gs)} | "
+                     f"{_fmt(g['ap75'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | "
+                     f"{_fmt(h) if h else '—'} | {minutes} |")
+    return lines + [""]
+
+
+def _arms(groups: dict):
+    """``(network, method label, its runs, mean wall time per run in min or "n/a")`` of every arm with
+    finished runs, in the tables' order."""
     for arch in sorted({a for a, _ in groups}):
         for method, label in METHODS:
             gs = groups.get((arch, method))
-            if not gs:
-                continue
-            w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
-            h = [g["h_ap"] for g in gs if g["h_ap"] is not None]
-            lines.append(f"| {arch} | {label} | {'/'.join(str(b) for b in gs[0]['bits'])} | {len(gs)} | "
-                         f"{gs[0]['epochs']} | {_fmt(g['ap'] for g in gs)} | {_fmt(g['ap50'] for g in gs)} | "
-                         f"{_fmt(g['ap75'] for g in gs)} | {_fmt((g['train_loss'] for g in gs), 4)} | "
-                         f"{_fmt(h) if h else '—'} | {f'{statistics.fmean(w) / 60:.1f}' if w else 'n/a'} |")
-    return lines + [""]
+            if gs:
+                w = [g["wall_s"] for g in gs if g["wall_s"] is not None]
+                yield arch, label, gs, f"{statistics.fmean(w) / 60:.1f}" if w else "n/a"
 
 
 README_MARKERS = ("<!-- evidence:start -->", "<!-- evidence:end -->")
