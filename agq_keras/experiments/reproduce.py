@@ -164,6 +164,15 @@ def _scaled(epoch: int, base_epochs: int, epochs: int) -> int:
     return max(1, min(epochs, round(epoch * epochs / base_epochs)))
 
 
+def _reschedule(c, epochs: int, doubled: bool) -> int:
+    """Set ``c.epochs`` to ``epochs`` (0: the config's own), twice that for a compute-matched run, and
+    rescale its learning-rate decay epochs; returns the config's own epoch count."""
+    base = c.epochs
+    c.epochs = (epochs or base) * (2 if doubled else 1)
+    c.lr_decay_epochs = tuple(sorted({_scaled(e, base, c.epochs) for e in c.lr_decay_epochs}))
+    return base
+
+
 def make_config(run: Run, workdir: str, *, record: str | None = None, train_subset: int = 15000,
                 test_subset: int = 0, epochs: int = 0, verbose: int = 2, data_dir: str = ""):
     """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant (plus the method's
@@ -183,11 +192,8 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
         c = fmnist.get_config(f"{run.arch}_{_FMNIST_METHOD[run.method]}")
     for key, value in _OVERRIDES.get(run.method, {}).items():
         c[key] = value
-    base = c.epochs
-    target = (epochs or base) * (2 if run.method == "plain_2x" else 1)
-    c.lr_decay_epochs = tuple(sorted({_scaled(e, base, target) for e in c.lr_decay_epochs}))
-    c.ssp_decay_epoch = _scaled(c.ssp_decay_epoch, base, target)
-    c.epochs = target
+    base = _reschedule(c, epochs, run.method == "plain_2x")
+    c.ssp_decay_epoch = _scaled(c.ssp_decay_epoch, base, c.epochs)
     c.train_subset, c.test_subset = _check_int("train_subset", train_subset, 0), _check_int("test_subset",
                                                                                             test_subset, 0)
     c.seed, c.verbose, c.pretrain_epochs, c.data_dir = run.seed, verbose, 0, data_dir
@@ -208,10 +214,7 @@ def _detection_config(run: Run, *, epochs: int, verbose: int, data_dir: str):
     c = detection.get_config(f"{backbone}_{run.method.removesuffix('_2x')}")
     for key, value in DETECTION_BUDGET.items():
         c[key] = value
-    base = c.epochs
-    target = (epochs or base) * (2 if run.method.endswith("_2x") else 1)
-    c.lr_decay_epochs = tuple(sorted({_scaled(e, base, target) for e in c.lr_decay_epochs}))
-    c.epochs = target
+    _reschedule(c, epochs, run.method.endswith("_2x"))
     c.seed, c.verbose, c.data_dir = run.seed, verbose, data_dir
     return c
 
