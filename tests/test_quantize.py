@@ -6,7 +6,7 @@ import pytest
 import keras
 
 import agq_keras
-from agq_keras import quantizers, structure
+from agq_keras import structure
 from agq_keras.auxiliary import attach
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.models.quantize import quantize
