@@ -378,27 +378,22 @@ def load_results(*folders) -> dict:
                 rec = json.load(fh)
             r = Run(**rec["run"])
             history, config = m.get("history", {}), m.get("config", {})
+            run = {"seed": r.seed, "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
+                   "epochs": m.get("epochs"), "quantizer": config.get("quantizer"),
+                   "bits": (config.get("w_bits"), config.get("a_bits")), "wall_s": rec.get("wall_s")}
             if "AP" in m["f"]:  # a detector
-                groups.setdefault((r.arch, r.method), []).append({
-                    "seed": r.seed, "ap": 100 * m["f"]["AP"], "ap50": 100 * m["f"]["AP50"],
-                    "ap75": 100 * m["f"]["AP75"], "h_ap": 100 * m["h"]["AP"] if "h" in m else None,
-                    "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
-                    "epochs": m.get("epochs"), "quantizer": config.get("quantizer"),
-                    "bits": (config.get("w_bits"), config.get("a_bits")),
-                    "train_canvases": config.get("train_canvases"), "test_images": m.get("test_images"),
-                    "wall_s": rec.get("wall_s")})
-                continue
-            raw = m.get("f_raw", m["f"])
-            groups.setdefault((r.arch, r.method), []).append({
-                "seed": r.seed, "top1": 100 * m["f"]["top1"], "top5": 100 * m["f"]["top5"],
-                "raw_top1": 100 * raw["top1"],
-                "train_loss": history["loss"][-1] if history.get("loss") else float("nan"),
-                "val_top1": [100 * a for a in history.get("val_accuracy", [])],
-                "raw_val_top1": [100 * a for a in history.get("raw_val_accuracy", history.get("val_accuracy", []))],
-                "epochs": m.get("epochs"), "quantizer": config.get("quantizer"),
-                "bits": (config.get("w_bits"), config.get("a_bits")), "bn_batches": config.get(
-                    "bn_reestimation_batches", 0), "train_subset": config.get("train_subset"),
-                "test_subset": config.get("test_subset"), "wall_s": rec.get("wall_s")})
+                run.update(ap=100 * m["f"]["AP"], ap50=100 * m["f"]["AP50"], ap75=100 * m["f"]["AP75"],
+                           h_ap=100 * m["h"]["AP"] if "h" in m else None,
+                           train_canvases=config.get("train_canvases"), test_images=m.get("test_images"))
+            else:
+                raw = m.get("f_raw", m["f"])
+                run.update(top1=100 * m["f"]["top1"], top5=100 * m["f"]["top5"], raw_top1=100 * raw["top1"],
+                           val_top1=[100 * a for a in history.get("val_accuracy", [])],
+                           raw_val_top1=[100 * a for a in history.get("raw_val_accuracy",
+                                                                       history.get("val_accuracy", []))],
+                           bn_batches=config.get("bn_reestimation_batches", 0),
+                           train_subset=config.get("train_subset"), test_subset=config.get("test_subset"))
+            groups.setdefault((r.arch, r.method), []).append(run)
     for gs in groups.values():
         gs.sort(key=lambda g: g["seed"])
     return groups
