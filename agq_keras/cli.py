@@ -5,7 +5,9 @@ unknown ``--config.KEY``, a ``--config`` that names no file, a bad value) prints
 exits 2; a user error raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or
 a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after
 the ``finally`` blocks of the atomic writers have removed their temporary files, so no partial output
-is left. :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
+is left. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
+function being traced), TensorFlow may re-raise it as another type, so the exit code comes from the
+signal that was received, not from the type of the exception that reaches :func:`run`. :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ class Terminated(SystemExit):
     """Raised in the main thread on SIGTERM, so cleanup code runs before the process exits."""
 
 
+_received: list = []  # the signals received since run() installed its handlers, in order
+
+
 def _on_sigterm(signum, frame):
+    _received.append(signal.SIGTERM)
     raise Terminated(SIGTERM_EXIT)
+
+
+def _on_sigint(signum, frame):
+    _received.append(signal.SIGINT)
+    raise KeyboardInterrupt
 
 
 def _one_line(err: BaseException) -> str:
@@ -79,6 +90,14 @@ def define_config_flag(name: str = "config", help_string: str = "A config file p
     return holder
 
 
+def _interrupted(signum) -> int:
+    if signum == signal.SIGTERM:
+        print("error: terminated (SIGTERM); no partial output was left.", file=sys.stderr)
+        return SIGTERM_EXIT
+    print("error: interrupted (Ctrl-C); no partial output was left.", file=sys.stderr)
+    return SIGINT_EXIT
+
+
 def run(main, user_errors: tuple = ()) -> None:
     """``absl.app.run(main)`` with one-line errors and exit codes (see the module docstring)."""
     from absl import app
@@ -86,16 +105,17 @@ def run(main, user_errors: tuple = ()) -> None:
     def guarded(argv):
         try:
             return main(argv)
-        except (ValueError, OSError, *user_errors) as err:
-            print(f"error: {_one_line(err)}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("error: interrupted (Ctrl-C); no partial output was left.", file=sys.stderr)
-            return SIGINT_EXIT
-        except Terminated:
-            print("error: terminated (SIGTERM); no partial output was left.", file=sys.stderr)
-            return SIGTERM_EXIT
+        except BaseException as err:  # noqa: BLE001 - sorted below; anything else is re-raised
+            if _received:  # the signal's exception, perhaps re-raised by TensorFlow as another type
+                return _interrupted(_received[0])
+            if isinstance(err, (KeyboardInterrupt, Terminated)):  # raised without a signal
+                return _interrupted(signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+            if isinstance(err, (ValueError, OSError, *user_errors)):
+                print(f"error: {_one_line(err)}", file=sys.stderr)
+                return 1
+            raise
 
+    _received.clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent ignored SIGINT
+    signal.signal(signal.SIGINT, _on_sigint)  # even where the parent ignored SIGINT
     app.run(guarded, flags_parser=_parse_flags)

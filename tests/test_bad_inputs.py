@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import keras
@@ -156,6 +157,30 @@ def test_sigterm_becomes_cleanup():
             time.sleep(5)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("sig,code,message", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+@pytest.mark.parametrize("reraise_as", [None, "RuntimeError", "ValueError"])
+def test_cli_exit_code_follows_the_signal(sig, code, message, reraise_as):
+    """The exit code and the one-line message come from the signal received, also when the code it
+    interrupted (TensorFlow tracing a function, in CI) re-raises its exception as another type."""
+    wrap = f"raise {reraise_as}('wrapped by the library') from err" if reraise_as else "raise"
+    program = textwrap.dedent(f"""
+        import os, signal, time
+        from agq_keras import cli
+        def main(argv):
+            try:
+                os.kill(os.getpid(), {int(sig)})
+                time.sleep(30)
+            except BaseException as err:
+                {wrap}
+        cli.run(main)
+        """)
+    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [f"error: {message}; no partial output was left."], result.stderr
 
 
 # -- scripts/train.py -------------------------------------------------------------------------------------------
