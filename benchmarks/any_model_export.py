@@ -11,8 +11,12 @@ training batch first: an untrained keras.applications net keeps its initial movi
     python3 benchmarks/any_model_export.py --out=/tmp/per_tensor.json --per_tensor=20 --only=MobileNetV2:4:4:8:8
 
 `--per_tensor=N` also compares, on N of the test images, every int8/int16 tensor the int8 model computes with F's
-value at the same place (the output of the last Keras layer its op implements, on the tensor's grid), in graph
-order, under the reference kernels: where F and the int8 model part, and how the difference grows.
+value at the same place (`agq_keras.export.tensor_agreement`: the output of the last Keras layer its op
+implements, on the tensor's grid), in graph order, under the reference kernels: where F and the int8 model part,
+and how the difference grows. `--only`
+takes any settings `app:w_bits:a_bits:first_last_bits:stream_bits` (`None` for a default). `--snap_bias` is an
+experiment: it moves F's folded BatchNorm biases onto whole accumulator units before the export
+(:func:`snap_biases`), which removes the int32 bias's rounding from the comparison.
 """
 
 from __future__ import annotations
@@ -24,42 +28,28 @@ import time
 import numpy as np
 
 
-def per_tensor(f, model: bytes, plan, images) -> list:
-    """Per op output tensor of the int8 model (graph order): the fraction of values whose stored code differs
-    from F's value at that place by more than half a step, and the largest difference (steps, and % of the
-    tensor's range). F's value is the output of the last Keras layer the op implements, rounded to the
-    tensor's k-bit grid where it has one (F's consumer rounds it there); a stream tensor's last layer is F's
-    own stream quantizer. A calibrated tensor (int16 for a float F tensor) is never exact: its int32 bias
-    alone moves it by up to half an accumulator unit, many int16 steps; read its largest difference as a
-    part of its range."""
-    import importlib
+def snap_biases(f) -> int:
+    """An experiment, not a fix: move F's BatchNorm betas so that each BatchNorm-folded conv reading a k-bit
+    grid has a folded bias that is a whole number of its accumulator units (input step x folded weight step,
+    per channel), which the int32 bias then holds exactly. Returns how many layers moved."""
+    from agq_keras.export import lower
 
-    import keras
-
-    verify = importlib.import_module("agq_keras.export.verify")
-    records = {t.name: t for t in plan.tensors}
-    ops = [op for op in plan.graph.ops if op.output in records and records[op.output].quant is not None]
-    codes = verify.tensor_codes(model, [op.output for op in ops], images, runtime="reference")
-    probe = keras.Model(f.inputs, [f.get_layer(op.layer.split("+")[-1]).output for op in ops])
-    rows = []
-    for op, value in zip(ops, probe.predict(images, verbose=0)):
-        record, tensor = records[op.output], plan.graph.tensors[op.output]
-        scale, zero = float(np.ravel(record.quant.scale)[0]), float(np.ravel(record.quant.zero_point)[0])
-        ours = (codes[op.output].astype(np.float64) - zero) * scale
-        ref = np.asarray(value, np.float64).reshape(ours.shape)
-        if tensor.grid is not None:
-            step, levels = tensor.grid
-            ref = step * np.clip(np.round(ref / step), 0, levels)
-        steps = np.abs(ours - ref) / scale
-        rows.append({"op": op.kind, "layers": op.layer, "dtype": record.dtype,
-                     "grid": "k-bit" if tensor.grid is not None else "stream" if tensor.stream_grid else "calibrated",
-                     "mismatch": float(np.mean(steps > 0.5 + 1e-6)), "max_steps": float(steps.max(initial=0)),
-                     "max_range": float(steps.max(initial=0)) / (32767 if record.dtype == "int16" else 255)})
-    return rows
+    graph = lower.lower(f)
+    moved = 0
+    for op in graph.ops:
+        src = graph.tensors[op.inputs[0]] if op.inputs else None
+        if op.kind not in ("conv", "dwconv") or not op.folded or src is None or src.grid is None:
+            continue
+        unit = src.grid[0] * op.steps
+        bn = f.get_layer(op.folded[-1])
+        shift = np.round(op.bias / unit) * unit - op.bias
+        bn.beta.assign((np.asarray(bn.beta, np.float64) + shift).astype("float32"))
+        moved += 1
+    return moved
 
 
 def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stream_bits, images: int, batch: int,
-            reestimate: bool, per_tensor_images: int = 0) -> dict:
+            reestimate: bool, per_tensor_images: int = 0, snap: bool = False) -> dict:
     import keras
     import tensorflow as tf
 
@@ -82,6 +72,7 @@ def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stre
     fit_s = time.time() - start
     if reestimate:
         reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(x).batch(batch), 1)
+    snapped = snap_biases(f) if snap else 0
     test = np.round(rng.random((images, size, size, 3)) * 255).astype("float32") / 255
     start = time.time()
     model, plan, notes = export.convert(f, x)
@@ -90,17 +81,29 @@ def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stre
     out = export.runner(model, "reference")(test)
     top2 = np.sort(ref, axis=1)[:, -2:]
     return {"app": app, "size": size, "w_bits": w_bits, "a_bits": a_bits, "first_last_bits": first_last_bits,
-            "stream_bits": stream_bits, "reestimate": reestimate, "images": images,
+            "stream_bits": stream_bits, "reestimate": reestimate, "snapped_layers": snapped, "images": images,
             "agreement_reference": float(np.mean(out.argmax(1) == ref.argmax(1))),
             "logit_std": float(ref.std(axis=1).mean()), "median_top2_gap": float(np.median(top2[:, 1] - top2[:, 0])),
             "ops": export.model_ops(model), "size_bytes": len(model), "fit_s": round(fit_s, 1),
             "convert_s": round(convert_s, 1), "notes": list(notes),
-            "per_tensor": per_tensor(f, model, plan, test[:per_tensor_images]) if per_tensor_images else []}
+            "per_tensor": export.tensor_agreement(model, f, plan, test[:per_tensor_images]) if per_tensor_images
+            else []}
 
 
 SETTINGS = [("MobileNetV2", 2, 2, None, None), ("MobileNetV2", 4, 4, 8, 8), ("MobileNetV2", 2, 2, 8, 8),
             ("ResNet50V2", 2, 2, None, None),
             ("ResNet50V2", 4, 4, 8, 8)]
+
+
+def _setting(text: str, parser) -> tuple:
+    """``app:w:a:first_last:stream`` (e.g. ``MobileNetV2:4:4:8:None``) as a SETTINGS tuple."""
+    parts = text.split(":")
+    try:
+        app, w, a, fl, stream = parts
+        return app, int(w), int(a), None if fl == "None" else int(fl), None if stream == "None" else int(stream)
+    except ValueError:
+        parser.error(f"--only: {text!r} is not app:w_bits:a_bits:first_last_bits:stream_bits (e.g. "
+                     f"MobileNetV2:4:4:8:None); the defaults: {', '.join(':'.join(map(str, s)) for s in SETTINGS)}")
 
 
 def main():
@@ -110,20 +113,19 @@ def main():
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--reestimate", action="store_true")
+    parser.add_argument("--snap_bias", action="store_true", help="an experiment: move F's BatchNorm betas so the "
+                        "folded biases are whole accumulator units (snap_biases) before the export")
     parser.add_argument("--per_tensor", type=int, default=0, help="images of the per-tensor comparison (0: none)")
     parser.add_argument("--only", default="", help="settings app:w:a:first_last:stream, comma-separated "
                         "('None' for a default); default: all of SETTINGS")
     args = parser.parse_args()
     settings = SETTINGS
     if args.only:
-        wanted = [tuple(part.split(":")) for part in args.only.split(",")]
-        settings = [s for s in SETTINGS if tuple(str(v) for v in s) in wanted]
-        if len(settings) != len(wanted):
-            parser.error(f"--only={args.only!r}: allowed settings are "
-                         f"{', '.join(':'.join(str(v) for v in s) for s in SETTINGS)}")
+        settings = [_setting(part, parser) for part in args.only.split(",")]
     results = []
     for app, w, a, fl, stream in settings:
-        row = measure(app, args.size, w, a, fl, stream, args.images, args.batch, args.reestimate, args.per_tensor)
+        row = measure(app, args.size, w, a, fl, stream, args.images, args.batch, args.reestimate, args.per_tensor,
+                      args.snap_bias)
         print(json.dumps({k: v for k, v in row.items() if k not in ("notes", "per_tensor")}), flush=True)
         for t in row["per_tensor"]:
             print(f"  {t['op']:7s} {t['layers'][:64]:64s} {t['grid']:10s} {t['dtype']:5s} "

@@ -55,6 +55,8 @@ flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (need
                   "classes keep F's order; no Edge TPU).")
 flags.DEFINE_enum("weights", "int8", ["int8", "packed"], "Weight storage: int8, or packed INT4 for the convs of "
                   "<= 4-bit grids (half the bytes; XNNPACK runs them on the builtin kernels; no Edge TPU).")
+flags.DEFINE_integer("per_tensor", 0, "--verify: also compare every integer tensor with F's value at the same "
+                     "place on this many test images (reference kernels; 0: skip); the rows go to <output>.json.")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
 
 
@@ -68,6 +70,9 @@ def main(argv):
     where = export.export_source(FLAGS.workdir, model=FLAGS.model, output=FLAGS.output, dataset=FLAGS.dataset,
                                   data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
                                   num_classes=FLAGS.num_classes)
+    if FLAGS.per_tensor < 0 or (FLAGS.per_tensor and not FLAGS.verify):
+        raise ValueError(f"--per_tensor={FLAGS.per_tensor}: allowed: 0 (skip), or a number of test images with "
+                         "--verify.")
     runtimes = tuple(r for r in FLAGS.runtimes.split(",") if r)
     bad = [r for r in runtimes if r not in export.RUNTIMES]
     if bad:
@@ -115,15 +120,23 @@ def main(argv):
         else:
             x, y = load_images("test", FLAGS.verify_images)
             report = export.verify(data, f, x, y, **kwargs)
+        if FLAGS.per_tensor > 0:
+            report["tensors"] = export.tensor_agreement(data, f, plan, x[:FLAGS.per_tensor])
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]
         export.save_atomic(json.dumps(report, indent=2).encode(), stem + ".json")
-        brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes")}
+        brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes", "tensors")}
         print(json.dumps(brief, indent=2))
         off = [r["layer"] for r in report["grid_check"] if not r["on_grid"]]
         print(f"grid check: {len(report['grid_check']) - len(off)}/{len(report['grid_check'])} layers exact"
               + (f"; not exact: {off}" if off else ""))
+        if "tensors" in report:
+            parted = [r for r in report["tensors"] if r["mismatch"] > 0 and r["grid"] != "calibrated"]
+            print(f"per tensor ({FLAGS.per_tensor} images, reference kernels): {len(report['tensors']) - len(parted)} "
+                  f"of {len(report['tensors'])} tensors hold F's codes or are calibrated"
+                  + (f"; the first to part: {parted[0]['tensor']} ({100 * parted[0]['mismatch']:.2f} % of its values "
+                     f"off)" if parted else ""))
         if detector:
             for name, ap in report["ap"].items():
                 print(f"AP {name:10s} {100 * ap['AP']:6.2f}  AP50 {100 * ap['AP50']:6.2f}  AP75 {100 * ap['AP75']:6.2f}"

@@ -293,8 +293,12 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
     "max_replicas 0": ("f", "f.tflite", ["--max_replicas=0"], r"max_replicas"),
     "unknown runtime": ("f", "f.tflite", ["--runtimes=builtin,gpu"],
                         r"--runtimes: gpu unknown; allowed: reference, builtin, xnnpack, micro"),
+    "per_tensor without verify": ("f", "f.tflite", ["--per_tensor=20"],
+                                  r"--per_tensor=20: allowed: 0 \(skip\), or a number of test images with --verify"),
+    "negative per_tensor": ("f", "f.tflite", ["--verify", "--per_tensor=-1"], r"--per_tensor=-1: allowed: 0"),
 }
-FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer", "unknown runtime"}
+FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer", "unknown runtime",
+               "per_tensor without verify"}
 
 
 def test_export_cli_workdir_must_be_a_run(tmp_path):

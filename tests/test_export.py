@@ -4,6 +4,7 @@ Residual nets: test_export_residual.py; LSQ / PACT / Bi-Real: test_export_quanti
 hold on any machine (tests/export_checks.py)."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -268,11 +269,16 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
     trained[("plain", 2)].save(path)
     out = tmp_path / "f.tflite"
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "export_tflite.py"), f"--model={path}", f"--output={out}",
-           "--verify", "--verify_images=300", "--calibration_images=200", "--latency_runs=3", "--c_array"]
+           "--verify", "--verify_images=300", "--calibration_images=200", "--latency_runs=3", "--c_array",
+           "--per_tensor=10"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.exists() and (tmp_path / "f.json").exists() and (tmp_path / "f.cc").exists()
     assert "argmax_agreement" in result.stdout
+    rows = json.loads((tmp_path / "f.json").read_text())["tensors"]  # --per_tensor: F's exact net, tensor by tensor
+    assert len(rows) > 20 and {r["grid"] for r in rows} >= {"k-bit"}
+    assert all(r["mismatch"] == 0 for r in rows if r["grid"] != "calibrated"), rows
+    assert f"per tensor (10 images, reference kernels): {len(rows)} of {len(rows)} tensors" in result.stdout
     # a missing output directory: clear error, nothing written
     bad = tmp_path / "missing" / "f.tflite"
     result = subprocess.run(cmd[:3] + [f"--output={bad}"], capture_output=True, text=True)

@@ -120,3 +120,21 @@ def test_keras_applications_quantize_attach_fit_export(app):
     f32, _, _ = export.convert(plain, x, mode="float32")
     ref = np.asarray(plain.predict(x, verbose=0))
     np.testing.assert_allclose(export.runner(f32, "builtin")(x), ref, atol=1e-3 * max(1.0, np.abs(ref).max()))
+
+
+def test_tensor_agreement_finds_where_f_and_the_model_part():
+    """export.tensor_agreement: the exact k-bit tensors of the tiny net hold F's codes (rows in graph order), and
+    after one of F's kernels changes, the first row that parts is that layer's output, the rows before it still
+    agree."""
+    f = _f()
+    model, plan, _ = export.convert(f, IMAGES[:64])
+    rows = export.tensor_agreement(model, f, plan, IMAGES[64:96])
+    assert [r["tensor"] for r in rows][:3] == ["stem", "b1_pad", "b1_dw"]
+    assert all(r["grid"] == "k-bit" and r["dtype"] == "int8" for r in rows[:3])
+    assert [r["mismatch"] for r in rows[:2]] == [0.0, 0.0] and rows[2]["mismatch"] < 0.01
+    layer = f.get_layer("b1_dw")
+    kernel = layer.get_weights()
+    layer.set_weights([-w for w in kernel])  # F changes, the exported model does not
+    parted = export.tensor_agreement(model, f, plan, IMAGES[64:96])
+    assert [r["mismatch"] for r in parted[:2]] == [0.0, 0.0]
+    assert parted[2]["tensor"] == "b1_dw" and parted[2]["mismatch"] > 0.1 and parted[2]["max_steps"] >= 1

@@ -419,3 +419,46 @@ def tensor_codes(model_bytes: bytes, names, images, runtime: str = "builtin") ->
             for n in names:
                 out[n].append(it.get_tensor(details[n]).copy())
     return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def tensor_agreement(model_bytes: bytes, f, plan, images, runtime: str = "reference") -> list:
+    """Where F and the int8 model part: one row per integer tensor the model computes (graph order), with the
+    fraction of its values whose stored code differs from F's value at the same place by more than half a step
+    (``mismatch``) and the largest difference (``max_steps``; ``max_range``: as a part of the int8/int16 range).
+
+    F's value is the output of the last Keras layer the op implements, rounded to the tensor's k-bit grid where
+    it has one (F's consumer rounds it there; ``grid`` says ``"k-bit"``); a stream tensor's last layer is F's
+    own stream quantizer (``"stream"``). A ``"calibrated"`` tensor (a float F tensor stored int8/int16) is never
+    exact: read its ``max_range``. Ops whose last layer F calls more than once (a detector's shared head convs)
+    have no single F value and are left out. ``images``: float images, as for :func:`verify`."""
+    import keras
+
+    records = {t.name: t for t in plan.tensors}
+    ops = []
+    for op in plan.graph.ops:
+        if op.output not in records or records[op.output].quant is None:
+            continue
+        try:
+            ops.append((op, f.get_layer(op.layer.split("+")[-1]).output))
+        except (AttributeError, ValueError):  # a layer called more than once: no single output
+            continue
+    if not ops:
+        return []
+    codes = tensor_codes(model_bytes, [op.output for op, _ in ops], images, runtime=runtime)
+    values = keras.Model(f.inputs, [out for _, out in ops]).predict(np.asarray(images, np.float32), verbose=0)
+    values = values if isinstance(values, list) else [values]
+    rows = []
+    for (op, _), value in zip(ops, values):
+        record, tensor = records[op.output], plan.graph.tensors[op.output]
+        scale, zero = float(np.ravel(record.quant.scale)[0]), float(np.ravel(record.quant.zero_point)[0])
+        ours = (codes[op.output].astype(np.float64) - zero) * scale
+        ref = np.asarray(value, np.float64).reshape(ours.shape)
+        if tensor.grid is not None:
+            step, levels = tensor.grid
+            ref = step * np.clip(np.round(ref / step), 0, levels)
+        steps = np.abs(ours - ref) / scale
+        rows.append({"tensor": op.output, "op": op.kind, "layers": op.layer, "dtype": record.dtype,
+                     "grid": "k-bit" if tensor.grid is not None else "stream" if tensor.stream_grid else "calibrated",
+                     "mismatch": float(np.mean(steps > 0.5 + 1e-6)), "max_steps": float(steps.max(initial=0)),
+                     "max_range": float(steps.max(initial=0)) / (65535 if record.dtype == "int16" else 255)})
+    return rows
