@@ -7,7 +7,8 @@ a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 a
 the ``finally`` blocks of the atomic writers have removed their temporary files, so no partial output
 is left. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
 function being traced), TensorFlow may re-raise it as another type, so the exit code comes from the
-signal that was received, not from the type of the exception that reaches :func:`run`. :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
+signal that was received, not from the type of the exception that reaches :func:`run`.
+:func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
 """
 
 from __future__ import annotations

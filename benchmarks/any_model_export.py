@@ -13,10 +13,10 @@ training batch first: an untrained keras.applications net keeps its initial movi
 `--per_tensor=N` also compares, on N of the test images, every int8/int16 tensor the int8 model computes with F's
 value at the same place (`agq_keras.export.tensor_agreement`: the output of the last Keras layer its op
 implements, on the tensor's grid), in graph order, under the reference kernels: where F and the int8 model part,
-and how the difference grows. `--only`
-takes any settings `app:w_bits:a_bits:first_last_bits:stream_bits` (`None` for a default). `--snap_bias` is an
-experiment: it moves F's folded BatchNorm biases onto whole accumulator units before the export
-(:func:`snap_biases`), which removes the int32 bias's rounding from the comparison.
+and how the difference grows. `--only` takes any settings `app:w_bits:a_bits:first_last_bits:stream_bits`
+(`None` for a default). `--snap_bias` is an experiment: it moves F's folded BatchNorm biases onto whole
+accumulator units before the export (:func:`snap_biases`), which removes the int32 bias's rounding from the
+comparison.
 """
 
 from __future__ import annotations
