@@ -239,7 +239,7 @@ def test_deadline_pauses_at_an_epoch_end_and_the_next_call_resumes(tmp_path):
     out = os.path.join(workdir, "resnet20_fp_plain_s0")
     assert status == {"resnet20_fp_plain_s0": "paused"} and any("[paused]" in line for line in logs)
     assert not os.path.exists(os.path.join(out, "metrics.json"))
-    with open(os.path.join(out, "reproduce_partial.json")) as fh:
+    with open(os.path.join(out, "backup", "progress.json")) as fh:  # the run's backup keeps its epoch and time
         first = json.load(fh)["wall_s"]
     # no run starts within start_margin_s of the deadline
     assert reproduce.run_all(runs, workdir, logs.append, deadline=time.time() + 30, **kwargs) == {}

@@ -1,5 +1,6 @@
 """A run killed mid-way and restarted with the same command ends with the same weights."""
 
+import json
 import os
 
 import keras
@@ -44,14 +45,19 @@ def weights(path):
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """... and the same history: the backup keeps the finished epochs' logs (and the wall time) of the killed call."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    run.run(config(), full)
+    full_metrics = run.run(config(), full)
     with pytest.raises(Killed):
         run.run(config(), resumed, extra_callbacks=[KillAt(epoch=2, batch=0)])
     assert not os.path.exists(os.path.join(resumed, "f.keras"))
     assert os.path.isfile(os.path.join(resumed, "backup", "latest.weights.h5"))
-    metrics = run.run(config(), resumed)  # the same command again
-    assert len(metrics["history"]["loss"]) == 1  # only the remaining epoch ran
+    with open(os.path.join(resumed, "backup", "progress.json")) as fh:
+        progress = json.load(fh)
+    assert len(progress["history"]["loss"]) == 2 and progress["wall_s"] > 0  # the two epochs the killed call finished
+    metrics = run.run(config(), resumed)  # the same command again: only the remaining epoch runs
+    assert metrics["history"] == full_metrics["history"] and len(metrics["history"]["loss"]) == 3
+    assert metrics["wall_s"] > progress["wall_s"]
     a, b = weights(os.path.join(full, "trainer.keras")), weights(os.path.join(resumed, "trainer.keras"))
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -72,9 +78,8 @@ def test_killed_run_with_steady_evaluation_resumes_identically(tmp_path):
     with pytest.raises(Killed):
         run.run(steady(), resumed, extra_callbacks=[KillAt(epoch=2, batch=0)])
     b_metrics = run.run(steady(), resumed)
-    assert len(b_metrics["history"]["loss"]) == 1
     for key in ("raw_val_loss", "raw_val_accuracy", "val_loss", "val_accuracy"):
-        assert b_metrics["history"][key] == a_metrics["history"][key][-1:], key
+        assert len(b_metrics["history"][key]) == 3 and b_metrics["history"][key] == a_metrics["history"][key], key
     assert b_metrics["f"] == a_metrics["f"] and b_metrics["f_raw"] == a_metrics["f_raw"]
     assert a_metrics["f"]["loss"] != a_metrics["f_raw"]["loss"]
     for name in ("trainer.keras", "f.keras"):

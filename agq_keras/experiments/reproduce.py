@@ -250,16 +250,10 @@ def _deadline_callback(deadline: float):
     import keras
 
     class StopBeforeDeadline(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.history = {}  # the epochs of this call, as History keeps them (a resumed fit's has only its own)
-
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.time()
 
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                self.history.setdefault(key, []).append(float(value))
+        def on_epoch_end(self, epoch, logs=None):  # after the run's backup (its callbacks come first)
             now = time.time()
             if now + (now - self.start) > deadline:
                 raise DeadlineReached(f"epoch {epoch + 1} ended {deadline - now:.0f} s before the deadline, and it "
@@ -275,7 +269,7 @@ def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = No
     copied there, so a later session on a new checkout continues from the committed record. With
     ``deadline`` (a ``time.time()``), no run starts in its last ``start_margin_s``, and a run whose next epoch would
     end after it stops at an epoch end ("paused"; the same call again resumes it from its backup, and its
-    wall time adds up over the calls)."""
+    wall time and history add up over the calls, as for a run killed midway: ``metrics.json``'s)."""
     import keras
 
     from agq_keras.saving import write_text
@@ -307,30 +301,17 @@ def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = No
         log(f"[run] {r.name}: {LABELS[r.method]}, {c.quantizer} W{c.w_bits}/A{c.a_bits}, seed {r.seed}, "
             f"{c.epochs} epoch(s)")
         out = os.path.join(workdir, r.name)
-        partial = os.path.join(out, "reproduce_partial.json")  # wall time and epochs of the calls that paused it
-        before = {"wall_s": 0.0, "history": {}}
-        if os.path.isfile(partial):
-            with open(partial) as fh:
-                before = json.load(fh)
-        start = time.time()
         stopper = _deadline_callback(deadline) if deadline is not None else None
-        try:
-            runner.run(c, out, extra_callbacks=[stopper] if stopper is not None else ())
+        try:  # a paused or killed run resumes from its backup, which keeps its history and wall time
+            metrics = runner.run(c, out, extra_callbacks=[stopper] if stopper is not None else ())
         except DeadlineReached as stop:
-            history = {k: before["history"].get(k, []) + v for k, v in stopper.history.items()}
-            write_text(partial, json.dumps({"wall_s": before["wall_s"] + time.time() - start, "history": history}))
             keras.backend.clear_session()
             log(f"[paused] {r.name}: {stop}; the same command resumes it from its backup")
             status[r.name] = "paused"
             break
-        wall = before["wall_s"] + time.time() - start
-        if before["history"]:  # a resumed fit's history has only its own epochs: put the paused ones first
-            with open(os.path.join(out, "metrics.json")) as fh:
-                metrics = json.load(fh)
-            metrics["history"] = {k: before["history"].get(k, []) + v for k, v in metrics["history"].items()}
-            write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
         keras.backend.clear_session()  # many runs in one process: drop the finished run's graphs
-        write_text(os.path.join(out, "reproduce.json"), json.dumps({"wall_s": wall, "run": dataclasses.asdict(r)}))
+        write_text(os.path.join(out, "reproduce.json"),
+                   json.dumps({"wall_s": metrics["wall_s"], "run": dataclasses.asdict(r)}))
         if record:
             _to_record(r, out, record)
         status[r.name] = "trained"

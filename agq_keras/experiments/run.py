@@ -13,7 +13,8 @@
    (``workdir/logs``), the step learning rate, the SSP delta schedule and,
    with ``bn_reestimation_batches > 0``, BatchNorm re-estimation of F before
    every evaluation (:class:`agq_keras.training.callbacks.BNReestimation`);
-5. writes ``f.keras``, ``trainer.keras``, ``metrics.json`` and
+5. writes ``f.keras``, ``trainer.keras``, ``metrics.json`` (the logs of every epoch, also those of the
+   earlier calls of a resumed run, and ``wall_s``: the run's seconds summed over its calls) and
    ``convergence.png`` atomically, then removes the backup.
 
 A config with ``task = "detection"`` (:mod:`agq_keras.configs.detection`) runs :func:`run_detection`
@@ -27,7 +28,8 @@ in order with the test-time preprocessing (a dataset object of its own: the trai
 and the backup are untouched; the same batches every time, so it is deterministic; N is capped at the
 number of training batches). Every epoch logs the steadied numbers as ``val_*`` and the raw ones (F with
 training's running statistics, what a run with N = 0 reports) as ``raw_val_*``. The backup stores
-training's running statistics, so a resumed run is the uninterrupted one. At the end, ``metrics.json``'s
+training's running statistics, so a resumed run is the uninterrupted one (its history too: the backup
+keeps every finished epoch's logs). At the end, ``metrics.json``'s
 ``f`` is F with re-estimated statistics, which is exactly the saved ``f.keras`` (and what gets
 exported), ``f_raw`` the raw F, and ``bn_reestimation`` says which is which. With N = 0 (the default)
 ``f`` and ``val_*`` are the raw F, as before.
@@ -40,6 +42,7 @@ import math
 import numbers
 import os
 import shutil
+import time
 
 import keras
 import numpy as np
@@ -188,6 +191,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     ``extra_callbacks`` are appended to the run's own (tests use them to interrupt a run)."""
     if config.get("task", "classification") == "detection":
         return run_detection(config, workdir, extra_callbacks)
+    start = time.time()
     validate(config)
     check_workdir(workdir)
     if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
@@ -238,7 +242,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
         epoch_counter,
         keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),
         guard,
-        cb.SafeBackup(os.path.join(workdir, "backup"), guard, bn_reestimation=steady),
+        cb.SafeBackup(os.path.join(workdir, "backup"), guard, bn_reestimation=steady, start_time=start),
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False, profile_batch=0),
     ]
     if trainer.ssp is not None:
@@ -253,8 +257,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
         # F with training's running statistics (also when a resumed run had no epoch left: the backup holds them)
         steady.restore_running_statistics()
         f_raw = dict(zip(["loss", "top1", "top5"], _evaluate(trainer, test_ds)))
-    metrics = {"f": None, "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-               "epochs": config.epochs, "config": config.to_dict()}
+    metrics = {"f": None, "history": history, "epochs": config.epochs, "config": config.to_dict()}
     if trainer.h is not None:  # before F's final re-estimation: as in a run without it
         with strategy.scope():
             h = keras.Model(trainer.h.inputs, trainer.h.outputs, name="h_eval")
@@ -282,6 +285,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
 
     saving.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
     saving.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
+    metrics["wall_s"] = _backup(callbacks).wall_s()
     saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
     cb.plot_convergence(metrics["history"], os.path.join(workdir, "convergence.png"),
                         f"{config.arch} {config.w_bits}/{config.a_bits}-bit {config.dataset}")
@@ -295,15 +299,21 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     return metrics
 
 
-def _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir):
-    """``trainer.fit`` for the run; a :class:`DivergedError` when the loss became NaN/inf."""
+def _backup(callbacks) -> cb.SafeBackup:
+    return next(c for c in callbacks if isinstance(c, cb.SafeBackup))
+
+
+def _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir) -> dict:
+    """``trainer.fit`` for the run; returns the logs of every epoch, those of the earlier calls of a resumed
+    run included (:class:`~agq_keras.training.callbacks.SafeBackup`); a :class:`DivergedError` when the loss
+    became NaN/inf."""
     history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
                           verbose=config.verbose, shuffle=False)
     if guard.diverged_at is not None:
         epoch, batch = guard.diverged_at
         raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
                             f"written, the last good state is kept in {os.path.join(workdir, 'backup')}.")
-    return history
+    return _backup(callbacks).history(history.history)
 
 
 def _steady_evaluation(config, data_kw, test_ds):
@@ -433,6 +443,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     """Train a detection config: ``f.keras``, ``trainer.keras``, ``metrics.json`` (F's and H's AP, AP50, AP75
     with pycocotools on the test canvases; the history; the config), ``logs/`` (TensorBoard) and
     ``detections.png`` (F's boxes on the first test canvases). Resumes from ``workdir/backup``."""
+    start = time.time()
     validate_detection(config)
     check_workdir(workdir)
     keras.utils.set_random_seed(config.seed)
@@ -467,7 +478,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     guard = cb.NaNGuard()
     callbacks = [epoch_counter,
                  keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),
-                 guard, cb.SafeBackup(os.path.join(workdir, "backup"), guard),
+                 guard, cb.SafeBackup(os.path.join(workdir, "backup"), guard, start_time=start),
                  keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), write_graph=False, profile_batch=0),
                  *extra_callbacks]
     history = _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir)
@@ -476,11 +487,12 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     metrics["f"]["loss"] = float(trainer.evaluate(test_ds, verbose=0, return_dict=True)["loss"])
     if trainer.h is not None:
         metrics["h"] = detection.evaluate(trainer.h, test_x, test_boxes, test_labels, anchors, num_classes, **kw)
-    metrics.update({"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    metrics.update({"history": history,
                     "epochs": config.epochs, "anchors": spec.to_dict(), "test_images": int(len(test_x)),
                     "config": config.to_dict()})
     saving.atomic_write(os.path.join(workdir, "f.keras"), lambda p: trainer.f.save(p))
     saving.atomic_write(os.path.join(workdir, "trainer.keras"), lambda p: trainer.save(p))
+    metrics["wall_s"] = _backup(callbacks).wall_s()
     saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
     n = min(config.plot_images, len(test_x))
     if n:

@@ -1,20 +1,22 @@
 """Keras callbacks of the training runs: step learning rate, divergence guard,
-a backup that never stores a diverged state, the convergence plot, and BatchNorm
-re-estimation before every evaluation (:class:`BNReestimation`)."""
+a backup that never stores a diverged state (and keeps the run's history and wall time for a resumed
+call), the convergence plot, and BatchNorm re-estimation before every evaluation (:class:`BNReestimation`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import numbers
 import os
 import sys
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.saving import atomic_write
+from agq_keras.saving import atomic_write, write_text
 
 
 def step_lr(base_lr: float, decay_epochs=(), factor: float = 0.1):
@@ -51,12 +53,36 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
     With ``bn_reestimation`` (the run's :class:`BNReestimation`) the epoch-end backup stores F's BN
     statistics as training left them (its running statistics), not the re-estimated ones F holds after
     the validation pass: a resumed run continues the same momentum chain, so its raw numbers (and F's
-    statistics at every later epoch) are those of an uninterrupted run."""
+    statistics at every later epoch) are those of an uninterrupted run.
 
-    def __init__(self, backup_dir, guard: NaNGuard, bn_reestimation: "BNReestimation | None" = None, **kwargs):
+    Next to the weights, every epoch-end backup writes ``progress.json``: the logs of every finished epoch
+    and the wall time since ``start_time`` (the call's start), added to those of the earlier calls. A call
+    that resumes from the backup starts from them, so :meth:`history` and :meth:`wall_s` cover the whole
+    run, not only the epochs of the last call. (The time of an epoch cut by a kill is not counted.)"""
+
+    def __init__(self, backup_dir, guard: NaNGuard, bn_reestimation: "BNReestimation | None" = None,
+                 start_time: float | None = None, **kwargs):
         super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
         self.guard = guard
         self.bn_reestimation = bn_reestimation
+        self.start_time = time.time() if start_time is None else float(start_time)
+        self.progress_path = os.path.join(backup_dir, "progress.json")
+        self.previous = {"wall_s": 0.0, "history": {}}  # the earlier calls' epochs and time
+        if os.path.isfile(self.progress_path):
+            with open(self.progress_path) as fh:
+                self.previous = json.load(fh)
+        self.epochs: dict = {}  # this call's epoch logs, as History keeps them
+
+    def history(self, epochs: dict | None = None) -> dict:
+        """Every epoch's logs: the earlier calls' (from the backup), then ``epochs`` (default: this call's)."""
+        epochs = self.epochs if epochs is None else epochs
+        before = self.previous["history"]
+        return {k: [float(v) for v in before.get(k, [])] + [float(v) for v in epochs.get(k, [])]
+                for k in {**before, **epochs}}
+
+    def wall_s(self) -> float:
+        """Seconds of the earlier calls (up to their last backup) plus this call's so far."""
+        return float(self.previous["wall_s"]) + time.time() - self.start_time
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.diverged_at is None:
@@ -65,6 +91,9 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
             else:
                 with self.bn_reestimation.running_statistics():
                     super().on_epoch_end(epoch, logs)
+            for key, value in (logs or {}).items():
+                self.epochs.setdefault(key, []).append(float(value))
+            write_text(self.progress_path, json.dumps({"wall_s": self.wall_s(), "history": self.history()}))
 
     def on_train_batch_end(self, batch, logs=None):
         if self.guard.diverged_at is None:
