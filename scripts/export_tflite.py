@@ -56,7 +56,8 @@ flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (need
 flags.DEFINE_enum("weights", "int8", ["int8", "packed"], "Weight storage: int8, or packed INT4 for the convs of "
                   "<= 4-bit grids (half the bytes; XNNPACK runs them on the builtin kernels; no Edge TPU).")
 flags.DEFINE_integer("per_tensor", 0, "--verify: also compare every integer tensor with F's value at the same "
-                     "place on this many test images (reference kernels; 0: skip); the rows go to <output>.json.")
+                     "place on this many test images, under each of --runtimes (0: skip); the rows go to "
+                     "<output>.json.")
 flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
 
 
@@ -121,7 +122,8 @@ def main(argv):
             x, y = load_images("test", FLAGS.verify_images)
             report = export.verify(data, f, x, y, **kwargs)
         if FLAGS.per_tensor > 0:
-            report["tensors"] = export.tensor_agreement(data, f, plan, x[:FLAGS.per_tensor])
+            report["tensors"] = {rt: export.tensor_agreement(data, f, plan, x[:FLAGS.per_tensor], runtime=rt)
+                                 for rt in runtimes}
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]
@@ -131,12 +133,12 @@ def main(argv):
         off = [r["layer"] for r in report["grid_check"] if not r["on_grid"]]
         print(f"grid check: {len(report['grid_check']) - len(off)}/{len(report['grid_check'])} layers exact"
               + (f"; not exact: {off}" if off else ""))
-        if "tensors" in report:
-            parted = [r for r in report["tensors"] if r["mismatch"] > 0 and r["grid"] != "calibrated"]
-            print(f"per tensor ({FLAGS.per_tensor} images, reference kernels): {len(report['tensors']) - len(parted)} "
-                  f"of {len(report['tensors'])} tensors hold F's codes or are calibrated"
+        for rt, rows in report.get("tensors", {}).items():
+            parted = [r for r in rows if r["mismatch"] > 0 and r["grid"] != "calibrated"]
+            print(f"per tensor ({FLAGS.per_tensor} images, {rt}): {len(rows) - len(parted)} of {len(rows)} tensors "
+                  "hold F's codes or are calibrated"
                   + (f"; the first to part: {parted[0]['tensor']} ({100 * parted[0]['mismatch']:.2f} % of its values "
-                     f"off)" if parted else ""))
+                     "off)" if parted else ""))
         if detector:
             for name, ap in report["ap"].items():
                 print(f"AP {name:10s} {100 * ap['AP']:6.2f}  AP50 {100 * ap['AP50']:6.2f}  AP75 {100 * ap['AP75']:6.2f}"

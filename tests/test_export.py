@@ -275,10 +275,12 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.exists() and (tmp_path / "f.json").exists() and (tmp_path / "f.cc").exists()
     assert "argmax_agreement" in result.stdout
-    rows = json.loads((tmp_path / "f.json").read_text())["tensors"]  # --per_tensor: F's exact net, tensor by tensor
-    assert len(rows) > 20 and {r["grid"] for r in rows} >= {"k-bit"}
-    assert all(r["mismatch"] == 0 for r in rows if r["grid"] != "calibrated"), rows
-    assert f"per tensor (10 images, reference kernels): {len(rows)} of {len(rows)} tensors" in result.stdout
+    tensors = json.loads((tmp_path / "f.json").read_text())["tensors"]  # --per_tensor: tensor by tensor
+    assert sorted(tensors) == ["builtin", "xnnpack"]  # the default --runtimes
+    for runtime, rows in tensors.items():  # F's exact net: every runtime holds F's codes
+        assert len(rows) > 20 and {r["grid"] for r in rows} >= {"k-bit"}
+        assert all(r["mismatch"] == 0 for r in rows if r["grid"] != "calibrated"), (runtime, rows)
+        assert f"per tensor (10 images, {runtime}): {len(rows)} of {len(rows)} tensors" in result.stdout
     # a missing output directory: clear error, nothing written
     bad = tmp_path / "missing" / "f.tflite"
     result = subprocess.run(cmd[:3] + [f"--output={bad}"], capture_output=True, text=True)
