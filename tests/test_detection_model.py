@@ -97,6 +97,38 @@ def test_ag_rule_with_the_detection_loss():
         np.testing.assert_allclose(v.numpy(), e, rtol=1e-3, atol=1e-6)
 
 
+def test_two_stage_start_from_a_float_detector(tmp_path):
+    """Stage 2 (``config.init_checkpoint``): a float detector's saved F initialises the 4-bit F by layer name
+    (every conv, so H's shared ones too, and F's BatchNorms); H's own BatchNorms keep their initial values, as
+    in the classification recipe. A missing checkpoint fails before any data is made."""
+    float_f = det.build_detector("resnet20", w_bits=32, a_bits=32, **SMALL)
+    for v in float_f.weights:  # away from any initial value
+        v.assign(np.random.default_rng(len(v.name)).normal(size=v.shape).astype("float32") ** 2 + 0.5)
+    path = str(tmp_path / "float.keras")
+    float_f.save(path)
+    trainer = det.build_detector("resnet20", aux=True, **SMALL)
+    h_bn_before = {l.name: [w.numpy() for w in l.weights] for l in trainer.h.layers
+                   if isinstance(l, keras.layers.BatchNormalization)}
+    run.initialise(trainer, agq_keras.load_model(path))
+    source = {l.name: l for l in float_f.layers}
+    copied = [l for l in trainer.f.layers if l.weights]
+    assert copied and all(l.name in source for l in copied)
+    for layer in copied:  # F equals the float F weight for weight (the quantizers' bits are not weights)
+        for w, s in zip(layer.weights, source[layer.name].weights):
+            np.testing.assert_array_equal(w.numpy(), s.numpy())
+    for l in trainer.h.layers:
+        if l.name in h_bn_before:
+            for w, b in zip(l.weights, h_bn_before[l.name]):
+                np.testing.assert_array_equal(w.numpy(), b)
+    c = detection_configs.get_config("quick")
+    c.init_checkpoint = str(tmp_path / "nope.keras")
+    with pytest.raises(FileNotFoundError, match="config.init_checkpoint .*nope.keras' does not exist"):
+        run.run(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="no layer of 'other' matches"):
+        run.initialise(trainer, keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="x")], name="other"))
+
+
 def test_round_trips(tmp_path):
     trainer = det.build_detector("resnet20", aux=True, **SMALL)
     trainer.compile(loss=det.DetectionLoss(10), metrics=[])

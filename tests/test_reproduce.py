@@ -279,18 +279,34 @@ def test_progress_estimates_the_runs_left_from_the_measured_ones():
     assert rows["mobilenetv2"]["finished"] == 0 and rows["mobilenetv2"]["not_estimated"] == 9
 
 
-def test_detection_plan_and_configs():
+def test_detection_plan_and_configs(tmp_path):
     runs = reproduce.plan("detection")
-    assert [r.name for r in runs[:4]] == [f"det_resnet20_{m}_s0" for m in reproduce.DETECTION_ARMS]
-    assert len(runs) == 12 and all(r.init_from is None for r in runs)
+    assert [r.name for r in runs[:8]] == [f"det_resnet20_{m}_s0" for m in reproduce.DETECTION_ARMS]
+    assert len(runs) == 24
+    # the two-stage arms start from seed 0's float F, which comes first in the plan and is kept in the record
+    float0 = reproduce.Run("det_resnet20", "float", 0)
+    assert {r.init_from for r in runs} == {None, float0.name}
+    assert all((r.init_from is not None) == r.method.startswith("staged_") for r in runs)
+    assert runs.index(float0) < min(i for i, r in enumerate(runs) if r.init_from)
+    assert [r.name for r in runs if r.initialises] == [float0.name]
     configs = {r.method: reproduce.make_config(r, "/w", train_subset=7) for r in runs if r.seed == 1}
     for method, c in configs.items():
         runner.validate(c)
+        staged = method.startswith("staged_")
         assert (c.task, c.arch, c.seed, c.train_canvases, c.test_canvases, c.init_checkpoint) == (
-            "detection", "resnet20", 1, 1024, 200, "")
-        assert (c.w_bits, c.aux) == ((32, False) if method == "float" else (4, method == "4bit_ag"))
-    assert (configs["4bit"].epochs, tuple(configs["4bit"].lr_decay_epochs)) == (6, (5,))
-    assert (configs["4bit_2x"].epochs, tuple(configs["4bit_2x"].lr_decay_epochs)) == (12, (10,))
+            "detection", "resnet20", 1, 1024, 200, os.path.join("/w", float0.name, "f.keras") if staged else "")
+        assert (c.w_bits, c.aux) == ((32, False) if method.startswith("float") else
+                                     (4, method.endswith("4bit_ag")))
+    for method in ("4bit", "staged_4bit", "staged_4bit_ag"):
+        assert (configs[method].epochs, tuple(configs[method].lr_decay_epochs)) == (6, (5,))
+    for method in ("4bit_2x", "float_2x", "staged_4bit_2x"):
+        assert (configs[method].epochs, tuple(configs[method].lr_decay_epochs)) == (12, (10,))
+    # a new checkout finds the init F in the committed record
+    record = tmp_path / "record"
+    (record / float0.name).mkdir(parents=True)
+    (record / float0.name / "f.keras").write_bytes(b"")
+    staged = reproduce.make_config(reproduce.Run("det_resnet20", "staged_4bit_ag", 2), "/w", record=str(record))
+    assert staged.init_checkpoint == str(record / float0.name / "f.keras")
 
 
 def _det_run(folder, method, seed, ap, loss, h_ap=None):
@@ -334,4 +350,18 @@ def test_detection_section_and_claims(tmp_path):
     assert "| det_resnet20 | 4-bit + AG | 4/4 | 3 | 6 | 30.00 ± 0.50 | 40.00 ± 0.50 | 15.00 ± 0.25 | 0.5000 ± 0.0000 | " \
            "31.00 ± 0.50 | 1.0 |" in section
     assert "| 4-bit + AG is above 4-bit alone | det_resnet20 | +19.50 |" in section
-    assert "| detection | 9 of 12 |" in text
+    assert "| detection | 9 of 24 |" in text
+    # the two-stage arms get their own claims, against float at 6 and at 12 epochs
+    for seed, (st, st_ag, f2) in enumerate(((0.25, 0.28, 0.33), (0.26, 0.29, 0.34), (0.24, 0.30, 0.35))):
+        _det_run(folder, "staged_4bit", seed, st, 0.4)
+        _det_run(folder, "staged_4bit_ag", seed, st_ag, 0.4)
+        _det_run(folder, "float_2x", seed, f2, 0.2)
+    groups = reproduce.load_results(folder)
+    rows = {r["claim"]: r for r in reproduce.detection_verdicts(groups)}
+    assert rows["two-stage 4-bit + AG is within 1 AP of float"]["delta"] == pytest.approx(29.0 - 30.0)
+    assert rows["two-stage 4-bit + AG is within 1 AP of float at 2x epochs (as many epochs in all)"][
+        "verdict"] == reproduce.FAILS  # 29 vs 34 AP
+    assert rows["two-stage 4-bit + AG is above two-stage 4-bit alone"]["delta"] == pytest.approx(4.0)
+    assert "two-stage 4-bit + AG is above the compute-matched two-stage 4-bit (2x epochs)" not in rows
+    section = reproduce.render(groups, command="pytest", hardware="cpu", png_name="x.png").split("## Detection")[1]
+    assert "| det_resnet20 | 4-bit + AG, two-stage (from float F) | 4/4 | 3 | 6 | 29.00 ± 1.00 |" in section

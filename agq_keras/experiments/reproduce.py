@@ -11,16 +11,17 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
 * ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
 * ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
   (``agq_keras/configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
-  float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; reported
-  as AP, AP50, AP75 and training loss in results.md's "Detection" section.
+  float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; then float
+  at 2x epochs and the two-stage arms (4-bit, 4-bit + AG, 4-bit at 2x epochs, each from seed 0's float F:
+  stage 2 of the recipe); reported as AP, AP50, AP75 and training loss in results.md's "Detection" section.
 
 Stage 1 of the recipe (section 4.1) is the full-precision run itself: every k-bit run starts from the
 full-precision F (seed 0) of its network and shortcut type (``init_checkpoint``), trained once.
 
 Resumable per run, across sessions: a run whose ``metrics.json`` exists in the workdir or in the committed
 ``record`` folder (``docs/runs``) is not redone, and a run killed midway resumes from its own backup. Each
-finished run's ``metrics.json`` and wall time (and a full-precision run's ``f.keras``, the initial F of the
-others) are copied to the record, so a new checkout continues where the last one stopped. Then
+finished run's ``metrics.json`` and wall time (and the ``f.keras`` of a run others start from, seed 0 at full
+precision) are copied to the record, so a new checkout continues where the last one stopped. Then
 :func:`write_results` renders ``results.md`` (the verdict table, every run's top-1 steadied and raw, top-5,
 training loss, epoch-to-epoch swing and time, mean ± std over seeds) and a convergence PNG next to it, from
 the ``metrics.json`` files only, and the README's evidence paragraph.
@@ -62,6 +63,10 @@ METHODS = (
     ("4bit", "4-bit"),
     ("4bit_ag", "4-bit + AG"),
     ("4bit_2x", "4-bit, 2x epochs (compute-matched to AG)"),
+    ("float_2x", "float, 2x epochs"),
+    ("staged_4bit", "4-bit, two-stage (from float F)"),
+    ("staged_4bit_ag", "4-bit + AG, two-stage (from float F)"),
+    ("staged_4bit_2x", "4-bit, two-stage, 2x epochs (compute-matched to AG)"),
 )
 LABELS = dict(METHODS)
 # method -> the agq_keras/configs/fmnist.py method of its variant, and the config fields it changes.
@@ -72,8 +77,11 @@ _FMNIST_METHOD = {"fp_residual": "residual_base", "fp_plain": "plain_base", "res
 _OVERRIDES = {"plain_ag_relu": {"aux_relu": True}, "lsq_plain": {"quantizer": "lsq"},
               "lsq_plain_ag": {"quantizer": "lsq"}}
 SWEEP_ARMS = ("plain", "plain_ag", "plain_2x", "plain_ag_ssp")
-# the detection table: networks are named det_<backbone>; its budget is detection.py's ``quick`` one
-DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x")
+# the detection table: networks are named det_<backbone>; its budget is detection.py's ``quick`` one. The
+# from-scratch arms, then the float net at 2x epochs and the two-stage arms (``staged_*``: stage 2 of the
+# paper's recipe, from seed 0's float F, as the classification runs do).
+DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x", "float_2x", "staged_4bit", "staged_4bit_ag",
+                  "staged_4bit_2x")
 DETECTION_BUDGET = {"train_canvases": 1024, "test_canvases": 200, "epochs": 6, "lr_decay_epochs": (5,)}
 MAX_SEEDS = 5  # follow-up: an arm of a comparison that sits within 2 spreads gets seeds up to this many
 
@@ -91,10 +99,19 @@ class Run:
     @property
     def init_from(self) -> str | None:
         """The full-precision run whose F initialises this one (stage 1, seed 0), or None (a full-precision
-        run, a detector: those start from scratch)."""
-        if self.method.startswith("fp_") or self.arch.startswith("det_"):
+        run, a detector trained from scratch)."""
+        if self.arch.startswith("det_"):
+            return Run(self.arch, "float").name if self.method.startswith("staged_") else None
+        if self.method.startswith("fp_"):
             return None
         return Run(self.arch, "fp_residual" if self.method.startswith("residual") else "fp_plain").name
+
+    @property
+    def initialises(self) -> bool:
+        """Whether other runs start from this run's F (it is kept in the record): seed 0 of a full-precision
+        classifier, of the float detector."""
+        return self.seed == 0 and (self.method.startswith("fp_") or
+                                   (self.arch.startswith("det_") and self.method == "float"))
 
 
 def _check_int(name, value, minimum):
@@ -114,7 +131,8 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
     * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2 (alpha 0.5, 4-bit DoReFa, residual) at
       full precision, k-bit and k-bit + AG, ``seeds`` seeds each; the k-bit runs start from seed 0's float F.
     * ``fmnist6``: the first Table 6 twin (ResNet-20 residual and plain rows, and ``deep_arch``'s pair).
-    * ``detection``: the ResNet-20 detector, :data:`DETECTION_ARMS`, ``seeds`` seeds each.
+    * ``detection``: the ResNet-20 detector, :data:`DETECTION_ARMS`, ``seeds`` seeds each (the two-stage arms
+      start from seed 0's float F).
     """
     if table not in TABLES:
         raise ValueError(f"table={table!r} is not supported; allowed: {', '.join(TABLES)}.")
@@ -184,7 +202,7 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     from agq_keras.configs import fmnist
 
     if run.arch.startswith("det_"):
-        return _detection_config(run, epochs=epochs, verbose=verbose, data_dir=data_dir)
+        return _detection_config(run, workdir, record, epochs=epochs, verbose=verbose, data_dir=data_dir)
 
     if run.arch == "mobilenetv2" and run.method.startswith("fp_"):
         c = fmnist.get_config(f"mobilenetv2_{run.method.removeprefix('fp_')}_float")
@@ -200,22 +218,31 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     if run.method.startswith("fp_"):
         c.w_bits = c.a_bits = 32
     else:
-        c.init_checkpoint = os.path.join(workdir, run.init_from, "f.keras")
-        if record and not os.path.isfile(c.init_checkpoint) and os.path.isfile(
-                os.path.join(record, run.init_from, "f.keras")):
-            c.init_checkpoint = os.path.join(record, run.init_from, "f.keras")
+        c.init_checkpoint = _init_checkpoint(run, workdir, record)
     return c
 
 
-def _detection_config(run: Run, *, epochs: int, verbose: int, data_dir: str):
+def _init_checkpoint(run: Run, workdir: str, record: str | None) -> str:
+    """``workdir/<init run>/f.keras``, or the committed ``record/<init run>/f.keras`` when only the record
+    holds it; '' for a run that starts from scratch."""
+    if run.init_from is None:
+        return ""
+    path = os.path.join(workdir, run.init_from, "f.keras")
+    if record and not os.path.isfile(path) and os.path.isfile(os.path.join(record, run.init_from, "f.keras")):
+        return os.path.join(record, run.init_from, "f.keras")
+    return path
+
+
+def _detection_config(run: Run, workdir: str, record: str | None, *, epochs: int, verbose: int, data_dir: str):
     from agq_keras.configs import detection
 
     backbone = run.arch.removeprefix("det_")
-    c = detection.get_config(f"{backbone}_{run.method.removesuffix('_2x')}")
+    c = detection.get_config(f"{backbone}_{run.method.removeprefix('staged_').removesuffix('_2x')}")
     for key, value in DETECTION_BUDGET.items():
         c[key] = value
     _reschedule(c, epochs, run.method.endswith("_2x"))
     c.seed, c.verbose, c.data_dir = run.seed, verbose, data_dir
+    c.init_checkpoint = _init_checkpoint(run, workdir, record)
     return c
 
 
@@ -229,12 +256,12 @@ def finished(run: Run, *folders) -> str | None:
 
 def _to_record(run: Run, out: str, record: str) -> None:
     """Copy what the report and a later session need into the committed record: the metrics, the wall
-    time, and a full-precision run's F (the initial F of its depth's other runs)."""
+    time, and the F of a run other runs start from (:attr:`Run.initialises`)."""
     import shutil
 
     dest = os.path.join(record, run.name)
     os.makedirs(dest, exist_ok=True)
-    files = ["reproduce.json", "metrics.json"] + (["f.keras"] if run.method.startswith("fp_") else [])
+    files = ["reproduce.json", "metrics.json"] + (["f.keras"] if run.initialises else [])
     for name in files:  # metrics.json last: it marks the run finished
         tmp = os.path.join(dest, f".{name}.tmp")
         shutil.copyfile(os.path.join(out, name), tmp)
@@ -460,6 +487,12 @@ DETECTION_CLAIMS = (
     ("4-bit + AG is within 1 AP of float", "4bit_ag", "float", -1.0),
     ("4-bit + AG is above 4-bit alone", "4bit_ag", "4bit", 0.0),
     ("4-bit + AG is above the compute-matched 4-bit (2x epochs)", "4bit_ag", "4bit_2x", 0.0),
+    ("two-stage 4-bit + AG is within 1 AP of float", "staged_4bit_ag", "float", -1.0),
+    ("two-stage 4-bit + AG is within 1 AP of float at 2x epochs (as many epochs in all)", "staged_4bit_ag",
+     "float_2x", -1.0),
+    ("two-stage 4-bit + AG is above two-stage 4-bit alone", "staged_4bit_ag", "staged_4bit", 0.0),
+    ("two-stage 4-bit + AG is above the compute-matched two-stage 4-bit (2x epochs)", "staged_4bit_ag",
+     "staged_4bit_2x", 0.0),
 )
 
 
@@ -666,8 +699,10 @@ def render_detection(groups: dict) -> list[str]:
              f"Fashion-MNIST detection twin: {', '.join(canvases)} training canvases (128×128, 1–6 garments), "
              f"F evaluated on {', '.join(tests)} test canvases with pycocotools' AP@[.5:.95], AP50 and AP75 (in %). "
              "ResNet-20 backbone (ImageNet stem), FPN P3–P5, class and box towers; the 4-bit nets quantize the "
-             "backbone, FPN and towers with DoReFa and keep the stem and the prediction convs at 16 bits. Every "
-             "run starts from scratch (no stage 1).", "",
+             "backbone, FPN and towers with DoReFa and keep the stem and the prediction convs at 16 bits. The "
+             "first arms start from scratch; the two-stage arms are stage 2 of the paper's recipe: they start "
+             "from the float F of seed 0 (trained 6 epochs) and train as many epochs as their from-scratch "
+             "twin.", "",
              "Δ = AP of the first arm minus the second (points, mean over seeds), spread = the standard error "
              "of the difference. A claim `Δ > t` holds when Δ − 2 spreads > t, the reverse is measured when "
              "Δ + 2 spreads < t, and it cannot be told otherwise. The paper (CVPR 2020) reports its 4-bit "

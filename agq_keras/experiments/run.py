@@ -185,6 +185,32 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
     raise ValueError(f"config.baseline={config.baseline!r}; allowed: {', '.join(BASELINES)}.")
 
 
+def initialise(trainer, source) -> None:
+    """Stage 2's start: copy ``source``'s weights into the trainer's parts (F, H, the baselines' training
+    model) by layer name. A ``trainer.keras`` source gives each part its own part, a model gives every part
+    itself (H's shared convs and same-named layers). ``source=None`` does nothing; a source none of whose
+    layers match is a clear error."""
+    if source is None:
+        return
+    copied = 0
+    for part in ("f", "h", "f_train"):
+        sub = getattr(trainer, part, None)
+        if sub is not None:
+            src = getattr(source, part, None) or getattr(source, "f", source)
+            copied += load_by_name(src, sub)
+    if copied == 0:
+        raise ValueError(f"no layer of {source.name!r} matches {trainer.name!r} by name.")
+
+
+def _load_init(config):
+    """The model of ``config.init_checkpoint`` ('' = None), with clear errors for a missing or bad file."""
+    if not config.init_checkpoint:
+        return None
+    if not os.path.isfile(config.init_checkpoint):
+        raise FileNotFoundError(f"config.init_checkpoint {config.init_checkpoint!r} does not exist.")
+    return saving.load_model(config.init_checkpoint, what="config.init_checkpoint")
+
+
 def run(config, workdir: str, extra_callbacks=()) -> dict:
     """Train one config; returns the metrics dict also written to ``metrics.json``.
 
@@ -194,8 +220,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     start = time.time()
     validate(config)
     check_workdir(workdir)
-    if config.init_checkpoint and not os.path.isfile(config.init_checkpoint):
-        raise FileNotFoundError(f"config.init_checkpoint {config.init_checkpoint!r} does not exist.")
+    init = _load_init(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -208,7 +233,6 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     test_ds, _, _ = pipeline.make(config.dataset, "test", subset=config.test_subset, **data_kw)
     if config.num_classes:
         num_classes = config.num_classes
-    init = saving.load_model(config.init_checkpoint, what="config.init_checkpoint") if config.init_checkpoint else None
 
     stage1_f = None
     if config.pretrain_epochs:
@@ -222,15 +246,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     with strategy.scope():
         trainer = make_trainer(config, num_classes, input_shape)
         for source in (stage1_f, init):
-            if source is not None:
-                copied = 0
-                for part in ("f", "h", "f_train"):
-                    sub = getattr(trainer, part)
-                    if sub is not None:  # a trainer.keras source gives its own part, else its F
-                        src = getattr(source, part, None) or getattr(source, "f", source)
-                        copied += load_by_name(src, sub)
-                if copied == 0:
-                    raise ValueError(f"no layer of {source.name!r} matches {trainer.name!r} by name.")
+            initialise(trainer, source)
         trainer.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate, config.weight_decay),
                         loss=default_loss(),
                         metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
@@ -365,7 +381,7 @@ def validate_detection(config) -> None:
         raise ValueError(f"config.score_threshold={config.score_threshold!r} must be in [0, 1).")
     unsupported = [(k, config.get(k), default) for k, default in (
         ("ssp", False), ("baseline", "none"), ("pretrain_epochs", 0), ("bn_reestimation_batches", 0),
-        ("strategy", "none"), ("init_checkpoint", ""), ("residual_stream", "float")) if config.get(k, default) != default]
+        ("strategy", "none"), ("residual_stream", "float")) if config.get(k, default) != default]
     if unsupported:
         key, value, default = unsupported[0]
         raise ValueError(f"config.{key}={value!r} is not supported for detection; allowed: {default!r}.")
@@ -446,6 +462,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     start = time.time()
     validate_detection(config)
     check_workdir(workdir)
+    init = _load_init(config)  # stage 2: a float detector's F (or trainer.keras) initialises F and H
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -472,6 +489,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
         bn_momentum=config.bn_momentum)
     if not config.aux:  # F alone, through the same step
         trainer = AGTrainer(trainer, None, name=trainer.name)
+    initialise(trainer, init)
     trainer.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate, config.weight_decay),
                     loss=detection.DetectionLoss(num_classes), metrics=[])
     os.makedirs(workdir, exist_ok=True)
