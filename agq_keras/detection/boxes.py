@@ -15,6 +15,11 @@ scale-major. The paper's anchors are ``size_factor=4`` (32 px on P3), 3 scales `
 **Coding** (:func:`encode`, :func:`decode`): the R-CNN parameterisation with per-coordinate weights
 ``(wy, wx, wh, ww)``: ``ty = wy (cy - cya) / ha``, ``tx = wx (cx - cxa) / wa``, ``th = wh log(h / ha)``,
 ``tw = ww log(w / wa)``; decoding clamps ``th, tw`` at ``log(1000 / 16)`` (no overflow in ``exp``).
+
+**Keras 3's** ``keras.utils.bounding_boxes`` (weighed against these, 2026-12-03): its ``compute_iou`` equals
+the textbook IoU to the last bit, so :func:`iou` is it. Its ``encode_box_to_deltas`` equals :func:`encode`
+on real boxes, but its ``decode_deltas_to_boxes`` has no clamp (a log-size delta of 20 decodes to a box
+2.4e10 px wide, where :func:`decode` gives 3 125 px), so the coding stays here, in one pair.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from keras.utils import bounding_boxes
 
 BBOX_CLIP = math.log(1000.0 / 16)
 PAD_LABEL = -1  # a padding row of boxes/labels (no object)
@@ -123,17 +129,11 @@ def decode(deltas, anchors, weights=DEFAULT_WEIGHTS):
 
 
 def iou(a, b):
-    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4]: [N, M] (0 where the union is empty)."""
-    a, b = tf.convert_to_tensor(a, tf.float32), tf.convert_to_tensor(b, tf.float32)
-    y1 = tf.maximum(a[:, None, 0], b[None, :, 0])
-    x1 = tf.maximum(a[:, None, 1], b[None, :, 1])
-    y2 = tf.minimum(a[:, None, 2], b[None, :, 2])
-    x2 = tf.minimum(a[:, None, 3], b[None, :, 3])
-    inter = tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return tf.math.divide_no_nan(inter, union)
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4]: [N, M] (0 where the union is empty):
+    Keras's ``keras.utils.bounding_boxes.compute_iou`` in this module's format (equal to the textbook
+    formula to the last bit; ``tests/test_detection.py`` checks it against NumPy)."""
+    return bounding_boxes.compute_iou(tf.convert_to_tensor(a, tf.float32), tf.convert_to_tensor(b, tf.float32),
+                                      bounding_box_format="yxyx")
 
 
 def check_annotations(boxes, labels, image_size, num_classes: int, *, what: str = "annotations",
