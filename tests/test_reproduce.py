@@ -281,8 +281,8 @@ def test_progress_estimates_the_runs_left_from_the_measured_ones():
 
 def test_detection_plan_and_configs(tmp_path):
     runs = reproduce.plan("detection")
-    assert [r.name for r in runs[:8]] == [f"det_resnet20_{m}_s0" for m in reproduce.DETECTION_ARMS]
-    assert len(runs) == 24
+    assert [r.name for r in runs[:9]] == [f"det_resnet20_{m}_s0" for m in reproduce.DETECTION_ARMS]
+    assert len(runs) == 27
     # the two-stage arms start from seed 0's float F, which comes first in the plan and is kept in the record
     float0 = reproduce.Run("det_resnet20", "float", 0)
     assert {r.init_from for r in runs} == {None, float0.name}
@@ -295,9 +295,9 @@ def test_detection_plan_and_configs(tmp_path):
         staged = method.startswith("staged_")
         assert (c.task, c.arch, c.seed, c.train_canvases, c.test_canvases, c.init_checkpoint) == (
             "detection", "resnet20", 1, 1024, 200, os.path.join("/w", float0.name, "f.keras") if staged else "")
-        assert (c.w_bits, c.aux) == ((32, False) if method.startswith("float") else
-                                     (4, method.endswith("4bit_ag")))
-    for method in ("4bit", "staged_4bit", "staged_4bit_ag"):
+        assert (c.w_bits, c.aux, c.fpn_adaptors) == ((32, False, False) if method.startswith("float") else
+                                                     (4, "4bit_ag" in method, method.endswith("_fpn")))
+    for method in ("4bit", "staged_4bit", "staged_4bit_ag", "staged_4bit_ag_fpn"):
         assert (configs[method].epochs, tuple(configs[method].lr_decay_epochs)) == (6, (5,))
     for method in ("4bit_2x", "float_2x", "staged_4bit_2x"):
         assert (configs[method].epochs, tuple(configs[method].lr_decay_epochs)) == (12, (10,))
@@ -350,7 +350,7 @@ def test_detection_section_and_claims(tmp_path):
     assert "| det_resnet20 | 4-bit + AG | 4/4 | 3 | 6 | 30.00 ± 0.50 | 40.00 ± 0.50 | 15.00 ± 0.25 | 0.5000 ± 0.0000 | " \
            "31.00 ± 0.50 | 1.0 |" in section
     assert "| 4-bit + AG is above 4-bit alone | det_resnet20 | +19.50 |" in section
-    assert "| detection | 9 of 24 |" in text
+    assert "| detection | 9 of 27 |" in text
     # the two-stage arms get their own claims, against float at 6 and at 12 epochs
     for seed, (st, st_ag, f2) in enumerate(((0.25, 0.28, 0.33), (0.26, 0.29, 0.34), (0.24, 0.30, 0.35))):
         _det_run(folder, "staged_4bit", seed, st, 0.4)

@@ -12,8 +12,8 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
 * ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
   (``agq_keras/configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
   float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; then float
-  at 2x epochs and the two-stage arms (4-bit, 4-bit + AG, 4-bit at 2x epochs, each from seed 0's float F:
-  stage 2 of the recipe); reported as AP, AP50, AP75 and training loss in results.md's "Detection" section.
+  at 2x epochs and the two-stage arms (4-bit, 4-bit + AG, 4-bit at 2x epochs, 4-bit + AG with adaptors on
+  the FPN levels too, each from seed 0's float F: stage 2 of the recipe); reported as AP, AP50, AP75 and training loss in results.md's "Detection" section.
 
 Stage 1 of the recipe (section 4.1) is the full-precision run itself: every k-bit run starts from the
 full-precision F (seed 0) of its network and shortcut type (``init_checkpoint``), trained once.
@@ -67,6 +67,7 @@ METHODS = (
     ("staged_4bit", "4-bit, two-stage (from float F)"),
     ("staged_4bit_ag", "4-bit + AG, two-stage (from float F)"),
     ("staged_4bit_2x", "4-bit, two-stage, 2x epochs (compute-matched to AG)"),
+    ("staged_4bit_ag_fpn", "4-bit + AG, adaptors on the FPN levels too, two-stage"),
 )
 LABELS = dict(METHODS)
 # method -> the agq_keras/configs/fmnist.py method of its variant, and the config fields it changes.
@@ -81,7 +82,7 @@ SWEEP_ARMS = ("plain", "plain_ag", "plain_2x", "plain_ag_ssp")
 # from-scratch arms, then the float net at 2x epochs and the two-stage arms (``staged_*``: stage 2 of the
 # paper's recipe, from seed 0's float F, as the classification runs do).
 DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x", "float_2x", "staged_4bit", "staged_4bit_ag",
-                  "staged_4bit_2x")
+                  "staged_4bit_2x", "staged_4bit_ag_fpn")
 DETECTION_BUDGET = {"train_canvases": 1024, "test_canvases": 200, "epochs": 6, "lr_decay_epochs": (5,)}
 MAX_SEEDS = 5  # follow-up: an arm of a comparison that sits within 2 spreads gets seeds up to this many
 
@@ -493,6 +494,8 @@ DETECTION_CLAIMS = (
     ("two-stage 4-bit + AG is above two-stage 4-bit alone", "staged_4bit_ag", "staged_4bit", 0.0),
     ("two-stage 4-bit + AG is above the compute-matched two-stage 4-bit (2x epochs)", "staged_4bit_ag",
      "staged_4bit_2x", 0.0),
+    ("two-stage: AG with FPN adaptors too is above AG with block adaptors only", "staged_4bit_ag_fpn",
+     "staged_4bit_ag", 0.0),
 )
 
 
