@@ -51,8 +51,9 @@ flags.DEFINE_enum("residual_bits", "auto", ["auto", "16", "8"], "Residual stream
                   "e.g. for the Edge TPU; exact only for an F trained with residual_stream=int8).")
 flags.DEFINE_enum("head_bits", "8", ["8", "16"], "Pooled features of the head: int8 (fully 8-bit plain nets, "
                   "Edge TPU) or int16 (16x8 classifier: finer, e.g. for PACT/LSQ nets).")
-flags.DEFINE_enum("output_bits", "8", ["8", "16"], "Logits: int8, or int16 (needs --head_bits=16: near-tied "
-                  "classes keep F's order; no Edge TPU).")
+flags.DEFINE_enum("output_bits", "auto", ["auto", "8", "16"], "Outputs: auto (int8 for one output, int16 for a "
+                  "detector's several), int8, or int16 (logits: with --head_bits=16, near-tied classes keep F's "
+                  "order; no Edge TPU).")
 flags.DEFINE_enum("weights", "int8", ["int8", "packed"], "Weight storage: int8, or packed INT4 for the convs of "
                   "<= 4-bit grids (half the bytes; XNNPACK runs them on the builtin kernels; no Edge TPU).")
 flags.DEFINE_integer("per_tensor", 0, "--verify: also compare every integer tensor with F's value at the same "
@@ -93,7 +94,8 @@ def main(argv):
     calib = load_images("train", FLAGS.calibration_images)[0]
     options = dict(max_replicas=FLAGS.max_replicas, output_range=FLAGS.output_range,
                    residual_bits=None if FLAGS.residual_bits == "auto" else int(FLAGS.residual_bits), head_bits=int(FLAGS.head_bits),
-                   output_bits=int(FLAGS.output_bits), weights=FLAGS.weights)
+                   output_bits=None if FLAGS.output_bits == "auto" else int(FLAGS.output_bits),
+                   weights=FLAGS.weights)
     data, plan, notes2 = export.convert(f, calib, **options)
     for note in notes + notes2:
         print("note:", note)

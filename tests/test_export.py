@@ -223,7 +223,8 @@ def test_bad_inputs(trained, data, tmp_path):
         export.convert(f, x[..., 0])
     with pytest.raises(ValueError, match="max_replicas"):
         export.convert(f, x, max_replicas=0)
-    with pytest.raises(ValueError, match=r"output_bits=4 is not supported; allowed: 8, 16"):
+    with pytest.raises(ValueError, match=r"output_bits=4 is not supported; allowed: None \(8 for one output, "
+                                         r"16 for several\), 8, 16"):
         export.convert(f, x, output_bits=4)
     with pytest.raises(ValueError, match=r"runtime='gpu' is not supported; allowed: reference, builtin, xnnpack"):
         export.verify(export.convert(f, x[:16])[0], f, x[:4], runtimes=("gpu",), latency_runs=0)

@@ -56,8 +56,9 @@ def check_options(mode="int8", residual_bits=None, head_bits=8, max_replicas=259
     """A ValueError naming the bad value and what is allowed."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r} is not supported; allowed: {', '.join(WEIGHTS)}.")
-    if output_bits not in RESIDUAL_BITS:
-        raise ValueError(f"output_bits={output_bits!r} is not supported; allowed: 8, 16.")
+    if output_bits is not None and output_bits not in RESIDUAL_BITS:
+        raise ValueError(f"output_bits={output_bits!r} is not supported; allowed: None (8 for one output, 16 "
+                         f"for several), 8, 16.")
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}.")
@@ -365,7 +366,7 @@ def exact_pools(graph: Graph) -> dict:
 
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits=None,
-              head_bits: int = 8, output_bits: int = 8, weights: str = "int8",
+              head_bits: int = 8, output_bits=None, weights: str = "int8",
               description: str = "agq_keras export") -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
@@ -376,8 +377,11 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     kernels, then QUANTIZE to the int8 logits): the calibrated head then rounds ~256x more finely
     and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
     int16 (symmetric, 1.5x the calibrated range): int8 logits cannot order two classes closer than one
-    output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU)."""
+    output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU); None (the default) is 8
+    for a graph with one output and 16 for several (a detector's heads, read as values by its decoding)."""
     check_options(mode, residual_bits, head_bits, max_replicas, output_bits, weights)
+    if output_bits is None:
+        output_bits = 16 if len(graph.outputs) > 1 else 8
     missing = sorted(set(graph.tensors) - set(ranges))
     if missing:
         raise ValueError(f"The calibration ranges lack tensor(s) {missing[:5]}; calibrate the same graph.")
