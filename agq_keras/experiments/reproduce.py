@@ -13,7 +13,8 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
   (``agq_keras/configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
   float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; then float
   at 2x epochs and the two-stage arms (4-bit, 4-bit + AG, 4-bit at 2x epochs, 4-bit + AG with adaptors on
-  the FPN levels too, each from seed 0's float F: stage 2 of the recipe); reported as AP, AP50, AP75 and training loss in results.md's "Detection" section.
+  the FPN levels too, each from seed 0's float F: stage 2 of the recipe); reported as AP, AP50, AP75 and
+  training loss in results.md's "Detection" section.
 
 Stage 1 of the recipe (section 4.1) is the full-precision run itself: every k-bit run starts from the
 full-precision F (seed 0) of its network and shortcut type (``init_checkpoint``), trained once.
