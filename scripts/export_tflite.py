@@ -144,7 +144,8 @@ def main(argv):
         if detector:
             for name, ap in report["ap"].items():
                 print(f"AP {name:10s} {100 * ap['AP']:6.2f}  AP50 {100 * ap['AP50']:6.2f}  AP75 {100 * ap['AP75']:6.2f}"
-                      + ("" if name == "keras" else f"  (int8 - Keras: {100 * (ap['AP'] - report['ap']['keras']['AP']):+.2f})"))
+                      + ("" if name == "keras" else
+                         f"  (TFLite - Keras: {100 * (ap['AP'] - report['ap']['keras']['AP']):+.2f})"))
         print(f"wrote {stem}.json")
 
 
