@@ -5,7 +5,9 @@ and the int8 model's argmax agreement with F on random 8-bit images under TFLite
 
 Each setting: the net (weights=None, 10 classes, --size input), `agq_keras.quantize` at the given bits, AG attached,
 one `fit` step on --batch random images, then `agq_keras.export.convert` (calibrated on those images) and the
-agreement on --images other random images (`--reestimate` also re-estimates F's BatchNorm statistics on the
+agreement on --images other random images (`threshold_search`: per op kind, the layers whose int32 bias was
+searched, their channels, and how many of those reproduce F's codes under TFLite's fixed point only (rank 1) or
+could not be made to reproduce them (rank 2, closest); `--reestimate` also re-estimates F's BatchNorm statistics on the
 training batch first: an untrained keras.applications net keeps its initial moving statistics after one step).
 
     python3 benchmarks/any_model_export.py --out=/tmp/per_tensor.json --per_tensor=20 --only=MobileNetV2:4:4:8:8
@@ -80,9 +82,19 @@ def measure(app: str, size: int, w_bits: int, a_bits: int, first_last_bits, stre
     ref = np.asarray(f.predict(test, verbose=0))
     out = export.runner(model, "reference")(test)
     top2 = np.sort(ref, axis=1)[:, -2:]
+    thresholds = {}  # per op kind: [layers searched, channels, TFLite-only (rank 1), closest (rank 2)]
+    for record in plan.layers.values():
+        if record.threshold_ranks is not None:
+            ranks = np.asarray(record.threshold_ranks)
+            row = thresholds.setdefault(record.kind, [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += len(ranks)
+            row[2] += int(np.sum(ranks == 1))
+            row[3] += int(np.sum(ranks == 2))
     return {"app": app, "size": size, "w_bits": w_bits, "a_bits": a_bits, "first_last_bits": first_last_bits,
             "stream_bits": stream_bits, "reestimate": reestimate, "snapped_layers": snapped, "images": images,
             "agreement_reference": float(np.mean(out.argmax(1) == ref.argmax(1))),
+            "threshold_search": thresholds,
             "logit_std": float(ref.std(axis=1).mean()), "median_top2_gap": float(np.median(top2[:, 1] - top2[:, 0])),
             "ops": export.model_ops(model), "size_bytes": len(model), "fit_s": round(fit_s, 1),
             "convert_s": round(convert_s, 1), "notes": list(notes),

@@ -138,3 +138,49 @@ def test_tensor_agreement_finds_where_f_and_the_model_part():
     parted = export.tensor_agreement(model, f, plan, IMAGES[64:96])
     assert [r["mismatch"] for r in parted[:2]] == [0.0, 0.0]
     assert parted[2]["tensor"] == "b1_dw" and parted[2]["mismatch"] > 0.1 and parted[2]["max_steps"] >= 1
+
+
+def _bottleneck():
+    """stem -> BN -> ReLU6 -> 1x1 project -> BN (a linear bottleneck: F keeps it float) -> 1x1 expand -> BN -> ReLU
+    -> GAP -> Dense: the project conv reads F's exact k-bit grid and writes a calibrated int16 tensor."""
+    x = inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = keras.layers.Conv2D(6, 1, use_bias=False, name="project")(x)
+    x = keras.layers.BatchNormalization(name="project_bn")(x)
+    x = keras.layers.Conv2D(12, 1, use_bias=False, name="expand")(x)
+    x = keras.layers.BatchNormalization(name="expand_bn")(x)
+    x = keras.layers.ReLU(6.0, name="expand_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x), name="bottleneck")
+
+
+def test_calibrated_int16_output_reads_a_widened_input_copy():
+    """A conv writing a calibrated int16 tensor (the linear bottleneck) from F's exact k-bit int8 grid reads an int16
+    copy of that grid with its codes times 2^13 (QUANTIZE, exact), so its int64 bias holds F's folded bias to
+    1/8192 of an accumulator unit: its int16 output is F's float value to about one int16 step (rounding the bias to
+    whole accumulator units put it hundreds of steps off)."""
+    keras.utils.set_random_seed(1)
+    f = quantize(_bottleneck(), w_bits=2, a_bits=2, first_last_bits=8)
+    import tensorflow as tf
+
+    reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)
+    bn = f.get_layer("project_bn")  # betas off whole accumulator units, as after training
+    bn.beta.assign(np.linspace(-0.37, 0.41, bn.beta.shape[0]).astype("float32"))
+    model, plan, _ = export.convert(f, IMAGES[:64])
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = {d["name"]: d for d in Interpreter(model_content=model).get_tensor_details()}
+    (copy,) = [n for n in details if n.endswith("/as_int16x8192")]  # 2-bit grid: codes 0..3, times 2^13
+    stem = copy.split("/as_int16")[0]
+    assert details[copy]["dtype"] == np.int16
+    np.testing.assert_allclose(details[copy]["quantization"][0] * 8192, details[stem]["quantization"][0], rtol=1e-6)
+    codes = export.tensor_codes(model, [stem, copy], IMAGES[64:96], "reference")
+    np.testing.assert_array_equal(codes[copy].astype(np.int64),
+                                  (codes[stem].astype(np.int64) - details[stem]["quantization"][1]) * 8192)
+    rows = {r["tensor"]: r for r in export.tensor_agreement(model, f, plan, IMAGES[64:96])}
+    assert rows[stem]["mismatch"] == 0.0  # the input is exact ...
+    project = [r for r in rows.values() if r["layers"].startswith("project")][0]
+    assert project["grid"] == "calibrated" and project["dtype"] == "int16"
+    assert project["max_steps"] <= 2.0, project  # ... and so is the bottleneck, to about one int16 step

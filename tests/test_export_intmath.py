@@ -265,3 +265,22 @@ def test_exact_thresholds_on_a_signed_grid_within_the_reachable_accumulators(see
     # without the reachable range, the out-of-reach thresholds constrain the bias too: never better
     unbounded = intmath.exact_thresholds(base, steps, bias, s_in, (s_out, -128, 127), limit)[3]
     assert np.all(unbounded >= ranks)
+
+
+def test_16x8_multiplier_out_of_range():
+    """A 16x8 kernel rounds at bit 15 - shift: the int64 emulation refuses a multiplier of 2^14 or more with a clear
+    error (it used to fail on a negative shift count), and the threshold search skips the code multiples whose
+    multiplier a 16x8 kernel cannot apply instead of failing on them."""
+    assert intmath.fixed_point_multiply_int64(np.array([3]), 1 << 30, intmath.INT64_MAX_SHIFT)[0] == 3 << 13
+    with pytest.raises(ValueError, match="16x8 kernel's output multiplier 2\\^14 or more"):
+        intmath.fixed_point_multiply_int64(np.array([3]), 1 << 30, intmath.INT64_MAX_SHIFT + 1)
+    base = np.array([[1, -1, 1]])
+    # s_in s_w / s_out = 1e5 / m: the code multiples m <= 6 give multipliers of 2^14 or more
+    codes, steps, _, ranks, _, _ = intmath.exact_thresholds(base, np.array([100.0]), np.array([0.5]), 1.0,
+                                                            (1e-3, 255), 127,
+                                                            multiply=intmath.fixed_point_multiply_int64)
+    mult = intmath.runtime_scale(1.0, steps[0], 1e-3)
+    assert intmath.quantize_multiplier(mult)[1] <= intmath.INT64_MAX_SHIFT and codes[0, 0] > 1
+    with pytest.raises(ValueError, match="output channel 0: the multiplier .* beyond TFLite's 16x8 kernels"):
+        intmath.exact_thresholds(base, np.array([3.0]), np.array([0.5]), 1.0, (1e-6, 255), 127,
+                                 multiply=intmath.fixed_point_multiply_int64)

@@ -69,9 +69,17 @@ def fixed_point_multiply(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
     return (high >> exponent) + (remainder > threshold)
 
 
+# the largest left shift of a multiplier a 16x8 kernel applies: it rounds at bit 15 - shift, which must be >= 1
+INT64_MAX_SHIFT = 14
+
+
 def fixed_point_multiply_int64(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
     """TFLite's reference MultiplyByQuantizedMultiplier for an int64 accumulator (the 16x8 kernels):
-    the multiplier is reduced to 15 bits and the product rounded once (half up)."""
+    the multiplier is reduced to 15 bits and the product rounded once (half up). ``shift`` at most
+    :data:`INT64_MAX_SHIFT` (a multiplier below 2^14)."""
+    if shift > INT64_MAX_SHIFT:
+        raise ValueError(f"a 16x8 kernel's output multiplier 2^{shift - 1} or more is out of its range "
+                         f"(below 2^{INT64_MAX_SHIFT}).")
     reduced = reduced_multiplier(m0)
     total_shift = 15 - shift
     return (x.astype(np.int64) * reduced + (1 << (total_shift - 1))) >> total_shift
@@ -223,6 +231,8 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None, acc_r
                 cost 1.7 % agreement under TFLite's kernels while XNNPACK agreed on 100 %)."""
                 kernel = s_in32 * float(np.float32(stored)) / s_out32
                 m0, shift = quantize_multiplier(kernel)
+                if multiply is fixed_point_multiply_int64 and shift > INT64_MAX_SHIFT:
+                    return None  # a 16x8 kernel cannot apply this multiplier (a larger code multiple m gives a smaller one)
                 fixed = np.clip(multiply(acc + b_int, m0, shift), lo, levels)
                 if not np.array_equal(fixed[firm], real[firm]):
                     return None
@@ -252,6 +262,12 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None, acc_r
         if best is None:
             m = limit // top
             s_w = float(np.float32(base_step / m))
+            if multiply is fixed_point_multiply_int64 and \
+                    quantize_multiplier(s_in32 * s_w / s_out32)[1] > INT64_MAX_SHIFT:
+                raise ValueError(f"output channel {c}: the multiplier s_in * s_w / s_out = {s_in32 * s_w / s_out32:.4g} "
+                                 f"(input step {s_in32:.4g}, weight step {s_w:.4g}, output step {s_out32:.4g}) is "
+                                 f"beyond TFLite's 16x8 kernels (below 2^{INT64_MAX_SHIFT}); is the output "
+                                 "quantizer's range trained?")
             best = ((2, 0, 0.0), m, np.round(bias[c] / (s_in32 * s_w)), s_w, s_w)
         (rank, _, margin), m, b_int, stored, s_w = best
         codes[c] = base * m

@@ -204,7 +204,8 @@ class _Act:
     sign: bool = False
     stream_grid: Optional[tuple] = None
     int16: bool = False
-    int16_like: Optional["_Act"] = None  # an int16 copy of this int8 tensor (same scale: exact)
+    int16_like: Optional["_Act"] = None  # an int16 copy of this int8 tensor (exact: its codes times int16_gain)
+    int16_gain: int = 1  # the copy's scale is the int8 tensor's / int16_gain (a power of two)
     stream_scale: Optional[float] = None  # scale of an exact residual stream (int16, or F's int8 grid)
 
 
@@ -226,8 +227,10 @@ def int8_params(tensor: _Act) -> tuple[float, int]:
 
 def int16_params(tensor: _Act) -> tuple[float, int]:
     """(scale, 0) of an int16 tensor: symmetric, zero point 0 (TFLite's 16x8 kernels require it)."""
-    if tensor.grid is not None or tensor.int16_like is not None:  # an exact copy of an int8 tensor
-        return int8_params(tensor if tensor.int16_like is None else tensor.int16_like)[0], 0
+    if tensor.int16_like is not None:  # an exact copy of an int8 tensor, its codes times a power of two
+        return int8_params(tensor.int16_like)[0] / tensor.int16_gain, 0
+    if tensor.grid is not None:
+        return int8_params(tensor)[0], 0
     if tensor.stream_scale is not None:  # an exact residual stream (stream_grids)
         return tensor.stream_scale, 0
     top = max(abs(tensor.lo), abs(tensor.hi), 1e-8) * INT16_HEADROOM
@@ -499,19 +502,38 @@ class _Planner:
         tensor = self.acts[name]
         return (int16_params if tensor.int16 else int8_params)(tensor)[0]
 
-    def typed(self, name: str, int16: bool) -> str:
+    def typed(self, name: str, int16: bool, gain: int = 1) -> str:
         """``name`` stored as int16 (``int16=True``) or int8: the tensor itself, or a copy made by a
-        QUANTIZE op (int8 -> int16 at the same scale is exact; int16 -> int8 uses the tensor's
-        calibrated int8 range)."""
+        QUANTIZE op (int8 -> int16 at the same scale, or at the scale divided by a power of two ``gain``,
+        is exact: the codes times ``gain``; int16 -> int8 uses the tensor's calibrated int8 range)."""
         src = self.acts[name]
         if self.mode != "int8" or src.int16 == int16:
             return name
-        copy = f"{name}/{'as_int16' if int16 else 'as_int8'}"
+        copy = f"{name}/{'as_int16' if int16 else 'as_int8'}" + (f"x{gain}" if gain != 1 else "")
         if copy not in self.index:
             self.acts[copy] = _Act(copy, src.shape, lo=src.lo, hi=src.hi, int16=int16,
-                                   int16_like=src if int16 else None)
+                                   int16_like=src if int16 else None, int16_gain=gain)
             self.op("QUANTIZE", [self.activation(name)], [self.activation(copy)])
         return copy
+
+    def widening(self, op: Op, out: _Act) -> int:
+        """The power of two by which a 16x8 conv, depthwise conv or dense op reads its int8 input (an exact
+        int16 copy of it, the codes times that gain, as large as int16 holds) when it writes a calibrated
+        int16 tensor (a float tensor of F: a post-activation net's linear bottleneck, 16-bit logits; not an
+        exact int16 stream, whose scale divides the accumulator unit). Its int64 bias is in units of that
+        finer input step, so F's folded bias is kept to ``1 / gain`` of an accumulator unit instead of half
+        a unit (which put the int16 stream of keras.applications MobileNetV2's project convs off by up to
+        ~900 of its steps, docs/export.md). 1: no widening (an exact output, an int16 input, float32)."""
+        src = self.acts[op.inputs[0]]
+        if self.mode != "int8" or op.kind not in ("conv", "dwconv", "dense") or not out.int16 or src.int16 \
+                or src.sign or out.grid is not None or out.stream_scale is not None or out.sign:
+            return 1
+        if src.grid is not None:
+            bound = src.grid[1]  # codes zp .. zp + levels
+        else:
+            zero_point = int8_params(src)[1]
+            bound = max(abs(-128 - zero_point), abs(127 - zero_point))
+        return 2 ** int(np.floor(np.log2(32767 / max(bound, 1))))
 
     def const(self, name, array, dtype, layer=None, **quant):
         """A constant tensor. ``layer``: the Keras layer whose weights these are; a later call of the same layer
@@ -588,11 +610,14 @@ class _Planner:
                 acc_range = (np.minimum(base, 0).sum(axis=1) * levels, np.maximum(base, 0).sum(axis=1) * levels)
             best = None
             for replicas in range(record["replicas"], cap + 1):
-                found = intmath.exact_thresholds(
-                    codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
-                    intmath.INT4_MAX if form is not None and form.packed else 127 * replicas,
-                    multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply,
-                    acc_range=acc_range)
+                try:
+                    found = intmath.exact_thresholds(
+                        codes.reshape(len(steps), -1), steps, op.bias, s_in, grid,
+                        intmath.INT4_MAX if form is not None and form.packed else 127 * replicas,
+                        multiply=intmath.fixed_point_multiply_int64 if wide_in else intmath.fixed_point_multiply,
+                        acc_range=acc_range)
+                except ValueError as err:
+                    raise ValueError(f"Layer {op.layer!r}: {err}") from None
                 key = (int(np.sum(found[3] == 2)), int(np.sum(found[3] == 1)))  # closest, then TFLite-only
                 if best is None or key < best[0]:
                     best = (key, replicas, found)
@@ -704,7 +729,8 @@ class _Planner:
         # and out: the 16x8 kernels; int8 in and out).
         as_stored = op.kind in ("affine", "dense") + PASS_THROUGH or (op.kind in ("conv", "dwconv") and
                                                              self.acts[op.inputs[0]].int16)
-        in_name = op.inputs[0] if as_stored else self.typed(op.inputs[0], out.int16)
+        gain = self.widening(op, out)
+        in_name = op.inputs[0] if as_stored and gain == 1 else self.typed(op.inputs[0], out.int16, gain)
         if op.kind in PASS_THROUGH + ("maxpool",):  # PAD, RESIZE and MAX_POOL_2D write their input's scale and
             # zero point (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose
             # output had its own calibrated int16 scale, an ImageNet stem's pool in a float stream, was wrong)
