@@ -41,3 +41,27 @@ def test_smoke_mode_writes_every_figure(tmp_path):
 def test_bad_flag_is_a_usage_error(tmp_path):
     res = _run(tmp_path, "--variants=float F,nope", "--output=")
     assert res.returncode != 0 and "unknown variant 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ag_gradients_compare_by_hand():
+    """benchmarks/ag_gradients.py's figures on vectors worked out by hand: the update (g1 + lam g2)/(1 + lam)
+    and F's share of it (its cosine with g1)."""
+    import numpy as np
+
+    from benchmarks.ag_gradients import compare, group_of
+
+    r = compare(np.array([3.0, 0.0]), np.array([0.0, 4.0]), 1.0)  # orthogonal: the update is (1.5, 2)
+    assert r["g1"] == 3.0 and r["g2"] == 4.0 and np.isclose(r["ratio"], 4 / 3) and np.isclose(r["cos"], 0.0)
+    assert np.isclose(r["f_share"], 1.5 / 2.5)
+    r = compare(np.array([1.0, 1.0]), np.array([-3.0, -3.0]), 0.5)  # opposed: update (-0.5, -0.5) / 1.5
+    assert np.isclose(r["cos"], -1.0) and np.isclose(r["f_share"], -1.0)
+    assert np.isclose(compare(np.array([2.0, 0.0]), np.array([0.0, 5.0]), 0.0)["f_share"], 1.0)  # lam 0: F alone
+    assert [group_of(p) for p in ("stem_conv/kernel", "stage2_block9_conv1/kernel", "classifier/kernel")] == [
+        "edges", "stage2", "edges"]
+
+
+def test_ag_gradients_bad_arch_is_a_usage_error(tmp_path):
+    res = subprocess.run([sys.executable, "benchmarks/ag_gradients.py", "--archs=resnet99", f"--out={tmp_path}"],
+                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT)
+    assert res.returncode == 2 and "--archs='resnet99': unknown ['resnet99']" in res.stderr
+    assert "Traceback" not in res.stderr
