@@ -39,7 +39,7 @@ from agq_keras import saving  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
 from agq_keras.experiments import reproduce  # noqa: E402
 from agq_keras.experiments.run import initialise, make_optimizer, make_trainer  # noqa: E402
-from agq_keras.saving import atomic_write  # noqa: E402
+from agq_keras.saving import write_text  # noqa: E402
 from agq_keras.training.trainer import default_loss  # noqa: E402
 
 ARCHS = ("resnet20", "resnet32", "resnet56")
@@ -51,9 +51,8 @@ def group_of(path: str) -> str:
     return head.split("_")[0] if head.startswith("stage") else "edges"
 
 
-def compare(g1: dict, g2: dict, lam: float) -> dict:
-    """|g1|, |g2|, their cosine and F's share of the applied update, for flat gradient vectors."""
-    a, b = g1, g2
+def compare(a: np.ndarray, b: np.ndarray, lam: float) -> dict:
+    """|g1|, |g2|, their cosine and F's share of the applied update, for flat gradient vectors g1 = a, g2 = b."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     applied = (a + lam * b) / (1.0 + lam)
     nu = float(np.linalg.norm(applied))
@@ -138,13 +137,7 @@ def main(argv=None):
                   hardware=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU core(s); "
                            f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     path = os.path.join(args.out, "ag_gradients.json")
-
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-            fh.write("\n")
-
-    atomic_write(path, write)
+    write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path} ({result['wall_seconds']:.0f} s)")
 
 

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 import agq_keras  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
-from agq_keras.saving import atomic_write  # noqa: E402
+from agq_keras.saving import write_text  # noqa: E402
 from agq_keras.training.callbacks import BNReestimation  # noqa: E402
 from agq_keras.training.recipe import load_by_name  # noqa: E402
 
@@ -135,13 +135,7 @@ def main(argv=None):
                     f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
     }
     path = os.path.join(args.out, "bn_swing.json")
-
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-            fh.write("\n")
-
-    atomic_write(path, write)
+    write_text(path, json.dumps(result, indent=1) + "\n")
     print("epoch  raw top-1  steadied top-1")
     for i, (r, s) in enumerate(zip(raw, steadied), 1):
         print(f"{i:5d}  {r:9.2f}  {s:14.2f}")
