@@ -6,6 +6,8 @@ import pytest
 import keras
 
 pytest.importorskip("ai_edge_litert")
+import tensorflow as tf  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from agq_keras import export  # noqa: E402
 from agq_keras.auxiliary import attach  # noqa: E402
@@ -15,6 +17,11 @@ from agq_keras.training.callbacks import reestimate_batch_norm  # noqa: E402
 
 RNG = np.random.default_rng(0)
 IMAGES = np.round(RNG.random((160, 16, 16, 3)) * 255).astype("float32") / 255  # on the int8 input grid
+
+
+def _details(model: bytes) -> dict:
+    """The interpreter's tensor details of a TFLite model, by tensor name."""
+    return {d["name"]: d for d in Interpreter(model_content=model).get_tensor_details()}
 
 
 def _tiny(depth_multiplier=1):
@@ -75,9 +82,7 @@ def test_int8_depthwise_writes_fs_codes_and_pad_keeps_its_scale():
     assert {"DEPTHWISE_CONV_2D", "PAD", "CONV_2D"} <= set(export.model_ops(model))
     names = ["stem", "b1_pad", "b1_dw"]
     codes = export.tensor_codes(model, names, IMAGES[64:], "reference")
-    from ai_edge_litert.interpreter import Interpreter
-
-    quant = {d["name"]: d["quantization"] for d in Interpreter(model_content=model).get_tensor_details()}
+    quant = {name: d["quantization"] for name, d in _details(model).items()}
     assert quant["b1_pad"] == quant["stem"] and np.allclose(quant["stem"], (1 / 3, 124))
     probe = keras.Model(f.inputs, [f.get_layer("stem_relu").output, f.get_layer("b1_dw_relu").output])
     stem_f, dw_f = (np.asarray(v, np.float64) for v in probe(IMAGES[64:]))
@@ -163,15 +168,11 @@ def test_calibrated_int16_output_reads_a_widened_input_copy():
     whole accumulator units put it hundreds of steps off)."""
     keras.utils.set_random_seed(1)
     f = quantize(_bottleneck(), w_bits=2, a_bits=2, first_last_bits=8)
-    import tensorflow as tf
-
     reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)
     bn = f.get_layer("project_bn")  # betas off whole accumulator units, as after training
     bn.beta.assign(np.linspace(-0.37, 0.41, bn.beta.shape[0]).astype("float32"))
     model, plan, _ = export.convert(f, IMAGES[:64])
-    from ai_edge_litert.interpreter import Interpreter
-
-    details = {d["name"]: d for d in Interpreter(model_content=model).get_tensor_details()}
+    details = _details(model)
     (copy,) = [n for n in details if n.endswith("/as_int16x8192")]  # 2-bit grid: codes 0..3, times 2^13
     stem = copy.split("/as_int16")[0]
     assert details[copy]["dtype"] == np.int16
