@@ -274,6 +274,9 @@ def test_16x8_multiplier_out_of_range():
     assert intmath.fixed_point_multiply_int64(np.array([3]), 1 << 30, intmath.INT64_MAX_SHIFT)[0] == 3 << 13
     with pytest.raises(ValueError, match="16x8 kernel's output multiplier 2\\^14 or more"):
         intmath.fixed_point_multiply_int64(np.array([3]), 1 << 30, intmath.INT64_MAX_SHIFT + 1)
+    assert intmath.beyond_16x8(intmath.fixed_point_multiply_int64, intmath.INT64_MAX_SHIFT + 1)
+    assert not intmath.beyond_16x8(intmath.fixed_point_multiply_int64, intmath.INT64_MAX_SHIFT)
+    assert not intmath.beyond_16x8(intmath.fixed_point_multiply, intmath.INT64_MAX_SHIFT + 1)  # int32: no such limit
     base = np.array([[1, -1, 1]])
     # s_in s_w / s_out = 1e5 / m: the code multiples m <= 6 give multipliers of 2^14 or more
     codes, steps, _, ranks, _, _ = intmath.exact_thresholds(base, np.array([100.0]), np.array([0.5]), 1.0,

@@ -85,6 +85,12 @@ def fixed_point_multiply_int64(x: np.ndarray, m0: int, shift: int) -> np.ndarray
     return (x.astype(np.int64) * reduced + (1 << (total_shift - 1))) >> total_shift
 
 
+def beyond_16x8(multiply, shift: int) -> bool:
+    """Whether ``multiply`` is the 16x8 kernels' (:func:`fixed_point_multiply_int64`) and cannot apply a
+    multiplier of exponent ``shift``."""
+    return multiply is fixed_point_multiply_int64 and shift > INT64_MAX_SHIFT
+
+
 def xnnpack_requantize(acc: np.ndarray, scale: float) -> np.ndarray:
     """XNNPACK's fp32 requantization: ``lrintf(float(acc) * float32(scale))`` (ties to even)."""
     product = np.asarray(acc, np.int64).astype(np.float32) * np.float32(scale)
@@ -231,7 +237,7 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None, acc_r
                 cost 1.7 % agreement under TFLite's kernels while XNNPACK agreed on 100 %)."""
                 kernel = s_in32 * float(np.float32(stored)) / s_out32
                 m0, shift = quantize_multiplier(kernel)
-                if multiply is fixed_point_multiply_int64 and shift > INT64_MAX_SHIFT:
+                if beyond_16x8(multiply, shift):
                     return None  # a 16x8 kernel cannot apply this multiplier (a larger code multiple m gives a smaller one)
                 fixed = np.clip(multiply(acc + b_int, m0, shift), lo, levels)
                 if not np.array_equal(fixed[firm], real[firm]):
@@ -262,8 +268,7 @@ def exact_thresholds(codes, steps, bias, s_in, grid, limit, multiply=None, acc_r
         if best is None:
             m = limit // top
             s_w = float(np.float32(base_step / m))
-            if multiply is fixed_point_multiply_int64 and \
-                    quantize_multiplier(s_in32 * s_w / s_out32)[1] > INT64_MAX_SHIFT:
+            if beyond_16x8(multiply, quantize_multiplier(s_in32 * s_w / s_out32)[1]):
                 raise ValueError(f"output channel {c}: the multiplier s_in * s_w / s_out = {s_in32 * s_w / s_out32:.4g} "
                                  f"(input step {s_in32:.4g}, weight step {s_w:.4g}, output step {s_out32:.4g}) is "
                                  f"beyond TFLite's 16x8 kernels (below 2^{INT64_MAX_SHIFT}); is the output "
