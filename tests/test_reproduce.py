@@ -113,6 +113,27 @@ def test_verdicts_rows_depth_claim_and_follow_up():
     assert "AG improves plain nets on resnet56: +10.00 pt" in reproduce.summary(reproduce.verdicts(groups))
 
 
+def test_evaluation_check_lists_disagreeing_runs_and_raw_verdicts():
+    plain = [_g(80.0 + d, seed=s) for s, d in enumerate((0.0, 0.5, 1.0))]
+    ag = [_g(81.0 + d, seed=s) for s, d in enumerate((0.0, 0.5, 1.0))]
+    groups = {("resnet56", "plain"): plain, ("resnet56", "plain_ag"): ag}
+    rows = reproduce.verdicts(groups)
+    assert reproduce.evaluation_check(groups, rows).count("* none") == 2
+    # one AG seed whose re-estimation broke a good F: the steadied verdict cannot tell, the raw one holds
+    ag[1] = dict(ag[1], top1=40.0)
+    rows = reproduce.verdicts(groups)
+    assert rows[0]["verdict"] == reproduce.CANNOT
+    assert reproduce.verdicts(groups, "raw_top1")[0]["verdict"] == reproduce.HOLDS
+    lines = reproduce.evaluation_check(groups, rows)
+    assert "* resnet56, plain + AG, seed 1: 40.00 % steadied, 81.50 % raw" in lines
+    assert sum(line.startswith("* resnet56, ") for line in lines) == 1  # within 5 points: not listed
+    assert "* AG improves plain nets, resnet56: +1.00 ± 0.41, holds (steadied: -12.83, cannot tell at this scale)" \
+        in lines
+    full = {k: [dict(g, bn_batches=20, quantizer="dorefa", bits=(2, 2)) for g in gs] for k, gs in groups.items()}
+    text = reproduce.render(full, command="c", hardware="h", png_name="p.png")
+    assert "\n".join(lines) in text and text.index("## Verdict") < text.index("### Evaluation check")
+
+
 def test_sweep_and_mobilenet_plans():
     runs = reproduce.plan("sweep", seeds=3)
     names = [r.name for r in runs]

@@ -463,15 +463,16 @@ def _verdict(delta: float, spread: float | None, threshold: float = 0.0) -> str:
     return HOLDS if delta - 2 * spread > threshold else FAILS if delta + 2 * spread < threshold else CANNOT
 
 
-def verdicts(groups: dict) -> list[dict]:
+def verdicts(groups: dict, key: str = "top1") -> list[dict]:
     """One row per claim and network where both arms have finished runs, plus "AG helps more as depth
-    grows" (the AG delta of the deepest ResNet measured minus ResNet-20's, spreads combined)."""
+    grows" (the AG delta of the deepest ResNet measured minus ResNet-20's, spreads combined). ``key``: the
+    steadied top-1 (``"top1"``, the table's rule) or the raw one (``"raw_top1"``)."""
     rows = []
     for claim, a, b, family, paper in CLAIMS:
         archs = sorted({arch for arch, _ in groups if (arch, a) in groups and (arch, b) in groups})
         for arch in (x for x in archs if x.startswith(family)):
             rows.append({"claim": claim, "arch": arch, "arms": ((arch, a), (arch, b)), "paper": paper,
-                         **compare(groups[(arch, a)], groups[(arch, b)])})
+                         **compare(groups[(arch, a)], groups[(arch, b)], key)})
     ag = {r["arch"]: r for r in rows if r["claim"] == CLAIMS[0][0]}
     deep = [d for d in DEPTHS[1:] if d in ag]
     if "resnet20" in ag and deep:
@@ -619,6 +620,35 @@ def summary(rows: list[dict]) -> str:
             + "; ".join(parts) + ".")
 
 
+# A run whose steadied top-1 is further than this from its raw top-1 (points) is listed by the report's
+# evaluation check: the BatchNorm re-estimation and training's running statistics disagree on it.
+EVAL_DISAGREEMENT_PT = 5.0
+
+
+def evaluation_check(groups: dict, rows: list[dict]) -> list[str]:
+    """The report's check of the steadied evaluation: the runs whose steadied and raw top-1 differ by more
+    than ``EVAL_DISAGREEMENT_PT``, and the verdict rows that read differently on raw top-1."""
+    labels = dict(METHODS)
+    lines = ["### Evaluation check", "",
+             f"Runs whose steadied top-1 differs from the raw top-1 by more than {EVAL_DISAGREEMENT_PT:g} points, "
+             "either way (the re-estimated BatchNorm statistics and training's running ones disagree on them):", ""]
+    odd = [f"* {arch}, {labels.get(method, method)}, seed {g['seed']}: {g['top1']:.2f} % steadied, "
+           f"{g['raw_top1']:.2f} % raw" for (arch, method), gs in sorted(groups.items()) for g in gs
+           if "raw_top1" in g and abs(g["top1"] - g["raw_top1"]) > EVAL_DISAGREEMENT_PT]
+    lines += odd or ["* none"]
+    raw = {(r["claim"], r["arch"]): r for r in verdicts(groups, "raw_top1")}
+    changed = []
+    for r in rows:
+        q = raw[(r["claim"], r["arch"])]
+        if q["verdict"] != r["verdict"]:
+            spread = f"{q['spread']:.2f}" if q["spread"] is not None else "n/a"
+            changed.append(f"* {r['claim']}, {r['arch']}: {q['delta']:+.2f} ± {spread}, {q['verdict']} "
+                           f"(steadied: {r['delta']:+.2f}, {r['verdict']})")
+    lines += ["", "Verdicts that read differently on raw top-1 (the table keeps the steadied numbers):", ""]
+    lines += changed or ["* none"]
+    return lines
+
+
 def split_groups(groups: dict) -> tuple[dict, dict]:
     """(the classification runs, the detectors: networks named ``det_*``)."""
     det = {k: v for k, v in groups.items() if k[0].startswith("det_")}
@@ -658,6 +688,7 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
             seeds = "/".join(str(n) for n in r["seeds"])
             lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {spread} | {seeds} | {r['verdict']} | "
                          f"{loss} | {paper} |")
+        lines += [""] + evaluation_check(groups, rows)
     else:
         lines.append("No comparison has finished runs on both sides yet.")
     lines += ["", "## Progress", "",
