@@ -634,7 +634,7 @@ def evaluation_check(groups: dict, rows: list[dict]) -> list[str]:
              "either way (the re-estimated BatchNorm statistics and training's running ones disagree on them):", ""]
     odd = [f"* {arch}, {labels.get(method, method)}, seed {g['seed']}: {g['top1']:.2f} % steadied, "
            f"{g['raw_top1']:.2f} % raw" for (arch, method), gs in sorted(groups.items()) for g in gs
-           if "raw_top1" in g and abs(g["top1"] - g["raw_top1"]) > EVAL_DISAGREEMENT_PT]
+           if abs(g["top1"] - g["raw_top1"]) > EVAL_DISAGREEMENT_PT]
     lines += odd or ["* none"]
     raw = {(r["claim"], r["arch"]): r for r in verdicts(groups, "raw_top1")}
     changed = []
