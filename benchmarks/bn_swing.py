@@ -9,8 +9,13 @@ in order, ``val_accuracy``). The callback puts training's running statistics bac
 so both curves come from the same training trajectory, and the raw one is the curve of a run without
 the callback.
 
-Writes ``OUT/bn_swing.json``: per-epoch raw and steadied top-1 (%), their mean absolute epoch-to-epoch
-change (and max), and timings.
+With ``--ema_momentum`` (Keras's optimizer EMA, ``use_ema=True``: it only tracks, training is unchanged),
+every epoch also evaluates a third F: the exponential moving average of the weights, with its BN statistics
+re-estimated over the same batches (``ema_top1``); the live weights and statistics are put back
+afterwards, so all three curves come from the same trajectory.
+
+Writes ``OUT/bn_swing.json``: per-epoch raw, steadied (and EMA) top-1 (%), their mean absolute
+epoch-to-epoch change (and max), and timings.
 
     python3 benchmarks/bn_swing.py --out=/tmp/bn_swing
 """
@@ -33,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 import agq_keras  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
 from agq_keras.saving import write_text  # noqa: E402
-from agq_keras.training.callbacks import BNReestimation  # noqa: E402
+from agq_keras.training.callbacks import BNReestimation, reestimate_batch_norm  # noqa: E402
 from agq_keras.training.recipe import load_by_name  # noqa: E402
 
 
@@ -62,6 +67,36 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+class EMAEvaluation(keras.callbacks.Callback):
+    """At each epoch end, evaluates F with the optimizer's moving average of its weights
+    (``optimizer.finalize_variable_values``; the optimizer needs ``use_ema=True``) and BN statistics
+    re-estimated for those weights over ``num_batches`` batches of ``dataset``, then puts F's variables back
+    exactly as they were. ``top1`` / ``loss``: one value per epoch."""
+
+    def __init__(self, dataset, num_batches: int, test):
+        super().__init__()
+        self.dataset, self.num_batches, self.test = dataset, num_batches, test
+        self.top1, self.loss = [], []
+
+    def evaluate(self) -> dict:
+        f = self.model
+        if not f.optimizer.use_ema:
+            raise ValueError("EMAEvaluation: the optimizer keeps no moving average; build it with use_ema=True.")
+        saved = [np.array(v.numpy()) for v in f.variables]
+        try:
+            f.optimizer.finalize_variable_values(f.trainable_variables)
+            reestimate_batch_norm(f, self.dataset, self.num_batches)
+            return f.evaluate(self.test, verbose=0, return_dict=True)
+        finally:
+            for v, value in zip(f.variables, saved):
+                v.assign(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = self.evaluate()
+        self.top1.append(100.0 * float(result["accuracy"]))
+        self.loss.append(float(result["loss"]))
+
+
 def swing(top1):
     deltas = np.abs(np.diff(np.asarray(top1, np.float64)))
     return {"mean_abs_delta": float(deltas.mean()) if deltas.size else 0.0,
@@ -78,10 +113,14 @@ def main(argv=None):
     p.add_argument("--num_batches", type=int, default=20, help="batches BN re-estimation averages over")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (CPU recipe)")
+    p.add_argument("--ema_momentum", type=float, default=0.0,
+                   help="also evaluate the EMA of the weights with this momentum (0: off; Keras's default is 0.99)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_dir", default="", help="Fashion-MNIST folder (default: the installed dataset)")
     p.add_argument("--out", default="/tmp/bn_swing", help="output folder (created)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.ema_momentum < 1.0:
+        p.error(f"--ema_momentum={args.ema_momentum} is not allowed; it must be in [0, 1) (0: no EMA).")
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -107,11 +146,14 @@ def main(argv=None):
                         copied_variables=load_by_name(fp, f), seconds=time.perf_counter() - start)
         print(f"pretrain: {pretrain}", flush=True)
 
-    f.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss, metrics=["accuracy"])
+    ema = {"use_ema": True, "ema_momentum": args.ema_momentum} if args.ema_momentum else {}
+    f.compile(optimizer=keras.optimizers.Adam(args.lr, **ema), loss=loss, metrics=["accuracy"])
     steady = TimedBNReestimation(reestimation_data, args.num_batches, log_raw=True, validation_data=test)
     timer = EpochTimer()
-    hist = f.fit(train, validation_data=test, epochs=args.epochs, callbacks=[steady, counter, timer],
-                 verbose=2).history
+    callbacks = [steady, counter, timer]
+    if ema:
+        callbacks.insert(1, EMAEvaluation(reestimation_data, args.num_batches, test))
+    hist = f.fit(train, validation_data=test, epochs=args.epochs, callbacks=callbacks, verbose=2).history
 
     raw = [100.0 * a for a in hist["raw_val_accuracy"]]
     steadied = [100.0 * a for a in hist["val_accuracy"]]
@@ -128,6 +170,8 @@ def main(argv=None):
         "train_top1": [100.0 * a for a in hist["accuracy"]],
         "raw_swing": swing(raw),
         "steady_swing": swing(steadied),
+        **({"ema_top1": callbacks[1].top1, "ema_loss": callbacks[1].loss, "ema_swing": swing(callbacks[1].top1)}
+           if ema else {}),
         "reestimation_seconds": steady.seconds,
         "epoch_seconds": timer.seconds,
         "wall_seconds": time.perf_counter() - started,
@@ -136,12 +180,14 @@ def main(argv=None):
     }
     path = os.path.join(args.out, "bn_swing.json")
     write_text(path, json.dumps(result, indent=1) + "\n")
-    print("epoch  raw top-1  steadied top-1")
-    for i, (r, s) in enumerate(zip(raw, steadied), 1):
-        print(f"{i:5d}  {r:9.2f}  {s:14.2f}")
+    ema_top1 = result.get("ema_top1", [float("nan")] * len(raw))
+    print("epoch  raw top-1  steadied top-1  EMA top-1")
+    for i, (r, s, e) in enumerate(zip(raw, steadied, ema_top1), 1):
+        print(f"{i:5d}  {r:9.2f}  {s:14.2f}  {e:9.2f}")
     print(f"mean |delta|: raw {result['raw_swing']['mean_abs_delta']:.2f}, "
-          f"steadied {result['steady_swing']['mean_abs_delta']:.2f} points; wrote {path} "
-          f"({result['wall_seconds']:.0f} s)")
+          f"steadied {result['steady_swing']['mean_abs_delta']:.2f}"
+          + (f", EMA {result['ema_swing']['mean_abs_delta']:.2f}" if ema else "")
+          + f" points; wrote {path} ({result['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,73 @@ def test_ag_gradients_bad_arch_is_a_usage_error(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT)
     assert res.returncode == 2 and "--archs='resnet99': unknown ['resnet99']" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_bn_swing_ema_evaluation_against_numpy():
+    """benchmarks/bn_swing.py's EMA curve: F evaluated with the NumPy moving average of its weights after every
+    step (the first step's weights, then m * avg + (1 - m) * w) and BN statistics re-estimated for them; F's own
+    variables are put back exactly, so the run goes on from the live weights."""
+    import keras
+    import numpy as np
+    import pytest
+    import tensorflow as tf
+
+    from agq_keras.training.callbacks import reestimate_batch_norm
+    from benchmarks.bn_swing import EMAEvaluation
+
+    def net():
+        x = keras.Input((4,))
+        h = keras.layers.BatchNormalization(momentum=0.9)(keras.layers.Dense(3)(x))
+        return keras.Model(x, keras.layers.Dense(2)(keras.layers.ReLU()(h)))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), rng.integers(0, 2, 24)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    keras.utils.set_random_seed(0)
+    f = net()
+    f.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.6), loss=loss, metrics=["accuracy"])
+    after_step = []
+
+    epoch_start = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epoch_start.append([np.array(v.numpy()) for v in self.model.variables])
+
+        def on_train_batch_end(self, batch, logs=None):
+            after_step.append([np.array(v.numpy()) for v in self.model.trainable_variables])
+
+        def on_epoch_end(self, epoch, logs=None):  # before EMAEvaluation's
+            epoch_end.append([np.array(v.numpy()) for v in self.model.variables])
+
+    epoch_end = []
+    ema = EMAEvaluation(train, 2, train)
+    f.fit(train, epochs=2, callbacks=[Record(), ema], verbose=0, shuffle=False)
+    assert len(ema.loss) == 2 and len(after_step) == 6
+    # epoch 2 goes on from F's variables as epoch 1 left them (live weights, running statistics): not the average
+    for a, b in zip(epoch_start[1], epoch_end[0]):
+        np.testing.assert_array_equal(a, b)
+    avg = after_step[0]
+    for ws in after_step[1:]:
+        avg = [0.6 * a + 0.4 * w for a, w in zip(avg, ws)]
+    for v, a in zip(f.trainable_variables, avg):  # (Keras's fit ends with the average in F: finalize_variable_values)
+        np.testing.assert_allclose(v.numpy(), a, rtol=1e-5, atol=1e-6)
+
+    def evaluated(weights, trainable):
+        g = net()
+        g.set_weights(weights)
+        for v, a in zip(g.trainable_variables, trainable):
+            v.assign(a)
+        reestimate_batch_norm(g, train, 2)
+        g.compile(loss=loss, metrics=["accuracy"])
+        return g.evaluate(train, verbose=0, return_dict=True)
+
+    want = evaluated(epoch_end[1], avg)
+    assert ema.loss[-1] == pytest.approx(want["loss"], rel=1e-5)
+    assert ema.top1[-1] == pytest.approx(100 * want["accuracy"])
+    assert abs(ema.loss[-1] - evaluated(epoch_end[1], after_step[-1])["loss"]) > 1e-4  # not the live weights
+    f.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    ema.set_model(f)
+    with pytest.raises(ValueError, match="use_ema=True"):
+        ema.evaluate()
