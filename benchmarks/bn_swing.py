@@ -1,8 +1,8 @@
 """How much BatchNorm re-estimation steadies F's epoch-to-epoch test top-1 (issue 13, "Steady evaluation").
 
-One training run of the plain 2-bit DoReFa ResNet-20 (F alone, Adam, the CPU recipe's learning rate
-1e-3 and batch 128, constant learning rate) on a Fashion-MNIST subset, from a short full-precision
-pretrain (SGD, momentum 0.9; 0 epochs: from scratch). Every epoch ``BNReestimation(log_raw=True)``
+One training run of a plain 2-bit DoReFa ResNet (``--arch``, default ResNet-20; F alone, Adam, the CPU
+recipe's learning rate 1e-3 and batch 128, constant learning rate) on a Fashion-MNIST subset, from a short
+full-precision pretrain (SGD, momentum 0.9; 0 epochs: from scratch). Every epoch ``BNReestimation(log_raw=True)``
 evaluates F on the test images twice: raw (the running BN statistics, ``raw_val_accuracy``) and
 steadied (the BN statistics re-estimated over the first ``--num_batches`` batches of the training subset
 in order, ``val_accuracy``). The callback puts training's running statistics back at each epoch start,
@@ -105,6 +105,7 @@ def swing(top1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet32", "resnet56"), help="the plain ResNet")
     p.add_argument("--train_subset", type=int, default=15000, help="training images (the first N)")
     p.add_argument("--test_subset", type=int, default=5000, help="test images F is evaluated on")
     p.add_argument("--epochs", type=int, default=10, help="2-bit training epochs")
@@ -135,11 +136,11 @@ def main(argv=None):
                                             data_dir=args.data_dir, subset=args.train_subset, augment=False)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    f = agq_keras.build("resnet20", plain=True, w_bits=2, a_bits=2, num_classes=10, input_shape=shape)
+    f = agq_keras.build(args.arch, plain=True, w_bits=2, a_bits=2, num_classes=10, input_shape=shape)
     pretrain = {"epochs": args.pretrain_epochs}
     if args.pretrain_epochs:
         start = time.perf_counter()
-        fp = agq_keras.build("resnet20", plain=True, w_bits=32, a_bits=32, num_classes=10, input_shape=shape)
+        fp = agq_keras.build(args.arch, plain=True, w_bits=32, a_bits=32, num_classes=10, input_shape=shape)
         fp.compile(optimizer=keras.optimizers.SGD(args.pretrain_lr, momentum=0.9), loss=loss, metrics=["accuracy"])
         fp.fit(train, epochs=args.pretrain_epochs, callbacks=[counter], verbose=2)
         pretrain.update(test_top1=100.0 * fp.evaluate(test, verbose=0, return_dict=True)["accuracy"],
@@ -160,7 +161,7 @@ def main(argv=None):
     result = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "args": vars(args),
-        "net": "resnet20 plain, 2-bit DoReFa weights and activations (first conv and classifier 16-bit), F alone",
+        "net": f"{args.arch} plain, 2-bit DoReFa weights and activations (first conv and classifier 16-bit), F alone",
         "data": f"Fashion-MNIST, first {args.train_subset} training images, first {args.test_subset} test images",
         "pretrain": pretrain,
         "raw_top1": raw,
