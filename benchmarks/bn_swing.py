@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 import agq_keras  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
+from agq_keras import saving  # noqa: E402
 from agq_keras.saving import write_text  # noqa: E402
 from agq_keras.training.callbacks import BNReestimation, reestimate_batch_norm  # noqa: E402
 from agq_keras.training.recipe import load_by_name  # noqa: E402
@@ -110,6 +111,8 @@ def main(argv=None):
     p.add_argument("--test_subset", type=int, default=5000, help="test images F is evaluated on")
     p.add_argument("--epochs", type=int, default=10, help="2-bit training epochs")
     p.add_argument("--pretrain_epochs", type=int, default=2, help="full-precision epochs first (0: from scratch)")
+    p.add_argument("--init", default="", help="start from this saved full-precision F (.keras, e.g. the sweep's "
+                   "docs/runs/<arch>_fp_plain_s0/f.keras) instead of a pretrain")
     p.add_argument("--pretrain_lr", type=float, default=0.05, help="SGD learning rate of the pretrain")
     p.add_argument("--num_batches", type=int, default=20, help="batches BN re-estimation averages over")
     p.add_argument("--batch_size", type=int, default=128)
@@ -120,6 +123,9 @@ def main(argv=None):
     p.add_argument("--data_dir", default="", help="Fashion-MNIST folder (default: the installed dataset)")
     p.add_argument("--out", default="/tmp/bn_swing", help="output folder (created)")
     args = p.parse_args(argv)
+    if args.init and args.pretrain_epochs:
+        p.error(f"--init={args.init} and --pretrain_epochs={args.pretrain_epochs}: give one start, not both "
+                "(--pretrain_epochs=0 with --init).")
     if not 0.0 <= args.ema_momentum < 1.0:
         p.error(f"--ema_momentum={args.ema_momentum} is not allowed; it must be in [0, 1) (0: no EMA).")
     os.makedirs(args.out, exist_ok=True)
@@ -138,6 +144,12 @@ def main(argv=None):
 
     f = agq_keras.build(args.arch, plain=True, w_bits=2, a_bits=2, num_classes=10, input_shape=shape)
     pretrain = {"epochs": args.pretrain_epochs}
+    if args.init:
+        fp = saving.load_model(args.init, what="--init F")
+        fp.compile(loss=loss, metrics=["accuracy"])
+        pretrain.update(init=args.init, test_top1=100.0 * fp.evaluate(test, verbose=0, return_dict=True)["accuracy"],
+                        copied_variables=load_by_name(fp, f))
+        print(f"init: {pretrain}", flush=True)
     if args.pretrain_epochs:
         start = time.perf_counter()
         fp = agq_keras.build(args.arch, plain=True, w_bits=32, a_bits=32, num_classes=10, input_shape=shape)
