@@ -135,3 +135,16 @@ def test_bn_swing_ema_evaluation_against_numpy():
     ema.set_model(f)
     with pytest.raises(ValueError, match="use_ema=True"):
         ema.evaluate()
+
+
+def test_bn_swing_bad_flags_are_usage_errors(capsys):
+    import pytest
+
+    from benchmarks.bn_swing import main
+
+    for argv, message in ((["--ema_momentum=1.5"], "--ema_momentum=1.5 is not allowed; it must be in [0, 1)"),
+                          (["--init=f.keras", "--pretrain_epochs=2"], "give one start, not both"),
+                          (["--arch=resnet18"], "invalid choice: 'resnet18'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
