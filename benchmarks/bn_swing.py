@@ -38,7 +38,6 @@ import tensorflow as tf  # noqa: E402
 import agq_keras  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
 from agq_keras import saving  # noqa: E402
-from agq_keras.saving import write_text  # noqa: E402
 from agq_keras.training.callbacks import BNReestimation, reestimate_batch_norm  # noqa: E402
 from agq_keras.training.recipe import load_by_name  # noqa: E402
 
@@ -163,9 +162,8 @@ def main(argv=None):
     f.compile(optimizer=keras.optimizers.Adam(args.lr, **ema), loss=loss, metrics=["accuracy"])
     steady = TimedBNReestimation(reestimation_data, args.num_batches, log_raw=True, validation_data=test)
     timer = EpochTimer()
-    callbacks = [steady, counter, timer]
-    if ema:
-        callbacks.insert(1, EMAEvaluation(reestimation_data, args.num_batches, test))
+    ema_eval = EMAEvaluation(reestimation_data, args.num_batches, test) if ema else None
+    callbacks = [steady] + ([ema_eval] if ema_eval else []) + [counter, timer]
     hist = f.fit(train, validation_data=test, epochs=args.epochs, callbacks=callbacks, verbose=2).history
 
     raw = [100.0 * a for a in hist["raw_val_accuracy"]]
@@ -183,8 +181,8 @@ def main(argv=None):
         "train_top1": [100.0 * a for a in hist["accuracy"]],
         "raw_swing": swing(raw),
         "steady_swing": swing(steadied),
-        **({"ema_top1": callbacks[1].top1, "ema_loss": callbacks[1].loss, "ema_swing": swing(callbacks[1].top1)}
-           if ema else {}),
+        **({"ema_top1": ema_eval.top1, "ema_loss": ema_eval.loss, "ema_swing": swing(ema_eval.top1)}
+           if ema_eval else {}),
         "reestimation_seconds": steady.seconds,
         "epoch_seconds": timer.seconds,
         "wall_seconds": time.perf_counter() - started,
@@ -192,14 +190,14 @@ def main(argv=None):
                     f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
     }
     path = os.path.join(args.out, "bn_swing.json")
-    write_text(path, json.dumps(result, indent=1) + "\n")
+    saving.write_text(path, json.dumps(result, indent=1) + "\n")
     ema_top1 = result.get("ema_top1", [float("nan")] * len(raw))
     print("epoch  raw top-1  steadied top-1  EMA top-1")
     for i, (r, s, e) in enumerate(zip(raw, steadied, ema_top1), 1):
         print(f"{i:5d}  {r:9.2f}  {s:14.2f}  {e:9.2f}")
     print(f"mean |delta|: raw {result['raw_swing']['mean_abs_delta']:.2f}, "
           f"steadied {result['steady_swing']['mean_abs_delta']:.2f}"
-          + (f", EMA {result['ema_swing']['mean_abs_delta']:.2f}" if ema else "")
+          + (f", EMA {result['ema_swing']['mean_abs_delta']:.2f}" if ema_eval else "")
           + f" points; wrote {path} ({result['wall_seconds']:.0f} s)")
 
 
