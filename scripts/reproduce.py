@@ -33,7 +33,7 @@ flags.DEFINE_list("depths", ["resnet20", "resnet32", "resnet56"], "sweep: the de
 flags.DEFINE_string("lsq_arch", "resnet32", "sweep: the depth of the LSQ pair (where AG helps DoReFa most).")
 flags.DEFINE_string("relu_arch", "resnet20", "sweep: the depth of the ReLU-after-sums arm.")
 flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to the arms of every comparison "
-                     "whose delta sits within 2 spreads, and train them.")
+                     "of the table whose delta sits within 2 spreads, and train them.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
                   "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
                   "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md, no README "

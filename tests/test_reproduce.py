@@ -110,6 +110,11 @@ def test_verdicts_rows_depth_claim_and_follow_up():
     assert {(r.arch, r.method) for r in extra} == {arm for arms in undecided for arm in arms}
     assert sorted({r.seed for r in extra}) == [3, 4]
     assert not set(r.name for r in extra) & set(r.name for r in runs)
+    # a table's follow-up keeps to its own arms: the MobileNetV2 pair is undecided, yet a ResNet plan skips it
+    resnets = [r for r in runs if r.arch != "mobilenetv2"]
+    assert {r.arch for r in reproduce.follow_up(resnets, groups)} == {"resnet20"}
+    assert {(r.arch, r.seed) for r in reproduce.follow_up([r for r in runs if r.arch == "mobilenetv2"], groups)} \
+        == {("mobilenetv2", 3), ("mobilenetv2", 4)}
     assert "AG improves plain nets on resnet56: +10.00 pt" in reproduce.summary(reproduce.verdicts(groups))
 
 

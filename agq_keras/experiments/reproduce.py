@@ -6,7 +6,7 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
 * ``sweep`` (issue 13, the decisive evidence): 2-bit DoReFa plain ResNet-20/32/56, arms plain, plain + AG,
   plain at 2x epochs (compute-matched: an AG step costs about two F steps) and plain + AG + SSP, 3 seeds
   each; H's sums with a ReLU at one depth; LSQ plain and plain + AG at one depth. :func:`follow_up` adds
-  seeds up to 5 to the arms of every comparison whose delta sits within 2 spreads.
+  seeds up to 5 to the arms of every comparison of the table whose delta sits within 2 spreads.
 * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2, float / 4-bit / 4-bit + AG, 3 seeds.
 * ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
 * ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
@@ -349,11 +349,14 @@ def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = No
 
 def follow_up(runs: list[Run], groups: dict) -> list[Run]:
     """Issue 13's rule: every arm of a verdict comparison whose delta sits within 2 spreads gets seeds up to
-    ``MAX_SEEDS``. Returns the runs to add (not yet in ``runs``), in plan order."""
+    ``MAX_SEEDS``. Only comparisons between arms of ``runs`` (the table being run) count: the sweep's follow-up
+    never trains the MobileNetV2 table's arms, and that table's own ``--follow_up`` does. Returns the runs to
+    add (not yet in ``runs``), in plan order."""
     planned = {r.name for r in runs}
+    arms_run = {(r.arch, r.method) for r in runs}
     extra = []
     for row in verdicts(groups):
-        if row["verdict"] != "cannot tell at this scale":
+        if row["verdict"] != "cannot tell at this scale" or not set(row["arms"]) <= arms_run:
             continue
         for arch, method in row["arms"]:
             for seed in range(MAX_SEEDS):
