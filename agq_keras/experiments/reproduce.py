@@ -356,7 +356,7 @@ def follow_up(runs: list[Run], groups: dict) -> list[Run]:
     arms_run = {(r.arch, r.method) for r in runs}
     extra = []
     for row in verdicts(groups):
-        if row["verdict"] != "cannot tell at this scale" or not set(row["arms"]) <= arms_run:
+        if row["verdict"] != CANNOT or not set(row["arms"]) <= arms_run:
             continue
         for arch, method in row["arms"]:
             for seed in range(MAX_SEEDS):
