@@ -30,7 +30,8 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["resnet20", "resnet18"], "Architectures to time (resnet18 is CIFAR-style).")
-flags.DEFINE_list("variants", ["float F", "2-bit F", "AG", "AG+SSP", "KD", "additional losses"],
+flags.DEFINE_list("variants", ["float F", "2-bit F", "2-bit LSQ F", "4-bit F", "4-bit LSQ F", "AG", "AG+SSP", "KD",
+                                "additional losses"],
                   "Training variants to time.")
 flags.DEFINE_boolean("plain", True, "Plain nets (no float shortcuts); --noplain for residual.")
 flags.DEFINE_integer("batch_size", 128, "Batch size of the timed steps.")
@@ -48,6 +49,8 @@ INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 TARGETS = {  # ratio name: (comparison, bound)
     "quantized/float step time": ("<=", 1.10),
     "AG/F-only step time": ("<=", 2.05),
+    "2-bit LSQ/DoReFa step time": ("<=", 1.10),
+    "4-bit LSQ/DoReFa step time": ("<=", 1.10),
     "AG/KD step time": ("<=", 1.0),
     "int8/float32 latency (XNNPACK)": ("<=", 0.5),
     "int8/float32 size": ("<=", 0.27),
@@ -95,6 +98,8 @@ def train_steps(arch: str) -> dict:
         del model
         keras.backend.clear_session()
     ratios = {"quantized/float step time": _ratio(row, "2-bit F", "float F"),
+              "2-bit LSQ/DoReFa step time": _ratio(row, "2-bit LSQ F", "2-bit F"),
+              "4-bit LSQ/DoReFa step time": _ratio(row, "4-bit LSQ F", "4-bit F"),
               "AG/F-only step time": _ratio(row, "AG", "2-bit F"),
               "AG+SSP/F-only step time": _ratio(row, "AG+SSP", "2-bit F"),
               "KD/F-only step time": _ratio(row, "KD", "2-bit F"),

@@ -13,14 +13,18 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-# name -> agq_keras.configs.base.apply_method method (the plain/residual token is added) and bit widths
+# name -> agq_keras.configs.base.apply_method method (the plain/residual token is added), bit widths and the
+# quantizer family (the paper's DoReFa, or quantize()'s default recipe, LSQ with per-channel weight steps)
 VARIANTS = {
-    "float F": ("base", 32),
-    "2-bit F": ("base", 2),
-    "AG": ("ag", 2),
-    "AG+SSP": ("ag_ssp", 2),
-    "KD": ("kd", 2),
-    "additional losses": ("additional_losses", 2),
+    "float F": ("base", 32, "dorefa"),
+    "2-bit F": ("base", 2, "dorefa"),
+    "2-bit LSQ F": ("base", 2, "lsq"),
+    "4-bit F": ("base", 4, "dorefa"),
+    "4-bit LSQ F": ("base", 4, "lsq"),
+    "AG": ("ag", 2, "dorefa"),
+    "AG+SSP": ("ag_ssp", 2, "dorefa"),
+    "KD": ("kd", 2, "dorefa"),
+    "additional losses": ("additional_losses", 2, "dorefa"),
 }
 
 
@@ -47,9 +51,9 @@ def config(arch: str, variant: str, plain: bool = True):
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}.")
-    method, bits = VARIANTS[variant]
+    method, bits, quantizer = VARIANTS[variant]
     c = get_base_config()
-    c.arch, c.w_bits, c.a_bits, c.seed = arch, bits, bits, 0
+    c.arch, c.w_bits, c.a_bits, c.seed, c.quantizer = arch, bits, bits, 0, quantizer
     if arch in ("resnet18", "resnet34", "resnet50"):
         c.stem = "cifar"  # CIFAR-style: 3x3 stride-1 first conv, no max-pool
     return apply_method(c, f"{'plain' if plain else 'residual'}_{method}")

@@ -43,7 +43,10 @@ def _tiny(depth_multiplier=1):
 
 
 def _f(depth_multiplier=1, **kwargs):
+    """The tiny net at 2 bits with DoReFa's fixed grids (activation step 1/3), which the op-by-op checks below
+    spell out; the default LSQ recipe's export: test_default_recipe_exports_fs_codes."""
     keras.utils.set_random_seed(1)
+    kwargs.setdefault("quantizer", "dorefa")
     f = quantize(_tiny(depth_multiplier), w_bits=2, a_bits=2, first_last_bits=8, **kwargs)
     import tensorflow as tf
 
@@ -145,6 +148,32 @@ def test_tensor_agreement_finds_where_f_and_the_model_part():
     assert parted[2]["tensor"] == "b1_dw" and parted[2]["mismatch"] > 0.1 and parted[2]["max_steps"] >= 1
 
 
+def test_default_recipe_exports_fs_codes():
+    """quantize()'s default recipe (LSQ: per-channel learned weight steps, activation steps from the data, the ReLU6
+    reader's grid on [0, 6]) exports through the same grid protocol: every conv's int8 weights are F's codes, with
+    F's per-channel steps as the TFLite per-channel scales, and the k-bit tensors hold F's codes."""
+    keras.utils.set_random_seed(1)
+    f = quantize(_tiny(), w_bits=4, a_bits=4, first_last_bits=8)
+    f(IMAGES[:32], training=True)  # a training pass sets the activation steps from the data
+    reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)
+    dw = f.get_layer("b1_dw")
+    assert dw.input_quantizer.learned_step() == pytest.approx(6 / 15)  # ReLU6 -> pad -> depthwise: [0, 6]
+    steps = dw.kernel_quantizer.learned_step()
+    assert steps.shape == (8,) and len(np.unique(steps)) == 8  # one learned step per channel
+    graph = lower(f)
+    for op in graph.ops:
+        if op.kind in ("conv", "dwconv") and op.layer.split("+")[0] in ("b1_dw", "b1_project"):
+            assert op.exact_weights, op.layer
+    np.testing.assert_allclose(graph.tensors["b1_pad"].grid[0], 6 / 15, rtol=1e-6)
+    model, plan, _ = export.convert(f, IMAGES[:64])
+    rows = export.tensor_agreement(model, f, plan, IMAGES[64:96])
+    kbit = [r for r in rows if r["grid"] == "k-bit"]
+    assert [r["tensor"] for r in kbit][:3] == ["stem", "b1_pad", "b1_dw"]
+    # DoReFa's 1/3 grid reproduces the stem's codes exactly (the test above); a learned float32 step leaves a few
+    # values within the int8 requantizer's rounding of a tie (measured: 4.6e-5 of the stem's values)
+    assert all(r["mismatch"] < 1e-3 for r in kbit[:2]) and kbit[2]["mismatch"] < 0.01
+
+
 def _bottleneck():
     """stem -> BN -> ReLU6 -> 1x1 project -> BN (a linear bottleneck: F keeps it float) -> 1x1 expand -> BN -> ReLU
     -> GAP -> Dense: the project conv reads F's exact k-bit grid and writes a calibrated int16 tensor."""
@@ -167,7 +196,7 @@ def test_calibrated_int16_output_reads_a_widened_input_copy():
     1/8192 of an accumulator unit: its int16 output is F's float value to about one int16 step (rounding the bias to
     whole accumulator units put it hundreds of steps off)."""
     keras.utils.set_random_seed(1)
-    f = quantize(_bottleneck(), w_bits=2, a_bits=2, first_last_bits=8)
+    f = quantize(_bottleneck(), quantizer="dorefa", w_bits=2, a_bits=2, first_last_bits=8)
     reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)
     bn = f.get_layer("project_bn")  # betas off whole accumulator units, as after training
     bn.beta.assign(np.linspace(-0.37, 0.41, bn.beta.shape[0]).astype("float32"))

@@ -72,6 +72,10 @@ def golden_net(arch, plain, bits, quantizer="dorefa", input_shape=(16, 16, 1), *
                 value = rng.normal(0, 0.05, shape)
             elif name == "top":  # a static 8-bit range (first_last_bits=8)
                 value = rng.uniform(1.0, 4.0, shape)
+            elif name == "log_step":  # LSQ's learned steps (set, not initialised by TF's float32 log)
+                value = np.log(rng.uniform(0.05, 0.5, shape))
+            elif name == "initialized":
+                value = np.ones(shape)
             else:
                 continue
             var.assign(value.astype(np.float32))

@@ -32,7 +32,7 @@ def _quantizer_summary(layer):
 @pytest.mark.parametrize("plain", [True, False])
 def test_quantize_reproduces_the_builders_f_layer_for_layer(plain):
     f32 = agq_keras.build("resnet20", plain=plain, w_bits=32, a_bits=32, num_classes=10, input_shape=(16, 16, 1))
-    fq = quantize(f32, w_bits=2, a_bits=2)
+    fq = quantize(f32, quantizer="dorefa", per_channel=False, w_bits=2, a_bits=2)
     f2 = agq_keras.build("resnet20", plain=plain, w_bits=2, a_bits=2, num_classes=10, input_shape=(16, 16, 1))
     assert load_by_name(f32, f2) > 0
     assert [(l.name, type(l)) for l in fq.layers] == [(l.name, type(l)) for l in f2.layers]

@@ -70,8 +70,9 @@ def ref_ste_sign(q, x):
 
 
 def lsq_ref(q, x):
-    """(forward, dq/dx, dL/ds per unit upstream before summation)."""
-    s = float(q.step.numpy())
+    """(forward, dq/dx, dL/ds per unit upstream before summation); the step per tensor or per output channel
+    (the last axis), as the quantizer holds it after its call."""
+    s = q.learned_step()
     v = x / s
     out = np.round(np.clip(v, -q.q_n, q.q_p)) * s
     dx = ((v >= -q.q_n) & (v <= q.q_p)).astype(x.dtype)
@@ -105,7 +106,7 @@ CASES = (
     + [(quantizers.PACTActivation, b, ref_pact, A) for b in (1, 2, 4, 8)]
 )
 IDS = [f"{c[0].__name__}-{c[1]}" for c in CASES]
-PER_CHANNEL = (quantizers.LQNetWeight, quantizers.BiRealWeight, quantizers.GroupNetWeight)
+PER_CHANNEL = (quantizers.LQNetWeight, quantizers.BiRealWeight, quantizers.GroupNetWeight, quantizers.LSQWeight)
 
 
 @pytest.mark.parametrize("cls,bits,ref,x", CASES, ids=IDS)
@@ -142,15 +143,19 @@ def test_get_config_round_trip(cls, bits, ref, x):
 @pytest.mark.parametrize("cls,bits", [(quantizers.LSQWeight, 2), (quantizers.LSQActivation, 3)])
 def test_lsq_step_gradient_matches_reference(cls, bits):
     x = W if cls is quantizers.LSQWeight else A
+    """The trainable variable is log(s): its gradient is s * dL/ds (the paper's dL/ds, chain rule), summed per
+    output channel for per-channel weights."""
     q = cls(bits)
     q.build(x.shape)
-    q.step.assign(0.37)
+    steps = np.linspace(0.3, 0.45, q.log_step.shape[0]) if q.log_step.shape.rank else 0.37
+    q.assign_step(steps)
     upstream = RNG.standard_normal(x.shape).astype("float32")
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(q(tf.constant(x)) * upstream)
     grad = tape.gradient(loss, q.trainable_variables)[0].numpy()
     _, _, ds = lsq_ref(q, x.astype("float64"))
-    np.testing.assert_allclose(grad, np.sum(upstream * ds), rtol=1e-4, atol=1e-6)
+    axes = tuple(range(x.ndim - 1)) if np.ndim(steps) else None
+    np.testing.assert_allclose(grad, q.learned_step() * np.sum(upstream * ds, axis=axes), rtol=1e-4, atol=1e-6)
 
 
 def test_pact_alpha_gradient_matches_reference():
@@ -284,7 +289,7 @@ def test_each_family_trains_in_an_ag_trainer(family):
     rng = np.random.default_rng(7)
     x = rng.random((16, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 4, 16).astype("int32")
-    learned = {"lsq": "step", "pact": "alpha", "groupnet": "scales"}.get(family)
+    learned = {"lsq": "log_step", "pact": "alpha", "groupnet": "scales"}.get(family)
     variables = [v for v in t.f.trainable_variables if learned and v.path.endswith("/" + learned)]
     if family == "pact":
         for v in variables:  # alpha only gets gradient where x >= alpha: make sure some inputs clip

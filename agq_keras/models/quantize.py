@@ -15,6 +15,12 @@ unsigned k-bit grid would clip its negative values. The first weighted layers (t
 input) and the last ones (whose outputs reach the model output through no other weighted layer) get
 ``first_last_bits``, as in :func:`agq_keras.build`: no input quantizer on the first, the edge
 activation quantizer on the last.
+
+The default quantizers are the recipe for a user's float model (LSQ, :mod:`agq_keras.quantizers.lsq`): a learned
+weight step per output channel, initialised from the weights the model holds at its first call; a learned
+activation step, initialised from the first training batch, or, for an input that a ``ReLU(max_value=m)`` bounds
+(keras.applications' ReLU6), starting on the whole ``[0, m]``. Measured against the float continuation of the same
+start in docs/quantize.md.
 """
 
 from __future__ import annotations
@@ -86,14 +92,22 @@ def _bits_pair(value, pattern):
                      "(w_bits, a_bits) pair or {'w_bits': .., 'a_bits': ..}.")
 
 
-def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, a_bits: int = 2,
-             first_last_bits=None, stream_bits=None, policy=None, name=None) -> keras.Model:
+DEFAULT_QUANTIZER = "lsq"  # learned steps, per-channel weights, ranges initialised from the data
+
+
+def quantize(model: keras.Model, *, quantizer: str = DEFAULT_QUANTIZER, w_bits: int = 2, a_bits: int = 2,
+             first_last_bits=None, stream_bits=None, policy=None, per_channel=None, name=None) -> keras.Model:
     """F from a float functional ``model`` (see the module docstring). The model is not changed.
 
     Args:
       model: a functional `keras.Model` (or a built `keras.Sequential`) of the supported layers
         (:data:`SUPPORTED_LAYERS`); layers already quantized (QConv2D, ...) are re-quantized.
-      quantizer: quantizer family (``agq_keras.quantizers.families()``).
+      quantizer: quantizer family (``agq_keras.quantizers.families()``). The default, ``"lsq"``, is the recipe
+        for a user's model: LSQ weights with a learned step per output channel and LSQ activations with a
+        learned step, both initialised from the data (the weights the model holds, the first training batch;
+        a quantizer reading a ``ReLU(max_value=m)`` starts on the whole ``[0, m]``), 2..8 bits. ``"dorefa"``
+        is the paper's (fixed [0, 1] activation range: it clips a ReLU6's outputs at 1), ``"pact"`` a learned
+        clip with DoReFa weights.
       w_bits, a_bits: bit widths of the weighted layers between the first and the last.
       first_last_bits: bits of the first and last weighted layers: None (16, or 32 when w_bits = a_bits =
         32), 8, 16 or 32. With 8 the head is integer as in :func:`agq_keras.build`: a global average pool
@@ -110,6 +124,9 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
       policy: mixed precision: ``{layer name or fnmatch pattern: bits | (w_bits, a_bits) | {"w_bits": w,
         "a_bits": a}}`` (a missing key keeps the default). Later patterns win over earlier ones; a policy
         entry wins over ``first_last_bits``. Every pattern must match a Conv2D, DepthwiseConv2D or Dense.
+      per_channel: None (default): one weight scale per output channel where the family has the option
+        (dorefa, pact, lsq), the family's own otherwise; True / False asks for per-channel / per-tensor
+        weight scales (an error for a family without the option).
       name: F's name (default: the model's).
     """
     if isinstance(model, keras.Sequential):
@@ -122,7 +139,14 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
         _check_layer(node.layer)
     if quantizer not in quantizers.families():
         raise ValueError(f"quantize(): unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
-    quantizers.make_pair(quantizer, w_bits, a_bits)  # a ValueError naming a bad width
+    if per_channel is not None and not isinstance(per_channel, bool):
+        raise ValueError(f"quantize(): per_channel={per_channel!r} must be None, True or False.")
+    if per_channel is None:
+        per_channel = True if "per_channel" in getattr(quantizers.base.family_classes(quantizer)[0], "OPTIONS", ()) else None
+    try:
+        quantizers.make_pair(quantizer, w_bits, a_bits, per_channel=per_channel)  # a bad width or option
+    except ValueError as err:
+        raise ValueError(f"quantize(): quantizer={quantizer!r}, w_bits={w_bits!r}, a_bits={a_bits!r}: {err}") from None
     if first_last_bits is None:
         first_last_bits = 32 if (w_bits == 32 and a_bits == 32) else quantizers.base.FIXED_POINT_BITS
     quantizers.edge_pair(first_last_bits)  # a ValueError naming the bad value and 8, 16, 32
@@ -137,7 +161,7 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
         raise ValueError(f"quantize(): stream_bits={stream_bits!r} is not supported; allowed: None (float), 8.")
     first, last = _first_last(model, graph)
     bits = _assign_bits(graph, weighted, first | last, w_bits, a_bits, first_last_bits, policy)
-    relu_fed = _relu_fed(graph)
+    relu_fed = _relu_fed(graph)  # {name: the input's known upper bound, or None}
     int8_pools = _head_pools(graph, last) if first_last_bits == 8 else set()
     streams = _linear_tensors(model, graph) if stream_bits else set()
     outputs_of_last = {r for r in structure.output_refs(model) if r[0] in last}
@@ -152,7 +176,8 @@ def quantize(model: keras.Model, *, quantizer: str = "dorefa", w_bits: int = 2, 
                     any(p in int8_pools for p in _weighted_sources(graph, layer.name))
                 clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name),
                                             reads_relu=layer.name in relu_fed, first=layer.name in first,
-                                            edge=layer.name in first | last, reads_grid=reads_pool)
+                                            edge=layer.name in first | last, reads_grid=reads_pool,
+                                            per_channel=per_channel, input_range=relu_fed.get(layer.name))
         return clones[layer.name]
 
     def after(node, tensor):
@@ -222,32 +247,52 @@ def _first_last(model, graph):
     return first, last
 
 
-def _relu_fed(graph) -> set:
-    """Names of the weighted layers whose every input comes from a ReLU-like op (through layers that keep
-    the sign)."""
+_UNBOUNDED = float("inf")
+
+
+def _relu_cap(layer):
+    """The upper bound of a ReLU-like layer's output: ``max_value`` (6 for relu6), inf for a plain ReLU."""
+    config = layer.get_config()
+    if type(layer).__name__ == "ReLU":
+        return _UNBOUNDED if config.get("max_value") is None else float(config["max_value"])
+    return 6.0 if config.get("activation") == "relu6" else _UNBOUNDED
+
+
+def _relu_fed(graph) -> dict:
+    """``{name: bound}`` for the weighted layers whose every input comes from a ReLU-like op (through layers
+    that keep the sign): ``bound`` is the largest value the input can take (a ReLU6's 6; the maximum over a
+    concatenation), or None when a plain ReLU feeds it."""
     producers = {n.ref: n for n in graph}
     memo: dict = {}
 
-    def relu_like(ref) -> bool:
+    def cap(ref):
+        """The bound of a ReLU-like tensor, or None when the tensor is not ReLU-like."""
         if ref not in memo:
             src = producers[ref]
             if _relu_like(src.layer):
-                memo[ref] = True
+                memo[ref] = _relu_cap(src.layer)
             elif type(src.layer).__name__ in _KEEPS_SIGN and src.inputs:
-                memo[ref] = all(relu_like(r) for r in src.inputs)
+                caps = [cap(r) for r in src.inputs]
+                memo[ref] = None if any(c is None for c in caps) else max(caps)
             else:
-                memo[ref] = False
+                memo[ref] = None
         return memo[ref]
 
-    return {n.layer.name for n in graph if _twin(n.layer) is not None and n.inputs and all(relu_like(r) for r in n.inputs)}
+    found = {}
+    for n in graph:
+        if _twin(n.layer) is not None and n.inputs:
+            caps = [cap(r) for r in n.inputs]
+            if all(c is not None for c in caps):
+                found[n.layer.name] = None if max(caps) == _UNBOUNDED else max(caps)
+    return found
 
 
-def _quantizer_pair(family, w, a, edge: bool):
+def _quantizer_pair(family, w, a, edge: bool, per_channel=None, input_range=None):
     """Fresh (kernel, input) quantizers: the edge pair of :func:`agq_keras.quantizers.edge_pair` for a first
     or last layer at 8, 16 or 32 bits, the family's pair otherwise."""
     if edge and w == a and w in EDGE_BITS:
         return quantizers.edge_pair(w)
-    return quantizers.make_pair(family, w, a)
+    return quantizers.make_pair(family, w, a, per_channel=per_channel, input_range=input_range)
 
 
 def _weighted_sources(graph, name) -> set:
@@ -288,14 +333,15 @@ def _linear_tensors(model, graph) -> set:
     return found
 
 
-def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool, reads_grid: bool = False):
+def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool, reads_grid: bool = False,
+           per_channel=None, input_range=None):
     q_cls = _twin(layer)
     if q_cls is None:
         return layer.__class__.from_config(layer.get_config())
     config = layer.get_config()
     w, a = bits
     try:
-        kernel_q, act_q = _quantizer_pair(family, w, a, edge)
+        kernel_q, act_q = _quantizer_pair(family, w, a, edge, per_channel, input_range)
     except ValueError as err:
         raise ValueError(f"quantize(): layer {layer.name!r} ({type(layer).__name__}) at w_bits={w!r}, a_bits={a!r}: "
                          f"{err}") from None

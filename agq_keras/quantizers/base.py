@@ -128,6 +128,13 @@ class Quantizer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    @classmethod
+    def for_input_range(cls, bits: int, top: float) -> "Quantizer":
+        """An activation quantizer for an input known to lie in ``[0, top]`` (a ``ReLU(max_value=top)``
+        output). This default ignores ``top`` (a fixed-range quantizer such as DoReFa's [0, 1]); the
+        learned-range families start their range there."""
+        return cls(bits=bits)
+
     # -- the integer export protocol (agq_keras.export) ------------------
     def export_grid(self, q_kernel=None, max_code: int = 127) -> Optional["Grid"]:
         """The :class:`Grid` of this quantizer's outputs, or None when they are on no integer grid
@@ -175,29 +182,30 @@ class Grid:
 
 
 def weight_grid(q_kernel, step=None, max_code: int = 127) -> Optional[Grid]:
-    """The ``"weights"`` :class:`Grid` of a kernel on a uniform grid of ``step`` (see
-    :func:`uniform_codes`), or of the constant ``step`` alone when ``q_kernel`` is None."""
+    """The ``"weights"`` :class:`Grid` of a kernel on a uniform grid of ``step`` (a number, or one per output
+    channel; see :func:`uniform_codes`), or of the constant scalar ``step`` alone when ``q_kernel`` is None."""
+    constant = None if step is None or np.ndim(step) else float(step)
     if q_kernel is None:
-        return None if step is None else Grid("weights", step=float(step))
+        return None if constant is None else Grid("weights", step=constant)
     found = uniform_codes(q_kernel, step, max_code)
-    return None if found is None else Grid("weights", step=None if step is None else float(step),
-                                           codes=found[0], steps=found[1])
+    return None if found is None else Grid("weights", step=constant, codes=found[0], steps=found[1])
 
 
 def uniform_codes(q_kernel, step=None, max_code: int = 127):
     """``(codes, steps)`` with ``q_kernel == codes * step`` and |codes| <= max_code, or None.
 
-    ``step=None`` takes the smallest nonzero |value| of the whole tensor
-    (binary ±alpha kernels). Shared helper of :meth:`Quantizer.export_grid`.
+    ``step`` is a number, or one per output channel (the last axis); ``step=None`` takes the smallest
+    nonzero |value| of the whole tensor (binary ±alpha kernels). Shared helper of :meth:`Quantizer.export_grid`.
     """
     q = np.asarray(q_kernel, dtype=np.float64)
     if step is None:
         nonzero = np.abs(q[q != 0])
         step = float(nonzero.min()) if nonzero.size else 1.0
+    step = np.asarray(step, np.float64)
     codes = np.round(q / step)
     if np.abs(codes).max(initial=0) > max_code or not np.allclose(codes * step, q, rtol=1e-5, atol=1e-7):
         return None
-    return codes.astype(np.int32), np.full(q.shape[-1], step)
+    return codes.astype(np.int32), np.broadcast_to(step, (q.shape[-1],)).copy()
 
 
 def get(identifier):

@@ -7,6 +7,7 @@ gradients", arXiv:1606.06160, 2016 (eqs. 5-9).
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from agq_keras.quantizers.base import Grid, Quantizer, register, register_family, weight_grid
@@ -18,7 +19,7 @@ def round_k(x, bits: int):
     return tf.round(x * n) / n
 
 
-def dorefa_weight(w, bits: int):
+def dorefa_weight(w, bits: int, per_channel: bool = False):
     r"""DoReFa k-bit weight quantizer.
 
     Forward, k = 1:  q = sign(w) * mean|w|          (sign(0) = +1)
@@ -27,20 +28,23 @@ def dorefa_weight(w, bits: int):
     Gradient, k = 1:  dq/dw = 1                       (straight-through)
     Gradient, k >= 2: dq/dw = (1 - tanh(w)^2) / M     (round_k passed straight
                       through; M treated as a constant)
+    ``per_channel``: mean|w| and M are taken per slice of the last axis (a kernel's output channels)
+    instead of over the whole tensor, so each output channel uses its whole grid.
     The output takes at most 2^k distinct values; for k >= 2 they are
-    2i/(2^k - 1) - 1, i = 0 .. 2^k - 1.
+    2i/(2^k - 1) - 1, i = 0 .. 2^k - 1 (per-channel or not).
     """
     w = tf.convert_to_tensor(w)
+    axes = list(range(len(w.shape) - 1)) if per_channel else None
 
     @tf.custom_gradient
     def _binary(w):
-        scale = tf.reduce_mean(tf.abs(w))
+        scale = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=per_channel)
         return tf.where(w >= 0, scale, -scale), lambda dy: dy
 
     @tf.custom_gradient
     def _kbit(w):
         t = tf.tanh(w)
-        m = tf.reduce_max(tf.abs(t))
+        m = tf.reduce_max(tf.abs(t), axis=axes, keepdims=per_channel)
         m = tf.where(m > 0, m, tf.ones_like(m))
         q = 2.0 * round_k(t / (2.0 * m) + 0.5, bits) - 1.0
         return q, lambda dy: dy * (1.0 - tf.square(t)) / m
@@ -72,19 +76,33 @@ def dorefa_activation(x, bits: int):
 
 @register("dorefa_weight")
 class DoReFaWeight(Quantizer):
-    """DoReFa weights, k = 1..8 bits. See :func:`dorefa_weight` for the formulas."""
+    """DoReFa weights, k = 1..8 bits, normalised per tensor (the paper's) or per output channel
+    (``per_channel=True``). See :func:`dorefa_weight` for the formulas."""
 
     allowed_bits = tuple(range(1, 9))
+    OPTIONS = ("per_channel",)
 
-    def __init__(self, bits: int = 2, **kwargs):
+    def __init__(self, bits: int = 2, per_channel: bool = False, **kwargs):
         super().__init__(bits=bits, **kwargs)
+        if not isinstance(per_channel, bool):
+            raise ValueError(f"DoReFaWeight: per_channel={per_channel!r} must be True or False.")
+        self.per_channel = per_channel
 
     def call(self, w):
-        return dorefa_weight(w, self.bits)
+        return dorefa_weight(w, self.bits, self.per_channel)
+
+    def get_config(self):
+        config = super().get_config()
+        config["per_channel"] = self.per_channel
+        return config
 
     def export_grid(self, q_kernel=None, max_code: int = 127):
         """k >= 2: odd codes 2i - (2^k-1), constant step 1/(2^k-1) (|code| <= 2^k - 1: one int8 weight
-        for k <= 7, k = 8 needs 255); k = 1: codes ±1, step mean|w| (depends on the kernel)."""
+        for k <= 7, k = 8 needs 255), per channel or not; k = 1: codes ±1, step mean|w| (depends on the
+        kernel; per channel: one step per output channel)."""
+        if self.bits == 1 and self.per_channel and q_kernel is not None:
+            steps = np.abs(np.asarray(q_kernel, np.float64)).reshape(-1, np.shape(q_kernel)[-1]).max(axis=0)
+            return weight_grid(q_kernel, np.where(steps > 0, steps, 1.0), max_code)
         return weight_grid(q_kernel, None if self.bits == 1 else 1.0 / (2**self.bits - 1), max_code)
 
 

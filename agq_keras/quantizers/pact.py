@@ -66,6 +66,11 @@ class PACTActivation(Quantizer):
             raise ValueError(f"PACTActivation: alpha_init={alpha_init!r} must be a positive number.")
         self.alpha_init = float(alpha_init)
 
+    @classmethod
+    def for_input_range(cls, bits: int, top: float):
+        """Clip starting at ``top``."""
+        return cls(bits=bits, alpha_init=top)
+
     def build(self, input_shape):
         self.alpha = self.add_weight(name="alpha", shape=(), trainable=True,
                                      initializer=keras.initializers.Constant(self.alpha_init))

@@ -8,23 +8,41 @@ from agq_keras.quantizers.base import FIXED_POINT_BITS, FULL_PRECISION_BITS, Qua
 from agq_keras.quantizers.fixed import FixedPoint, Identity
 
 
-def make_pair(family: str, w_bits: int, a_bits: int) -> tuple[Quantizer, Quantizer]:
+def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
+              input_range=None) -> tuple[Quantizer, Quantizer]:
     """Fresh ``(weight_quantizer, activation_quantizer)`` for one layer.
 
     ``bits=32`` gives the identity (full precision), ``bits=16`` the 16-bit
     fixed-point quantizer; any other width goes to the family's classes,
     which validate it.
+
+    ``per_channel``: None keeps the weight class's default; True / False asks for one scale per output
+    channel / per tensor (the classes with a ``per_channel`` option: DoReFa, LSQ; an error for the others).
+    ``input_range``: the largest value the activation quantizer's input can take when it is known (``m`` for
+    a ``ReLU(max_value=m)``), given to the activation class's :meth:`~Quantizer.for_input_range` (LSQ starts
+    its step, PACT its clip, on that range; DoReFa's range is [0, 1] whatever it reads).
     """
     weight_cls, activation_cls = family_classes(family)
-    return _special(w_bits, weight_cls), _special(a_bits, activation_cls)
+    weight_kwargs = {}
+    if per_channel is not None:
+        if "per_channel" not in getattr(weight_cls, "OPTIONS", ()):
+            raise ValueError(f"quantizer family {family!r}: its weights ({weight_cls.__name__}) have no "
+                             f"per_channel option; per_channel={per_channel!r} applies to the dorefa, pact and lsq "
+                             "families.")
+        weight_kwargs["per_channel"] = bool(per_channel)
+    weight = _special(w_bits, weight_cls, **weight_kwargs)
+    activation = _special(a_bits, activation_cls, input_range=input_range)
+    return weight, activation
 
 
-def _special(bits, cls) -> Quantizer:
+def _special(bits, cls, input_range=None, **kwargs) -> Quantizer:
     if bits == FULL_PRECISION_BITS and not isinstance(bits, bool):
         return Identity()
     if bits == FIXED_POINT_BITS and FIXED_POINT_BITS not in cls.allowed_bits and not isinstance(bits, bool):
         return FixedPoint(FIXED_POINT_BITS)
     try:
-        return cls(bits=bits)
+        if input_range is not None:
+            return cls.for_input_range(bits, float(input_range))
+        return cls(bits=bits, **kwargs)
     except ValueError as err:
         raise ValueError(f"{err} (32 = full precision and 16 = 16-bit fixed point are also accepted)") from None
