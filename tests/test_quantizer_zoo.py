@@ -76,7 +76,7 @@ def lsq_ref(q, x):
     v = x / s
     out = np.round(np.clip(v, -q.q_n, q.q_p)) * s
     dx = ((v >= -q.q_n) & (v <= q.q_p)).astype(x.dtype)
-    ds = np.where(v <= -q.q_n, -q.q_n, np.where(v >= q.q_p, q.q_p, np.round(v) - v))
+    ds = np.where(v < -q.q_n, -q.q_n, np.where(v > q.q_p, q.q_p, np.round(v) - v))
     return out, dx, ds / np.sqrt(q.num_elements * q.q_p)
 
 

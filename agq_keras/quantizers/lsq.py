@@ -28,9 +28,9 @@ def lsq_quantize(x, step, q_n: int, q_p: int, grad_scale: float):
 
     Forward:   v = x / s,   q = round(clip(v, -Q_N, Q_P)) * s
     dq/dx:     1 if -Q_N <= v <= Q_P else 0            (straight-through)
-    dq/ds:     round(v) - v   if -Q_N < v < Q_P
-               -Q_N           if v <= -Q_N
-               Q_P            if v >= Q_P
+    dq/ds:     round(v) - v   if -Q_N <= v <= Q_P     (0 at the two ends)
+               -Q_N           if v < -Q_N
+               Q_P            if v > Q_P
                and dL/ds = g * sum(dL/dq * dq/ds) with g = ``grad_scale`` (the paper's 1 / sqrt(N Q_P), N the
                number of values sharing the step), summed over the values sharing that step.
     ``s`` is floored at 1e-8 in the forward pass.
@@ -43,18 +43,16 @@ def lsq_quantize(x, step, q_n: int, q_p: int, grad_scale: float):
     def _lsq(x, s):
         s_eff = tf.maximum(s, MIN_STEP)
         v = x / s_eff
-        q = tf.round(tf.clip_by_value(v, -float(q_n), float(q_p))) * s_eff
+        r = tf.round(tf.clip_by_value(v, -float(q_n), float(q_p)))
 
         def grad(dy):
-            low, high = v <= -float(q_n), v >= float(q_p)
-            inside = tf.logical_and(v >= -float(q_n), v <= float(q_p))
-            dx = dy * tf.cast(inside, dy.dtype)
-            local = tf.where(low, -float(q_n) * tf.ones_like(v),
-                             tf.where(high, float(q_p) * tf.ones_like(v), tf.round(v) - v))
-            ds = tf.reduce_sum(dy * local, axis=reduce_axes) * grad_scale
+            # inside: round(v) - v; below: r = -Q_N; above: r = Q_P (one mask, no per-case selects)
+            inside = tf.cast(tf.logical_and(v >= -float(q_n), v <= float(q_p)), dy.dtype)
+            dx = dy * inside
+            ds = tf.reduce_sum(dy * r - dx * v, axis=reduce_axes) * grad_scale
             return dx, tf.reshape(ds, tf.shape(s))
 
-        return q, grad
+        return r * s_eff, grad
 
     return _lsq(x, step)
 
