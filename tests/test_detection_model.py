@@ -82,7 +82,9 @@ def test_ag_rule_with_the_detection_loss():
     trainer.compile(optimizer=keras.optimizers.SGD(lr), loss=det.DetectionLoss(10), metrics=[])
     (x, y), _ = _batch()
     shared, f_only, h_only = trainer.variable_groups()
-    picks = [shared[3], f_only[0], h_only[0]]
+    kernels = [v for v in shared if v.path.endswith("/kernel")]  # shared also holds the quantizers' learned steps
+    picks = [kernels[3], f_only[0], h_only[0]]
+    trainer.f(x, training=True)  # the first training call initialises the LSQ steps from the data
     before = [v.numpy() for v in picks]
     with tf.GradientTape(persistent=True) as tape:
         loss_f, loss_h, _, _ = trainer.objectives(x, y, training=True)

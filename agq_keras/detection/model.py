@@ -164,14 +164,17 @@ class RetinaNet:
 
 
 def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: int = 10,
-                   input_shape=(128, 128, 1), quantizer: str = "dorefa", w_bits: int = 4, a_bits: int = 4,
+                   input_shape=(128, 128, 1), quantizer: str = "lsq", w_bits: int = 4, a_bits: int = 4,
                    first_last_bits: int | None = None, stem: str | None = "imagenet", plain: bool = False,
                    anchors: AnchorSpec | None = None, fpn_width: int = 64, head_depth: int = 2,
                    aux_placement: str = "block", aux_lambda: float = 1.0, aux_relu: bool = False,
                    fpn_adaptors: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
     """The detector F (``aux=False``, a functional `keras.Model` with one input and ``2 * len(levels)``
     outputs) or an :class:`~agq_keras.training.AGTrainer` of F and H (``aux=True``). See the module
-    docstring. ``first_last_bits`` None: 16, or 32 when ``w_bits == a_bits == 32``."""
+    docstring. ``first_last_bits`` None: 16, or 32 when ``w_bits == a_bits == 32``. ``quantizer``: the family of the
+    k-bit layers; the default ``"lsq"`` (per-channel learned weight steps, activation steps from the data) is the
+    recipe measured in docs/quantize.md (a two-stage 4-bit detector at the level of the float detector trained as
+    long); the detection configs keep ``"dorefa"``, the quantizer of their recorded tables."""
     if arch not in RESNETS:
         raise ValueError(f"arch={arch!r} is not a detector backbone; allowed: {', '.join(RESNETS)}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
