@@ -33,6 +33,7 @@ import keras
 from agq_keras import quantizers, structure
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.quantizers.fixed import EDGE_BITS
+from agq_keras.quantizers.pairs import has_per_channel_option
 
 # float layer class -> its quantized twin (the Q layers themselves are re-quantized)
 _QUANTIZED_TWIN = ((keras.layers.DepthwiseConv2D, QDepthwiseConv2D), (keras.layers.Conv2D, QConv2D),
@@ -142,7 +143,7 @@ def quantize(model: keras.Model, *, quantizer: str = DEFAULT_QUANTIZER, w_bits: 
     if per_channel is not None and not isinstance(per_channel, bool):
         raise ValueError(f"quantize(): per_channel={per_channel!r} must be None, True or False.")
     if per_channel is None:
-        per_channel = True if "per_channel" in getattr(quantizers.base.family_classes(quantizer)[0], "OPTIONS", ()) else None
+        per_channel = True if has_per_channel_option(quantizer) else None
     try:
         quantizers.make_pair(quantizer, w_bits, a_bits, per_channel=per_channel)  # a bad width or option
     except ValueError as err:

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Grid, Quantizer, register, register_family, state_updates_enabled, weight_grid
+from agq_keras.quantizers.base import (Grid, Quantizer, check_bits, register, register_family, state_updates_enabled,
+                                      weight_grid)
 
 MIN_STEP = 1e-8
 
@@ -212,8 +213,8 @@ class LSQActivation(_LSQ):
     @classmethod
     def for_input_range(cls, bits: int, top: float):
         """Step ``top / Q_P``: the grid starts on the whole ``[0, top]`` (no data initialisation)."""
-        q = cls(bits=bits)
-        return cls(bits=bits, step_init=top / q.q_p)
+        q_p = 2 ** check_bits(cls.__name__, bits, cls.allowed_bits) - 1
+        return cls(bits=bits, step_init=top / q_p)
 
     def default_step(self, input_shape):
         return 2.0 * 0.4 / math.sqrt(self.q_p)

@@ -25,7 +25,7 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
     weight_cls, activation_cls = family_classes(family)
     weight_kwargs = {}
     if per_channel is not None:
-        if "per_channel" not in getattr(weight_cls, "OPTIONS", ()):
+        if not has_per_channel_option(family):
             raise ValueError(f"quantizer family {family!r}: its weights ({weight_cls.__name__}) have no "
                              f"per_channel option; per_channel={per_channel!r} applies to the dorefa, pact and lsq "
                              "families.")
@@ -33,6 +33,11 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
     weight = _special(w_bits, weight_cls, **weight_kwargs)
     activation = _special(a_bits, activation_cls, input_range=input_range)
     return weight, activation
+
+
+def has_per_channel_option(family: str) -> bool:
+    """Whether the family's weight class takes ``per_channel`` (DoReFa, PACT's DoReFa weights, LSQ)."""
+    return "per_channel" in getattr(family_classes(family)[0], "OPTIONS", ())
 
 
 def _special(bits, cls, input_range=None, **kwargs) -> Quantizer:
