@@ -48,6 +48,7 @@ from agq_keras.detection.boxes import AnchorSpec
 from agq_keras.layers import AuxAdaptor, BNPersonality, QConv2D
 from agq_keras.models.builder import make_net
 from agq_keras.models.resnet import RESNETS
+from agq_keras.quantizers.pairs import DEFAULT_FAMILY
 from agq_keras.training.trainer import AGTrainer, check_lambda
 
 PRIOR = 0.01
@@ -164,7 +165,7 @@ class RetinaNet:
 
 
 def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: int = 10,
-                   input_shape=(128, 128, 1), quantizer: str = "lsq", w_bits: int = 4, a_bits: int = 4,
+                   input_shape=(128, 128, 1), quantizer: str = DEFAULT_FAMILY, w_bits: int = 4, a_bits: int = 4,
                    first_last_bits: int | None = None, stem: str | None = "imagenet", plain: bool = False,
                    anchors: AnchorSpec | None = None, fpn_width: int = 64, head_depth: int = 2,
                    aux_placement: str = "block", aux_lambda: float = 1.0, aux_relu: bool = False,

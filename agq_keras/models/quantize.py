@@ -33,7 +33,7 @@ import keras
 from agq_keras import quantizers, structure
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.quantizers.fixed import EDGE_BITS
-from agq_keras.quantizers.pairs import has_per_channel_option
+from agq_keras.quantizers.pairs import DEFAULT_FAMILY, has_per_channel_option
 
 # float layer class -> its quantized twin (the Q layers themselves are re-quantized)
 _QUANTIZED_TWIN = ((keras.layers.DepthwiseConv2D, QDepthwiseConv2D), (keras.layers.Conv2D, QConv2D),
@@ -93,10 +93,7 @@ def _bits_pair(value, pattern):
                      "(w_bits, a_bits) pair or {'w_bits': .., 'a_bits': ..}.")
 
 
-DEFAULT_QUANTIZER = "lsq"  # learned steps, per-channel weights, ranges initialised from the data
-
-
-def quantize(model: keras.Model, *, quantizer: str = DEFAULT_QUANTIZER, w_bits: int = 2, a_bits: int = 2,
+def quantize(model: keras.Model, *, quantizer: str = DEFAULT_FAMILY, w_bits: int = 2, a_bits: int = 2,
              first_last_bits=None, stream_bits=None, policy=None, per_channel=None, name=None) -> keras.Model:
     """F from a float functional ``model`` (see the module docstring). The model is not changed.
 

@@ -103,7 +103,8 @@ class _LSQ(Quantizer):
         super().build(input_shape)
 
     def _init_axes(self, x):
-        return None
+        """The axes the data initialisation reduces: all but the last (output channels) when per channel."""
+        return list(range(len(x.shape) - 1)) if self.per_channel else None
 
     def step(self):
         """The step the forward pass uses (a tensor: ``exp(log_step)``)."""
@@ -166,9 +167,6 @@ class LSQWeight(_LSQ):
     def count(self, input_shape):
         total = int(np.prod(input_shape))
         return max(1, total // int(input_shape[-1])) if self.per_channel else total
-
-    def _init_axes(self, x):
-        return list(range(len(x.shape) - 1)) if self.per_channel else None
 
     def should_initialize(self, training) -> bool:
         """The kernel is known at any call: initialise at the first, training or not."""

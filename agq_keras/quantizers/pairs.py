@@ -8,6 +8,11 @@ from agq_keras.quantizers.base import FIXED_POINT_BITS, FULL_PRECISION_BITS, Qua
 from agq_keras.quantizers.fixed import FixedPoint, Identity
 
 
+# the recipe for a user's model (quantize(), build_detector()): LSQ, per-channel weight steps, ranges from the data
+# (docs/quantize.md); build() and the paper's configs keep DoReFa
+DEFAULT_FAMILY = "lsq"
+
+
 def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
               input_range=None) -> tuple[Quantizer, Quantizer]:
     """Fresh ``(weight_quantizer, activation_quantizer)`` for one layer.
