@@ -146,9 +146,9 @@ def explain(f, model_bytes, plan, images, batch_size=25):
             else:
                 step = t.grid[0] if kind == "grid" else t.stream_grid[0]
                 x = (next(pre_stream) if kind == "stream" else value) / step
-                if kind == "grid":
-                    x = np.clip(x, 0, t.grid[1])
-                f_code, ours = np.round(quantized / step), np.round(real / step)
+                if kind == "grid":  # a signed grid is stored shifted by t.offset steps (agq_keras.export.lower)
+                    x = np.clip(x, -t.offset, t.grid[1] - t.offset)
+                f_code, ours = np.round(quantized / step), np.round(real / step) - t.offset
                 dist = np.abs(np.abs(x - np.floor(x)) - 0.5)
                 s_in = _tflite_real(runner, op.inputs[0])[1][0]
                 at_tie = dist <= TIE_STEPS + TIE_RELATIVE * np.abs(x) + _unproven_channels(plan, op, s_in, step)

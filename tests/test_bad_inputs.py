@@ -214,6 +214,8 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
     "text checkpoint": (dict(init_checkpoint="text"), r"is not a \.keras zip archive"),
     "first_last_bits 4": (dict(first_last_bits=4), r"config\.first_last_bits=4 is not supported; allowed: 0 "),
     "alpha negative": (dict(alpha=-0.5), r"config\.alpha=-0\.5 must be a positive number \(mobilenetv2's width"),
+    "bottleneck unknown": (dict(bottleneck="flat"),
+                           r"config\.bottleneck='flat' is not supported; allowed: '' \(the arch default\), linear, relu"),
     "bn_reestimation_batches -1": (dict(bn_reestimation_batches=-1),
                                    r"config\.bn_reestimation_batches=-1 must be an integer >= 0 \(0 = off"),
     "Lambda checkpoint": (dict(init_checkpoint="lambda"),

@@ -218,3 +218,43 @@ def test_quantize_bad_recipe_arguments_are_named(kwargs, match):
     args = dict(w_bits=2, a_bits=2) | kwargs
     with pytest.raises(ValueError, match=match):
         quantize(_user_net(), **args)
+
+
+SIGNED = np.random.default_rng(3).standard_normal((4, 5, 5, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("bits,step", [(2, 0.6), (4, 0.3), (8, 0.02)])
+def test_lsq_signed_activation_matches_numpy(bits, step):
+    """``LSQActivation(signed=True)``: codes -2^(b-1) .. 2^(b-1) - 1 (eqs. 1-4 with Q_N = 2^(b-1)); its gradients
+    (x: straight-through inside the grid; log s: s * dL/ds) and its export grid (offset Q_N)."""
+    q = quantizers.LSQActivation(bits, signed=True)
+    q.build(SIGNED.shape)
+    q.assign_step(step)
+    upstream = np.random.default_rng(4).standard_normal(SIGNED.shape).astype("float32")
+    x = tf.constant(SIGNED)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = q(x, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    dx, dlog = tape.gradient(loss, [x, q.log_step])
+    s, q_n, q_p = q.learned_step(), 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    v = SIGNED.astype(np.float64) / s
+    assert (q.q_n, q.q_p) == (q_n, q_p)
+    np.testing.assert_allclose(y.numpy(), np.round(np.clip(v, -q_n, q_p)) * s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx.numpy(), upstream * ((v >= -q_n) & (v <= q_p)), rtol=1e-6)
+    ds = np.where(v < -q_n, -q_n, np.where(v > q_p, q_p, np.round(v) - v)) / math.sqrt(75 * q_p)
+    np.testing.assert_allclose(dlog.numpy(), s * np.sum(upstream * ds), rtol=1e-4, atol=1e-6)
+    assert y.numpy().min() < 0 and len(np.unique(y.numpy())) <= 2**bits
+    grid = q.export_grid()
+    assert (grid.kind, grid.step, grid.levels, grid.offset) == ("activation", s, q_n + q_p, q_n)
+    clone = quantizers.get(keras.saving.serialize_keras_object(q))
+    assert clone.get_config() == q.get_config() and clone.signed
+
+
+def test_signed_inputs_only_where_the_family_has_them():
+    assert quantizers.make_pair("lsq", 4, 4, signed_input=True)[1].signed
+    assert isinstance(quantizers.make_pair("lsq", 4, 32, signed_input=True)[1], quantizers.Identity)
+    with pytest.raises(ValueError, match="'dorefa'.*unsigned.*lsq"):
+        quantizers.make_pair("dorefa", 4, 4, signed_input=True)
+    with pytest.raises(ValueError, match="signed=1 must be True or False"):
+        quantizers.LSQActivation(4, signed=1)

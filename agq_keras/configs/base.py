@@ -23,6 +23,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.bn_momentum = 0.9
     c.num_bases = 0  # GroupNet archs: M binary bases per block (0 = the arch default, 5)
     c.alpha = 0.0  # mobilenetv2: width multiplier (0 = the arch default, 1.0)
+    c.bottleneck = ""  # mobilenetv2: "linear" / "relu" ("" = the arch default: linear for lsq, relu for the others)
     c.stem = ""  # "" = the arch's own stem; "cifar" / "imagenet"
     c.residual_stream = "float"  # "int16" / "int8": residual F keeps its skip stream on the export's grid (exact export)
     c.first_last_bits = 0  # first conv and classifier: 0 = 16 (the paper's; 32 at full precision), or 8 / 16 / 32

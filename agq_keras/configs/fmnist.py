@@ -7,8 +7,9 @@ two-stage recipe scaled down (agq_keras.configs.base.cpu_recipe). Every method o
   --config=fmnist.py:resnet20_residual_layerdrop_wa  (Table 4 twin, DoReFa)
   --config=fmnist.py:resnet56_plain_layerwise     (Table 5 twin)
 
-and a pre-activation MobileNetV2 (alpha 0.5, the small stem for 28x28; 4-bit DoReFa, or full precision for
-``_float``), the float / k-bit / k-bit + AG comparison of issue 11:
+and a pre-activation MobileNetV2 (alpha 0.5, the small stem for 28x28; 4-bit with the built-in MobileNetV2's
+recipe -- LSQ with per-channel weight steps and a linear bottleneck, agq_keras.models.mobilenetv2 -- or full
+precision for ``_float``, the same net), the float / k-bit / k-bit + AG comparison of issues 11 and 29:
 
   --config=fmnist.py:mobilenetv2_residual_float / mobilenetv2_residual_base / mobilenetv2_residual_ag
   (and the plain_* twins: no skip connections)
@@ -33,6 +34,8 @@ def get_config(variant: str = "resnet20_plain_ag"):
     if arch != "mobilenetv2":
         return apply_method(cpu_recipe(c), method)
     c.stem, c.alpha = "cifar", MOBILENET_ALPHA  # 28x28 -> a 4x4 final map (the arch downsamples by 8)
+    c.quantizer = "lsq"  # build("mobilenetv2")'s recipe (linear bottleneck); issue 11's table ran 4-bit DoReFa
+    c.bottleneck = "linear"
     c.w_bits = c.a_bits = MOBILENET_BITS
     if method.endswith("_float"):
         method = method.removesuffix("_float") + "_base"

@@ -130,8 +130,9 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
       depth starts from it), then per seed the four arms plain, plain + AG, plain at 2x epochs and plain +
       AG + SSP; then the two extras: H's sums with a ReLU against the linear sum at ``relu_arch``, and
       LSQ plain / plain + AG at ``lsq_arch``.
-    * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2 (alpha 0.5, 4-bit DoReFa, residual) at
-      full precision, k-bit and k-bit + AG, ``seeds`` seeds each; the k-bit runs start from seed 0's float F.
+    * ``mobilenetv2`` (issues 11, 29): the pre-activation MobileNetV2 (alpha 0.5, linear bottleneck, 4-bit LSQ,
+      residual) at full precision, k-bit and k-bit + AG, ``seeds`` seeds each; the k-bit runs start from seed
+      0's float F.
     * ``fmnist6``: the first Table 6 twin (ResNet-20 residual and plain rows, and ``deep_arch``'s pair).
     * ``detection``: the ResNet-20 detector, :data:`DETECTION_ARMS`, ``seeds`` seeds each (the two-stage arms
       start from seed 0's float F).

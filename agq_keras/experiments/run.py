@@ -51,6 +51,7 @@ import tensorflow as tf
 from agq_keras import detection, saving
 from agq_keras.data import detection_twin, pipeline
 from agq_keras.models.builder import build
+from agq_keras.models.mobilenetv2 import BOTTLENECKS
 from agq_keras.training import baselines, callbacks as cb
 from agq_keras.training.recipe import load_by_name, stage1_config
 from agq_keras.training.ssp import SSP, DeltaSchedule, check_decay_epoch, check_delta
@@ -93,6 +94,9 @@ def validate(config) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == 0 or 0 < alpha < 1e3):
         raise ValueError(f"config.alpha={alpha!r} must be a positive number (mobilenetv2's width multiplier) or 0 "
                          "(the arch default).")
+    if config.get("bottleneck", "") not in ("",) + BOTTLENECKS:
+        raise ValueError(f"config.bottleneck={config.bottleneck!r} is not supported; allowed: '' (the arch default), "
+                         f"{', '.join(BOTTLENECKS)} (mobilenetv2 only).")
     if config.get("first_last_bits", 0) not in (0, 8, 16, 32):
         raise ValueError(f"config.first_last_bits={config.first_last_bits!r} is not supported; allowed: 0 (the "
                          "default: 16, or 32 at full precision), 8, 16, 32.")
@@ -162,6 +166,8 @@ def make_trainer(config, num_classes: int, input_shape) -> AGTrainer:
         kwargs["num_bases"] = config.num_bases
     if config.get("alpha", 0):
         kwargs["alpha"] = config.alpha  # build() validates it (mobilenetv2 only)
+    if config.get("bottleneck", ""):
+        kwargs["bottleneck"] = config.bottleneck  # build() checks the arch (mobilenetv2 only)
     if config.get("residual_stream", "float") != "float":
         kwargs["residual_stream"] = config.residual_stream
     if config.get("first_last_bits", 0):

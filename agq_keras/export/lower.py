@@ -35,6 +35,14 @@ int8 form (scale = step, zero point = 127 - levels) makes TFLite's output
 requantization compute ``round(clip(x, 0, levels*step) / step)``, the
 quantizer itself (the fused ReLU clips at 0, int8 saturation at 127 clips at
 the top).
+
+A signed activation grid (``Grid.offset`` > 0: codes ``-offset .. levels - offset``, a linear bottleneck's
+expand input) is stored shifted: its producer (a conv, dense or BatchNorm with no ReLU) adds
+``offset * step`` to its bias and fuses a ReLU, so the stored tensor is ``x + offset * step`` on the unsigned
+grid above (``Tensor.offset`` records the shift), and each consumer subtracts ``offset * step * sum(w)`` from
+its bias: an integer ``offset * sum(codes)`` in the int32 bias, so the consumers compute exactly what they
+compute on F's signed values. Consumers must be 1x1 convs or dense layers (a padded conv would pad with the
+shifted zero).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class Tensor:
     wanted_grids: list = dataclasses.field(default_factory=list)
     stream_grid: Optional[tuple] = None  # (step, limit) of F's stream quantizer on this tensor (residual_stream)
     sign: bool = False  # every consumer applies sign(): int8 codes {125, 127}, zero point 126, scale 1
+    offset: int = 0  # a signed grid's shift: the stored tensor is F's value + offset * step (module docstring)
 
 
 @dataclasses.dataclass
@@ -363,7 +372,7 @@ def _want_input_grid(layer, src: Tensor, graph: Graph):
                            "exact int8 grid; its input is a calibrated int8 tensor (closest, not exact)")
         src.wanted_grids.append(("none", layer.name))
     else:
-        src.wanted_grids.append(((float(grid.step), float(grid.levels)), layer.name))
+        src.wanted_grids.append(((float(grid.step), float(grid.levels), int(grid.offset)), layer.name))
 
 
 def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, value, _uses):
@@ -407,6 +416,26 @@ def _mean_of_relu(graph: Graph, op: Op) -> bool:
     return src is not None and src.relu
 
 
+def _unshiftable(graph: Graph, tensor: Tensor, prod: Optional[Op]) -> str:
+    """Why a signed grid cannot be stored shifted (the module docstring), or ``""`` when it can."""
+    if prod is None or prod.kind not in ("conv", "dwconv", "dense", "affine") or prod.relu:
+        return "is not written by a conv, dense or BatchNorm with no activation"
+    readers = [op for op in graph.ops if tensor.name in op.inputs]
+    if not all(op.kind == "dense" or (op.kind == "conv" and op.codes.shape[1:3] == (1, 1)) for op in readers):
+        return "is read by an op other than a 1x1 conv or dense layer"
+    return ""
+
+
+def _shift_signed(graph: Graph, tensor: Tensor, prod: Op, step: float, offset: int):
+    """Store F's signed grid as ``x + offset * step`` (the module docstring): the producer adds the shift and
+    clips at 0 (a fused ReLU), the consumers take ``offset * step * sum(w)`` off their biases."""
+    prod.bias = prod.bias + offset * step
+    prod.relu, prod.relu_cap = True, None
+    for op in graph.ops:
+        if tensor.name in op.inputs:
+            op.bias = op.bias - offset * step * op.real_weights().reshape(len(op.bias), -1).sum(axis=1)
+
+
 def _resolve_grids(graph: Graph):
     # PAD and RESIZE keep their input's scale and zero point: the input takes the grids their consumers want
     pads = [op for op in graph.ops if op.kind in PASS_THROUGH]
@@ -437,12 +466,22 @@ def _resolve_grids(graph: Graph):
         if len(grids) != 1 or tensor.consumers != len(wanted):
             graph.notes.append(f"{tensor.name}: consumers ({names}) do not all apply the same activation grid; "
                                "calibrated int8 tensor (closest, not exact)")
+            continue
+        step, levels, offset = grids.pop()
+        if levels > 255:
+            graph.notes.append(f"{tensor.name}: more than 256 activation levels; calibrated int8 tensor")
+        elif offset:
+            why = _unshiftable(graph, tensor, prod)
+            if why:
+                graph.notes.append(f"{tensor.name}: a signed activation grid (consumers {names}) {why}; calibrated "
+                                   "int8 tensor (closest, not exact)")
+            else:
+                _shift_signed(graph, tensor, prod, step, offset)
+                tensor.grid, tensor.offset = (step, levels), offset
         elif prod is None or not (prod.relu or _mean_of_relu(graph, prod)):
             graph.notes.append(f"{tensor.name}: not produced by an op with a fused ReLU; calibrated int8 tensor "
                                "(closest, not exact)")
-        elif grids.pop()[1] > 255:
-            graph.notes.append(f"{tensor.name}: more than 256 activation levels; calibrated int8 tensor")
         else:
-            tensor.grid = wanted[0][0]
+            tensor.grid = (step, levels)
     for op in pads:
         graph.tensors[op.output].grid = graph.tensors[op.inputs[0]].grid

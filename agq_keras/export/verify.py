@@ -453,9 +453,9 @@ def tensor_agreement(model_bytes: bytes, f, plan, images, runtime: str = "refere
         scale, zero = float(np.ravel(record.quant.scale)[0]), float(np.ravel(record.quant.zero_point)[0])
         ours = (codes[op.output].astype(np.float64) - zero) * scale
         ref = np.asarray(value, np.float64).reshape(ours.shape)
-        if tensor.grid is not None:
+        if tensor.grid is not None:  # a signed grid is stored shifted by offset steps (export.lower)
             step, levels = tensor.grid
-            ref = step * np.clip(np.round(ref / step), 0, levels)
+            ref = step * (np.clip(np.round(ref / step), -tensor.offset, levels - tensor.offset) + tensor.offset)
         steps = np.abs(ours - ref) / scale
         rows.append({"tensor": op.output, "op": op.kind, "layers": op.layer, "dtype": record.dtype,
                      "grid": "k-bit" if tensor.grid is not None else "stream" if tensor.stream_grid else "calibrated",

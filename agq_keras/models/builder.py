@@ -42,10 +42,14 @@ _EXTRA_KWARGS = {
     "num_bases": None,  # GroupNet archs only: M binary bases per block (None: 5)
     "alpha": None,  # mobilenetv2 only: the width multiplier (None: 1.0)
     "residual_stream": "float",  # "int16" / "int8": F quantizes its residual stream as the export stores it
+    "bottleneck": None,  # mobilenetv2 only: "linear" / "relu" (None: linear where the family has a signed grid)
 }
+# the quantizer family of ``build(arch)`` when none is given: the paper's DoReFa for the paper's archs (their
+# reproduction stays comparable), the user-model recipe (LSQ, per-channel weights) for MobileNetV2
+ARCH_DEFAULT_FAMILY = {"mobilenetv2": quantizers.pairs.DEFAULT_FAMILY}
 
 
-def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str = "dorefa",
+def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str | None = None,
           w_bits: int = 2, a_bits: int = 2, num_classes: int = 1000,
           input_shape=(224, 224, 3), aux_placement: str = "block", aux_lambda: float = 1.0, ssp=None,
           **kwargs):
@@ -58,7 +62,9 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         :mod:`agq_keras.models.mobilenetv2`).
       plain: remove every skip connection (F then has no ``Add`` layer).
       aux: also build H and return a trainer holding ``.f`` and ``.h``.
-      quantizer: quantizer family (``agq_keras.quantizers.families()``).
+      quantizer: quantizer family (``agq_keras.quantizers.families()``); None: the arch's
+        (:data:`ARCH_DEFAULT_FAMILY`): ``"lsq"`` (per-channel weight steps, data-initialised ranges,
+        docs/quantize.md) for mobilenetv2, the paper's ``"dorefa"`` for the others.
       w_bits, a_bits: bit widths of the block convs (32 = full precision).
       num_classes: classifier width; the model outputs logits.
       input_shape: (height, width, channels).
@@ -75,7 +81,9 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
         weights and an 8-bit static-range classifier input, exported as plain int8),
         ``aux_relu`` (False), ``stem`` ("imagenet"/"cifar"),
         ``num_bases`` (GroupNet archs: M, default 5), ``alpha`` (mobilenetv2: the width multiplier,
-        a positive number, default 1.0), ``residual_stream`` (``"float"``, the
+        a positive number, default 1.0), ``bottleneck`` (mobilenetv2: ``"linear"``, the expand convs read
+        BN with no ReLU on a signed grid, the default for families with one (LSQ); ``"relu"``, the default
+        for the others; :mod:`agq_keras.models.mobilenetv2`), ``residual_stream`` (``"float"``, the
         paper's F; ``"int16"`` / ``"int8"``: F rounds its residual stream to the int16 / int8 grid
         the integer export uses, which makes residual nets exactly exportable, DoReFa 2..4 bits; int8
         needs no int16 tensor (Edge TPU); docs/export.md).
@@ -87,6 +95,8 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
     opts = {**_EXTRA_KWARGS, **kwargs}
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown arch {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}.")
+    if quantizer is None:
+        quantizer = ARCH_DEFAULT_FAMILY.get(arch, "dorefa")
     if quantizer not in quantizers.families():
         raise ValueError(f"Unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
     if aux_placement not in PLACEMENTS:
@@ -111,6 +121,11 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str =
             raise ValueError(f"alpha (the width multiplier) is only for the MobileNet archs "
                              f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
         arch_kwargs["alpha"] = opts["alpha"]
+    if opts["bottleneck"] is not None:
+        if SPECS[arch][0] is not MobileNetV2:
+            raise ValueError(f"bottleneck={opts['bottleneck']!r} is only for the MobileNet archs "
+                             f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
+        arch_kwargs["bottleneck"] = opts["bottleneck"]
     if opts["residual_stream"] != "float":
         if arch not in RESNETS or plain:
             raise ValueError(f"residual_stream={opts['residual_stream']!r} is for residual ResNets (plain=False, "

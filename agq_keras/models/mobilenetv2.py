@@ -4,20 +4,29 @@ depthwise convs, a width multiplier ``alpha``, an ImageNet or a small-input stem
 **Pre-activation, unlike the original.** The original block is post-activation with a linear bottleneck:
 ``1x1 conv -> BN -> ReLU6 -> 3x3 depthwise -> BN -> ReLU6 -> 1x1 conv -> BN`` (no activation after the
 projection, and the skip adds BN outputs). Here every conv follows the paper's F convention
-(``BN -> ReLU -> q(.) -> QConv``, §3.1.1), as :class:`~agq_keras.models.resnet.ResNet` does:
+(``BN -> [ReLU] -> q(.) -> QConv``, §3.1.1), as :class:`~agq_keras.models.resnet.ResNet` does:
 
-    block(x) = x + project(q(ReLU(BN3(dw(q(ReLU(BN2(expand(q(ReLU(BN1(x))))))))))))
+    block(x) = x + project(q(ReLU(BN3(dw(q(ReLU(BN2(expand(q_s(BN1(x)))))))))))      bottleneck="linear"
+    block(x) = x + project(q(ReLU(BN3(dw(q(ReLU(BN2(expand(q(ReLU(BN1(x))))))))))))  bottleneck="relu"
 
 with the ``expand`` conv (and BN1) absent when the expansion t = 1, and the identity skip only where the
-stride is 1 and the input and output widths agree (none with ``plain=True``). Why: every low-bit conv --
-expand, depthwise and project -- then reads an unsigned k-bit activation grid (the activation quantizer is
-its ``input_quantizer``), as in the paper's F and in :class:`~agq_keras.models.resnet.ResNet`. In the
-original, the expand conv reads the signed, unrectified bottleneck, which a k-bit activation quantizer
-cannot hold. Here the linear bottleneck is the residual stream (the sum of the projections), and each BN
-and ReLU before a conv folds into the previous op's requantization, so the integer export stores each
-k-bit tensor on F's own grid: exact, op by op, for a plain F (tests/test_mobilenetv2.py); a residual F's
-float stream is calibrated (int16), as for the ResNets. Plain ``ReLU``, not ReLU6: the activation
-quantizer clips anyway.
+stride is 1 and the input and output widths agree (none with ``plain=True``). The bottleneck stream (the sum
+of the projections) is linear, as in the original; ``bottleneck`` says what the expand conv reads:
+
+* ``"linear"`` (the default where the quantizer family has a signed activation grid: LSQ): ``BN1`` alone,
+  quantized on a signed k-bit grid ``q_s`` (``-2^(k-1) .. 2^(k-1) - 1`` steps). The ReLU the pre-activation
+  convention would put there zeroes half of the low-dimensional stream before it is expanded, which is the
+  information loss the original's linear bottleneck avoids: measured in float (benchmarks/mobilenetv2_bottleneck.py,
+  6000 Fashion-MNIST images, 3 epochs) the ReLU variant reaches 0.51 training accuracy, the linear one 0.80.
+* ``"relu"`` (the default for the families with unsigned activations only, DoReFa among them): ``ReLU(BN1)``
+  and the unsigned grid, as every other conv; issue 11's table (4-bit DoReFa) used it.
+
+Every other conv (depthwise, project) reads an unsigned k-bit activation grid (the activation quantizer is its
+``input_quantizer``), as in the paper's F. Each BN and ReLU before a conv folds into the previous op's
+requantization, so the integer export stores each k-bit tensor on F's own grid: exact, op by op, for a plain F
+(tests/test_mobilenetv2.py); the signed grid is stored shifted by ``2^(k-1)`` steps, the shift folded into the
+expand conv's bias (agq_keras.export.lower); a residual F's float stream is calibrated (int16), as for the
+ResNets. Plain ``ReLU``, not ReLU6: the activation quantizer clips anyway.
 
 Layout (the table of the original, ``(t, c, n, s)`` per stage):
 
@@ -50,6 +59,8 @@ from agq_keras import quantizers
 from agq_keras.layers import QConv2D, QDepthwiseConv2D
 from agq_keras.models.resnet import Block, BNPersonality, ResNet, Tap
 
+# what an expand conv reads: BN alone on a signed grid, or BN -> ReLU (module docstring)
+BOTTLENECKS = ("linear", "relu")
 # (expansion t, output channels c, blocks n, first stride s) per stage: the original's table
 INVERTED_RESIDUALS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                       (6, 320, 1, 1))
@@ -60,6 +71,11 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     below ``value`` (the reference MobileNetV2's ``_make_divisible``)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def default_bottleneck(quantizer: str) -> str:
+    """``"linear"`` where the quantizer family has a signed activation grid (LSQ), else ``"relu"``."""
+    return "linear" if quantizers.pairs.has_signed_activation(quantizer) else "relu"
 
 
 def check_alpha(alpha) -> float:
@@ -93,9 +109,11 @@ MOBILENETV2 = MobileNetSpec("imagenet")
 @dataclasses.dataclass
 class InvertedResidual(Block):
     """A block whose ``convs`` are ``[expand (if t > 1), depthwise, project]``; ``identity``: it adds its input
-    (stride 1 and equal widths; never with ``plain=True``)."""
+    (stride 1 and equal widths; never with ``plain=True``); ``linear_input``: its first conv reads ``BN1`` with
+    no ReLU (an expand conv of a linear bottleneck)."""
 
     identity: bool = False
+    linear_input: bool = False
 
 
 class MobileNetV2(ResNet):
@@ -104,23 +122,34 @@ class MobileNetV2(ResNet):
 
     def __init__(self, spec: MobileNetSpec, *, plain: bool, num_classes: int, quantizer: str, w_bits: int,
                  a_bits: int, first_last_bits: int, input_channels: int, alpha: float = 1.0,
-                 residual_stream: str = "float"):
+                 residual_stream: str = "float", bottleneck: str | None = None):
+        if bottleneck is None:
+            bottleneck = default_bottleneck(quantizer)
+        if bottleneck not in BOTTLENECKS:
+            raise ValueError(f"MobileNetV2: bottleneck={bottleneck!r} is not supported; allowed: "
+                             f"{', '.join(BOTTLENECKS)}.")
+        if bottleneck == "linear" and not quantizers.pairs.has_signed_activation(quantizer):
+            signed = [f for f in quantizers.families() if quantizers.pairs.has_signed_activation(f)]
+            raise ValueError(f"MobileNetV2: bottleneck='linear' quantizes the expand convs' unrectified input on a "
+                             f"signed grid, which quantizer={quantizer!r} does not have; use a family with one "
+                             f"({', '.join(signed)}) or bottleneck='relu'.")
         if residual_stream != "float":
             raise ValueError(f"MobileNetV2: residual_stream={residual_stream!r} is not supported; allowed: float "
                              "(the integer residual streams are for the ResNets).")
         self.spec = spec
         self.plain = plain
         self.alpha = check_alpha(alpha)
+        self.bottleneck = bottleneck
         self.first_last_bits = first_last_bits
         self.stream_grids = {}  # a float residual stream (ResNet.stream is the identity)
 
-        def q_conv(cls, name, block, *args, **kwargs):
-            wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits)
+        def q_conv(cls, name, block, *args, signed_input=False, **kwargs):
+            wq, aq = quantizers.make_pair(quantizer, w_bits, a_bits, signed_input=signed_input)
             return cls(*args, padding="same", kernel_quantizer=wq, input_quantizer=aq, name=name, fragment=block,
                        **kwargs)
 
-        def pointwise(filters, name, block):
-            return q_conv(QConv2D, name, block, filters, 1, kernel_initializer="he_normal")
+        def pointwise(filters, name, block, signed_input=False):
+            return q_conv(QConv2D, name, block, filters, 1, kernel_initializer="he_normal", signed_input=signed_input)
 
         channels = make_divisible(spec.stem_channels * self.alpha)
         self.stem_conv = QConv2D(channels, 3, strides=2 if spec.stem == "imagenet" else 1, padding="same",
@@ -132,14 +161,15 @@ class MobileNetV2(ResNet):
             for b in range(1, n + 1):
                 name = f"stage{s}_block{b}"
                 strides = stride if b == 1 else 1
-                convs = [pointwise(channels * t, f"{name}_expand", name)] if t != 1 else []
+                linear = t != 1 and bottleneck == "linear"
+                convs = [pointwise(channels * t, f"{name}_expand", name, signed_input=linear)] if t != 1 else []
                 # He init of a depthwise kernel (3, 3, C, 1): each output reads 9 inputs, which is
                 # Keras's fan_out (its fan_in counts 9·C)
                 convs.append(q_conv(QDepthwiseConv2D, f"{name}_depthwise", name, 3, strides=strides,
                                     depthwise_initializer=keras.initializers.VarianceScaling(2.0, "fan_out")))
                 convs.append(pointwise(out, f"{name}_project", name))
                 identity = not plain and strides == 1 and channels == out
-                self.blocks.append(InvertedResidual(name, convs, None, strides != 1, s, identity))
+                self.blocks.append(InvertedResidual(name, convs, None, strides != 1, s, identity, linear))
                 channels = out
         last = make_divisible(spec.last_channels * max(1.0, self.alpha))
         self.blocks.append(InvertedResidual("last", [pointwise(last, "last_conv", "last")], None, False,
@@ -154,7 +184,8 @@ class MobileNetV2(ResNet):
         for block in self.blocks:
             inputs = x
             for i, conv in enumerate(block.convs, start=1):
-                x = conv(bn.bn_relu(x, f"{block.name}_bn{i}"))
+                role = f"{block.name}_bn{i}"
+                x = conv(bn(role)(x) if i == 1 and block.linear_input else bn.bn_relu(x, role))
                 tap("layer", x, conv.name)
             if block.identity:
                 x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, inputs])

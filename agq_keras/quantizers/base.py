@@ -160,8 +160,10 @@ class Grid:
     * ``"weights"``: ``codes * steps`` per output channel (``codes`` an integer array of the
       kernel's shape, |code| <= max_code; ``steps`` positive, one per output channel), given a
       kernel; ``step`` the constant step when it does not depend on the kernel (else None).
-    * ``"activation"``: outputs ``step * round(clip(x, 0, levels * step) / step)``, i.e. in
-      ``{0, step, ..., levels * step}`` (``levels <= 255``).
+    * ``"activation"``: outputs ``step * (round(clip(x / step, -offset, levels - offset)))``, i.e. in
+      ``{-offset * step, ..., (levels - offset) * step}`` (``levels <= 255``). ``offset`` is 0 for the
+      unsigned grids (``{0, step, ..., levels * step}``, after a ReLU) and ``2^(k-1)`` for a signed k-bit
+      grid (an unrectified input, as a linear bottleneck's).
     * ``"sign"``: outputs ``sign(x)`` in {-1, +1} with sign(0) = +1 (stored as int8 codes {125, 127}
       around zero point 126, docs/export.md).
     * ``"stream"``: outputs ``step * n`` with integer ``n`` in ``[-(limit + 1), limit]``, saturating, stored at scale ``step``, zero point 0 (F's
@@ -170,6 +172,7 @@ class Grid:
     kind: str
     step: Optional[float] = None
     levels: Optional[int] = None
+    offset: int = 0
     limit: Optional[int] = None
     codes: Optional[np.ndarray] = None
     steps: Optional[np.ndarray] = None

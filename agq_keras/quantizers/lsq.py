@@ -190,16 +190,27 @@ class LSQWeight(_LSQ):
 
 @register("lsq_activation")
 class LSQActivation(_LSQ):
-    """LSQ activations: unsigned, Q_N = 0, Q_P = 2^b - 1, one learned step per tensor.
+    """LSQ activations, one learned step per tensor: unsigned (Q_N = 0, Q_P = 2^b - 1), or ``signed=True``
+    (Q_N = 2^{b-1}, Q_P = 2^{b-1} - 1: an unrectified input, such as a MobileNetV2 expand conv's linear
+    bottleneck).
 
     See :func:`lsq_quantize`; N = features per example for the gradient scale. Output grid: uniform, integers
-    0 .. 2^b - 1 times the step. The step initialises from the first *training* batch it reads
+    -Q_N .. Q_P times the step. The step initialises from the first *training* batch it reads
     (:func:`lsq_init_step`); ``step_init`` fixes the start instead (:func:`agq_keras.quantize` gives a quantizer
     fed by ``ReLU(max_value=m)`` ``step_init = m / Q_P``: its grid starts on the whole [0, m]). Until then the
     step is ``2 E|x| / sqrt(Q_P)`` with ``E|x| = 0.4`` (the mean of a BN + ReLU output). b = 2..8.
     """
 
     signed = False
+    OPTIONS = ("signed",)
+
+    def __init__(self, bits: int = 2, step_init=None, signed: bool = False, **kwargs):
+        super().__init__(bits=bits, step_init=step_init, **kwargs)
+        if not isinstance(signed, bool):
+            raise ValueError(f"LSQActivation: signed={signed!r} must be True or False.")
+        self.signed = signed
+        if signed:  # all 2^b codes (an activation grid may hold 256 levels; -128 is not excluded as for weights)
+            self.q_n, self.q_p = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
 
     @staticmethod
     def count(input_shape):
@@ -217,9 +228,15 @@ class LSQActivation(_LSQ):
     def default_step(self, input_shape):
         return 2.0 * 0.4 / math.sqrt(self.q_p)
 
+    def get_config(self):
+        config = super().get_config()
+        config["signed"] = self.signed
+        return config
+
     def export_grid(self, q_kernel=None, max_code: int = 127):
-        """Step s, ``2^b - 1`` levels: outputs ``s * round(clip(x/s, 0, Q_P))``, s the learned step."""
-        return Grid("activation", step=self.learned_step(), levels=self.q_p)
+        """Step s, ``Q_N + Q_P`` levels from ``-Q_N``: outputs ``s * round(clip(x/s, -Q_N, Q_P))``, s the learned
+        step."""
+        return Grid("activation", step=self.learned_step(), levels=self.q_n + self.q_p, offset=self.q_n)
 
 
 register_family("lsq", LSQWeight, LSQActivation)

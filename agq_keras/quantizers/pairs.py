@@ -4,7 +4,7 @@ registry (:mod:`~agq_keras.quantizers.base`) and the special widths' quantizers
 
 from __future__ import annotations
 
-from agq_keras.quantizers.base import FIXED_POINT_BITS, FULL_PRECISION_BITS, Quantizer, family_classes
+from agq_keras.quantizers.base import FIXED_POINT_BITS, FULL_PRECISION_BITS, Quantizer, families, family_classes
 from agq_keras.quantizers.fixed import FixedPoint, Identity
 
 
@@ -13,8 +13,8 @@ from agq_keras.quantizers.fixed import FixedPoint, Identity
 DEFAULT_FAMILY = "lsq"
 
 
-def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
-              input_range=None) -> tuple[Quantizer, Quantizer]:
+def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None, input_range=None,
+              signed_input: bool = False) -> tuple[Quantizer, Quantizer]:
     """Fresh ``(weight_quantizer, activation_quantizer)`` for one layer.
 
     ``bits=32`` gives the identity (full precision), ``bits=16`` the 16-bit
@@ -26,6 +26,8 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
     ``input_range``: the largest value the activation quantizer's input can take when it is known (``m`` for
     a ``ReLU(max_value=m)``), given to the activation class's :meth:`~Quantizer.for_input_range` (LSQ starts
     its step, PACT its clip, on that range; DoReFa's range is [0, 1] whatever it reads).
+    ``signed_input``: the activation quantizer reads an unrectified tensor and keeps its sign (a signed grid:
+    the families with a ``signed`` activation option, :func:`has_signed_activation`; an error for the others).
     """
     weight_cls, activation_cls = family_classes(family)
     weight_kwargs = {}
@@ -35,9 +37,21 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None,
                              f"per_channel option; per_channel={per_channel!r} applies to the dorefa, pact and lsq "
                              "families.")
         weight_kwargs["per_channel"] = bool(per_channel)
+    activation_kwargs = {}
+    if signed_input:
+        if not has_signed_activation(family):
+            raise ValueError(f"quantizer family {family!r}: its activations ({activation_cls.__name__}) are unsigned; "
+                             f"a signed activation grid is available in the families "
+                             f"{', '.join(f for f in families() if has_signed_activation(f))}.")
+        activation_kwargs["signed"] = True
     weight = _special(w_bits, weight_cls, **weight_kwargs)
-    activation = _special(a_bits, activation_cls, input_range=input_range)
+    activation = _special(a_bits, activation_cls, input_range=input_range, **activation_kwargs)
     return weight, activation
+
+
+def has_signed_activation(family: str) -> bool:
+    """Whether the family's activation class takes ``signed`` (LSQ): a signed k-bit grid for unrectified inputs."""
+    return "signed" in getattr(family_classes(family)[1], "OPTIONS", ())
 
 
 def has_per_channel_option(family: str) -> bool:
