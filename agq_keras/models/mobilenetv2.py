@@ -129,10 +129,9 @@ class MobileNetV2(ResNet):
             raise ValueError(f"MobileNetV2: bottleneck={bottleneck!r} is not supported; allowed: "
                              f"{', '.join(BOTTLENECKS)}.")
         if bottleneck == "linear" and not quantizers.pairs.has_signed_activation(quantizer):
-            signed = [f for f in quantizers.families() if quantizers.pairs.has_signed_activation(f)]
             raise ValueError(f"MobileNetV2: bottleneck='linear' quantizes the expand convs' unrectified input on a "
                              f"signed grid, which quantizer={quantizer!r} does not have; use a family with one "
-                             f"({', '.join(signed)}) or bottleneck='relu'.")
+                             f"({', '.join(quantizers.pairs.signed_families())}) or bottleneck='relu'.")
         if residual_stream != "float":
             raise ValueError(f"MobileNetV2: residual_stream={residual_stream!r} is not supported; allowed: float "
                              "(the integer residual streams are for the ResNets).")

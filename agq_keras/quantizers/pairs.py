@@ -41,8 +41,7 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None, input_
     if signed_input:
         if not has_signed_activation(family):
             raise ValueError(f"quantizer family {family!r}: its activations ({activation_cls.__name__}) are unsigned; "
-                             f"a signed activation grid is available in the families "
-                             f"{', '.join(f for f in families() if has_signed_activation(f))}.")
+                             f"a signed activation grid is available in the families {', '.join(signed_families())}.")
         activation_kwargs["signed"] = True
     weight = _special(w_bits, weight_cls, **weight_kwargs)
     activation = _special(a_bits, activation_cls, input_range=input_range, **activation_kwargs)
@@ -52,6 +51,11 @@ def make_pair(family: str, w_bits: int, a_bits: int, *, per_channel=None, input_
 def has_signed_activation(family: str) -> bool:
     """Whether the family's activation class takes ``signed`` (LSQ): a signed k-bit grid for unrectified inputs."""
     return "signed" in getattr(family_classes(family)[1], "OPTIONS", ())
+
+
+def signed_families() -> list[str]:
+    """The families with a signed activation grid (:func:`has_signed_activation`)."""
+    return [f for f in families() if has_signed_activation(f)]
 
 
 def has_per_channel_option(family: str) -> bool:
