@@ -95,6 +95,13 @@ def check_bits(owner: str, bits, allowed) -> int:
     return int(bits)
 
 
+def check_flag(owner: str, name: str, value) -> bool:
+    """Validate a True/False option of a quantizer (``per_channel``, ``signed``); return it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name}={value!r} must be True or False.")
+    return value
+
+
 def describe_bits(allowed) -> str:
     """``(1, 2, 3, 8)`` -> ``"1..3, 8"``."""
     runs: list[list[int]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Grid, Quantizer, register, register_family, weight_grid
+from agq_keras.quantizers.base import Grid, Quantizer, check_flag, register, register_family, weight_grid
 
 
 def round_k(x, bits: int):
@@ -84,9 +84,7 @@ class DoReFaWeight(Quantizer):
 
     def __init__(self, bits: int = 2, per_channel: bool = False, **kwargs):
         super().__init__(bits=bits, **kwargs)
-        if not isinstance(per_channel, bool):
-            raise ValueError(f"DoReFaWeight: per_channel={per_channel!r} must be True or False.")
-        self.per_channel = per_channel
+        self.per_channel = check_flag("DoReFaWeight", "per_channel", per_channel)
 
     def call(self, w):
         return dorefa_weight(w, self.bits, self.per_channel)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import Grid, Quantizer, register, state_updates_enabled, uniform_codes
+from agq_keras.quantizers.base import Grid, Quantizer, check_flag, register, state_updates_enabled, uniform_codes
 
 
 def fixed_point(x, bits: int, unit=None, per_channel: bool = False, odd_fraction: bool = False):
@@ -234,10 +234,8 @@ class RangeActivation(Quantizer):
         super().__init__(bits=bits, **kwargs)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"RangeActivation: momentum={momentum!r} must be a number in [0, 1).")
-        if not isinstance(signed, bool):
-            raise ValueError(f"RangeActivation: signed={signed!r} must be True or False.")
         self.momentum = float(momentum)
-        self.signed = signed
+        self.signed = check_flag("RangeActivation", "signed", signed)
 
     def build(self, input_shape):
         self.top = self.add_weight(name="top", shape=(), initializer="zeros", trainable=False)

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.quantizers.base import (Grid, Quantizer, check_bits, register, register_family, state_updates_enabled,
-                                      weight_grid)
+from agq_keras.quantizers.base import (Grid, Quantizer, check_bits, check_flag, register, register_family,
+                                      state_updates_enabled, weight_grid)
 
 MIN_STEP = 1e-8
 
@@ -160,9 +160,7 @@ class LSQWeight(_LSQ):
 
     def __init__(self, bits: int = 2, step_init=None, per_channel: bool = True, **kwargs):
         super().__init__(bits=bits, step_init=step_init, **kwargs)
-        if not isinstance(per_channel, bool):
-            raise ValueError(f"LSQWeight: per_channel={per_channel!r} must be True or False.")
-        self.per_channel = per_channel
+        self.per_channel = check_flag("LSQWeight", "per_channel", per_channel)
 
     def count(self, input_shape):
         total = int(np.prod(input_shape))
@@ -206,9 +204,7 @@ class LSQActivation(_LSQ):
 
     def __init__(self, bits: int = 2, step_init=None, signed: bool = False, **kwargs):
         super().__init__(bits=bits, step_init=step_init, **kwargs)
-        if not isinstance(signed, bool):
-            raise ValueError(f"LSQActivation: signed={signed!r} must be True or False.")
-        self.signed = signed
+        self.signed = check_flag("LSQActivation", "signed", signed)
         if signed:  # all 2^b codes (an activation grid may hold 256 levels; -128 is not excluded as for weights)
             self.q_n, self.q_p = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
 
