@@ -416,24 +416,23 @@ def _mean_of_relu(graph: Graph, op: Op) -> bool:
     return src is not None and src.relu
 
 
-def _unshiftable(graph: Graph, tensor: Tensor, prod: Optional[Op]) -> str:
-    """Why a signed grid cannot be stored shifted (the module docstring), or ``""`` when it can."""
+def _unshiftable(prod: Optional[Op], readers: list) -> str:
+    """Why a signed grid written by ``prod`` and read by ``readers`` cannot be stored shifted (the module
+    docstring), or ``""`` when it can."""
     if prod is None or prod.kind not in ("conv", "dwconv", "dense", "affine") or prod.relu:
         return "is not written by a conv, dense or BatchNorm with no activation"
-    readers = [op for op in graph.ops if tensor.name in op.inputs]
     if not all(op.kind == "dense" or (op.kind == "conv" and op.codes.shape[1:3] == (1, 1)) for op in readers):
         return "is read by an op other than a 1x1 conv or dense layer"
     return ""
 
 
-def _shift_signed(graph: Graph, tensor: Tensor, prod: Op, step: float, offset: int):
+def _shift_signed(prod: Op, readers: list, step: float, offset: int):
     """Store F's signed grid as ``x + offset * step`` (the module docstring): the producer adds the shift and
-    clips at 0 (a fused ReLU), the consumers take ``offset * step * sum(w)`` off their biases."""
+    clips at 0 (a fused ReLU), the readers take ``offset * step * sum(w)`` off their biases."""
     prod.bias = prod.bias + offset * step
     prod.relu, prod.relu_cap = True, None
-    for op in graph.ops:
-        if tensor.name in op.inputs:
-            op.bias = op.bias - offset * step * op.real_weights().reshape(len(op.bias), -1).sum(axis=1)
+    for op in readers:
+        op.bias = op.bias - offset * step * op.real_weights().reshape(len(op.bias), -1).sum(axis=1)
 
 
 def _resolve_grids(graph: Graph):
@@ -471,12 +470,13 @@ def _resolve_grids(graph: Graph):
         if levels > 255:
             graph.notes.append(f"{tensor.name}: more than 256 activation levels; calibrated int8 tensor")
         elif offset:
-            why = _unshiftable(graph, tensor, prod)
+            readers = [op for op in graph.ops if tensor.name in op.inputs]
+            why = _unshiftable(prod, readers)
             if why:
                 graph.notes.append(f"{tensor.name}: a signed activation grid (consumers {names}) {why}; calibrated "
                                    "int8 tensor (closest, not exact)")
             else:
-                _shift_signed(graph, tensor, prod, step, offset)
+                _shift_signed(prod, readers, step, offset)
                 tensor.grid, tensor.offset = (step, levels), offset
         elif prod is None or not (prod.relu or _mean_of_relu(graph, prod)):
             graph.notes.append(f"{tensor.name}: not produced by an op with a fused ReLU; calibrated int8 tensor "

@@ -116,16 +116,12 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str |
             raise ValueError(f"num_bases is only for the GroupNet archs "
                              f"({', '.join(n for n, v in VARIANTS.items() if v[0] is GroupNet)}), not {arch!r}.")
         arch_kwargs["num_bases"] = opts["num_bases"]
-    if opts["alpha"] is not None:
-        if SPECS[arch][0] is not MobileNetV2:
-            raise ValueError(f"alpha (the width multiplier) is only for the MobileNet archs "
-                             f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
-        arch_kwargs["alpha"] = opts["alpha"]
-    if opts["bottleneck"] is not None:
-        if SPECS[arch][0] is not MobileNetV2:
-            raise ValueError(f"bottleneck={opts['bottleneck']!r} is only for the MobileNet archs "
-                             f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
-        arch_kwargs["bottleneck"] = opts["bottleneck"]
+    for key, what in (("alpha", "alpha (the width multiplier)"), ("bottleneck", f"bottleneck={opts['bottleneck']!r}")):
+        if opts[key] is not None:
+            if SPECS[arch][0] is not MobileNetV2:
+                raise ValueError(f"{what} is only for the MobileNet archs "
+                                 f"({', '.join(n for n, v in SPECS.items() if v[0] is MobileNetV2)}), not {arch!r}.")
+            arch_kwargs[key] = opts[key]
     if opts["residual_stream"] != "float":
         if arch not in RESNETS or plain:
             raise ValueError(f"residual_stream={opts['residual_stream']!r} is for residual ResNets (plain=False, "

@@ -8,8 +8,8 @@ from agq_keras.quantizers.base import FIXED_POINT_BITS, FULL_PRECISION_BITS, Qua
 from agq_keras.quantizers.fixed import FixedPoint, Identity
 
 
-# the recipe for a user's model (quantize(), build_detector()): LSQ, per-channel weight steps, ranges from the data
-# (docs/quantize.md); build() and the paper's configs keep DoReFa
+# the recipe for a user's model (quantize(), build_detector(), build("mobilenetv2")): LSQ, per-channel weight steps,
+# ranges from the data (docs/quantize.md); build() of the paper's archs and the paper's configs keep DoReFa
 DEFAULT_FAMILY = "lsq"
 
 
