@@ -4,8 +4,9 @@
 unknown ``--config.KEY``, a ``--config`` that names no file, a bad value) prints ``error: ...`` and
 exits 2; a user error raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or
 a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after
-the ``finally`` blocks of the atomic writers have removed their temporary files, so no partial output
-is left. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
+the ``finally`` blocks of the atomic writers have removed their temporary files, so no half-written file
+is left; the exception's notes (``add_note``: a training run says what its workdir keeps) are printed
+first. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
 function being traced), TensorFlow may re-raise it as another type, so the exit code comes from the
 signal that was received, not from the type of the exception that reaches :func:`run`.
 :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
@@ -79,7 +80,13 @@ def define_config_flag(name: str = "config", help_string: str = "A config file p
         def parse(self, argument):
             try:
                 return self.file_parser.parse(configs.resolve(argument))
-            except (TypeError, ValueError) as err:  # ml_collections puts get_config's traceback in the text:
+            except TypeError as err:
+                file, _, variant = argument.partition(":")
+                if variant and "positional argument" in str(err):  # get_config() takes no variant
+                    raise ValueError(f"config file {file!r} has no variants (--config={argument}); give "
+                                     f"--config={file} alone.") from None
+                raise ValueError((str(err).strip().splitlines() or [repr(err)])[-1]) from None
+            except ValueError as err:  # ml_collections puts get_config's traceback in the text:
                 raise ValueError((str(err).strip().splitlines() or [repr(err)])[-1]) from None  # its last line
 
         def flag_type(self):
@@ -93,9 +100,9 @@ def define_config_flag(name: str = "config", help_string: str = "A config file p
 
 def _interrupted(signum) -> int:
     if signum == signal.SIGTERM:
-        print("error: terminated (SIGTERM); no partial output was left.", file=sys.stderr)
+        print("error: terminated (SIGTERM); no half-written file was left.", file=sys.stderr)
         return SIGTERM_EXIT
-    print("error: interrupted (Ctrl-C); no partial output was left.", file=sys.stderr)
+    print("error: interrupted (Ctrl-C); no half-written file was left.", file=sys.stderr)
     return SIGINT_EXIT
 
 
@@ -107,9 +114,13 @@ def run(main, user_errors: tuple = ()) -> None:
         try:
             return main(argv)
         except BaseException as err:  # noqa: BLE001 - sorted below; anything else is re-raised
+            interrupted = isinstance(err, (KeyboardInterrupt, Terminated))
+            if _received or interrupted:  # the notes say what was left (a training run: its workdir's backup)
+                for note in getattr(err, "__notes__", ()):
+                    print(note, file=sys.stderr)
             if _received:  # the signal's exception, perhaps re-raised by TensorFlow as another type
                 return _interrupted(_received[0])
-            if isinstance(err, (KeyboardInterrupt, Terminated)):  # raised without a signal
+            if interrupted:  # raised without a signal
                 return _interrupted(signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
             if isinstance(err, (ValueError, OSError, *user_errors)):
                 print(f"error: {_one_line(err)}", file=sys.stderr)

@@ -38,10 +38,12 @@ flags.DEFINE_integer("image_size", None, "imagenet2012 crop size (default: the r
 flags.DEFINE_integer("num_classes", None, "npz: number of classes (default: the run's).")
 flags.DEFINE_string("runtimes", "builtin,xnnpack", "--verify: runtimes to compare, of reference, builtin, "
                     "xnnpack, micro (TensorFlow Lite Micro, on the first --micro_images).")
-flags.DEFINE_integer("micro_images", 1000, "--verify: test images run through TensorFlow Lite Micro (one per invoke).")
-flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.")
+flags.DEFINE_integer("micro_images", 1000, "--verify: test images run through TensorFlow Lite Micro (one per invoke).",
+                     lower_bound=0)
+flags.DEFINE_integer("calibration_images", 500, "Training images used to calibrate non-grid tensors.", lower_bound=1)
 flags.DEFINE_bool("verify", False, "Compare with the Keras F on the test set; write <output>.json.")
-flags.DEFINE_integer("verify_images", 10000, "Test images for --verify (a detection run: default its test canvases).")
+flags.DEFINE_integer("verify_images", 10000, "Test images for --verify (a detection run: default its test canvases).",
+                     lower_bound=1)
 flags.DEFINE_bool("c_array", False, "Also write <output>.cc/.h (aligned C array for TFLite Micro).")
 flags.DEFINE_integer("max_replicas", None, "Most input repeats for wide weight codes (1: plain int8 weights; "
                      "default: 259 unless the file would outgrow its float32 twin, then 1, with a note).")
@@ -58,8 +60,9 @@ flags.DEFINE_enum("weights", "int8", ["int8", "packed"], "Weight storage: int8, 
                   "<= 4-bit grids (half the bytes; XNNPACK runs them on the builtin kernels; no Edge TPU).")
 flags.DEFINE_integer("per_tensor", 0, "--verify: also compare every integer tensor with F's value at the same "
                      "place on this many test images, under each of --runtimes (0: skip); the rows go to "
-                     "<output>.json.")
-flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).")
+                     "<output>.json.", lower_bound=0)
+flags.DEFINE_integer("latency_runs", 50, "Runs per model for the int8 vs float32 latency in --verify (0: skip).",
+                     lower_bound=0)
 
 
 def main(argv):
@@ -72,13 +75,17 @@ def main(argv):
     where = export.export_source(FLAGS.workdir, model=FLAGS.model, output=FLAGS.output, dataset=FLAGS.dataset,
                                   data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
                                   num_classes=FLAGS.num_classes)
-    if FLAGS.per_tensor < 0 or (FLAGS.per_tensor and not FLAGS.verify):
+    if FLAGS.per_tensor and not FLAGS.verify:
         raise ValueError(f"--per_tensor={FLAGS.per_tensor}: allowed: 0 (skip), or a number of test images with "
                          "--verify.")
     runtimes = tuple(r for r in FLAGS.runtimes.split(",") if r)
     bad = [r for r in runtimes if r not in export.RUNTIMES]
     if bad:
         raise ValueError(f"--runtimes: {', '.join(bad)} unknown; allowed: {', '.join(export.RUNTIMES)}.")
+    if os.path.isdir(where["output"]):
+        flag = f"--output={FLAGS.output}" if FLAGS.output else f"--workdir={FLAGS.workdir} (its f.tflite)"
+        raise IsADirectoryError(f"{flag} is a folder; give the path of the .tflite file to write, e.g. "
+                                f"{os.path.join(where['output'], 'f.tflite')}.")
     out_dir = os.path.dirname(os.path.abspath(where["output"]))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"Output directory {out_dir!r} does not exist; create it first.")

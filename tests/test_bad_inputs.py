@@ -180,7 +180,7 @@ def test_cli_exit_code_follows_the_signal(sig, code, message, reraise_as):
     result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=ENV, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == code, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [f"error: {message}; no partial output was left."], result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {message}; no half-written file was left."], result.stderr
 
 
 # -- scripts/train.py -------------------------------------------------------------------------------------------
@@ -188,12 +188,15 @@ def npz(tmp_path, kind):
     rng = np.random.default_rng(0)
     x = rng.random((16, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 3, 16)
+    x_test = x
     if kind == "labels":
         y[3] = 7
+    elif kind == "shapes":
+        x_test = rng.random((16, 10, 10, 1)).astype("float32")
     else:
         x[2, 1, 1, 0] = np.nan
     path = tmp_path / f"{kind}.npz"
-    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    np.savez(path, x_train=x, y_train=y, x_test=x_test, y_test=y)
     return str(path)
 
 
@@ -206,9 +209,20 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
     "decay epoch beyond the run": (dict(ssp=True, ssp_decay_epoch=5, epochs=3),
                                    r"ssp_decay_epoch=5 is beyond the run \(epochs=3\); allowed: 1\.\.3"),
     "missing data_dir": (dict(data_dir="/nonexistent/fmnist"), r"'/nonexistent/fmnist' does not exist"),
+    "cifar100 not prepared": (dict(dataset="cifar100", data_dir="/nonexistent/tfds"),
+                              r"Dataset 'cifar100' \(train\) is not prepared in /nonexistent/tfds: prepare it once"),
     "workdir is a file": (dict(workdir="afile"), r"workdir .* exists and is a file"),
     "npz labels out of range": (dict(dataset="npz", data_dir="labels", num_classes=3), r"0\.\.2"),
     "npz NaN pixel": (dict(dataset="npz", data_dir="nan", num_classes=3), r"NaN"),
+    "npz splits of two shapes": (dict(dataset="npz", data_dir="shapes", num_classes=3),
+                                 r"config\.dataset='npz': the test images are \(10, 10, 1\) and the training images "
+                                 r"\(8, 8, 1\) \(height, width, channels\); both splits must have one shape\.$"),
+    "w_bits 0": (dict(w_bits=0), r"config\.w_bits=0 is not supported by config\.quantizer='dorefa': DoReFaWeight: "
+                                 r"bits=0 is not supported; allowed: 1\.\.8"),
+    "a_bits 1 with lsq": (dict(quantizer="lsq", a_bits=1),
+                          r"config\.a_bits=1 is not supported by config\.quantizer='lsq': LSQActivation: bits=1"),
+    "quantizer unknown": (dict(quantizer="int3"), r"config\.quantizer='int3' is not supported; allowed: bireal, dorefa"),
+    "arch unknown": (dict(arch="resnet99"), r"config\.arch='resnet99' is not supported; allowed: .*resnet20"),
     "truncated checkpoint": (dict(init_checkpoint="truncated"),
                              r"config\.init_checkpoint '.*truncated\.keras' is not a \.keras zip archive"),
     "text checkpoint": (dict(init_checkpoint="text"), r"is not a \.keras zip archive"),
@@ -221,7 +235,7 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
     "Lambda checkpoint": (dict(init_checkpoint="lambda"),
                           r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
 }
-FAST_CLI = {"epochs -1", "truncated checkpoint"}
+FAST_CLI = {"epochs -1", "truncated checkpoint", "w_bits 0"}
 
 
 def _resolve(case, tmp_path, files):
@@ -271,6 +285,11 @@ CONFIG = {  # --config value: message pattern (exit 2: the flag is bad; nothing 
                             r"looked at .+configs.default\.py; a bare file name is looked up among the package's",
     "base.py": r"config file 'base\.py' \(--config=base\.py\) not found",  # the schema, not a config
     "fmnist.py:nope": r"flag --config=fmnist\.py:nope: ValueError: unknown variant 'nope'; allowed: resnet20_",
+    "default.py:resnet20_plain_ag": r"flag --config=default\.py:resnet20_plain_ag: config file 'default\.py' has no "
+                                    r"variants \(--config=default\.py:resnet20_plain_ag\); give --config=default\.py "
+                                    r"alone\.$",
+    os.path.join(ROOT, "agq_keras", "configs"): r"config '.+configs' \(--config=.+configs\) is a folder; give a config "
+                                                r"file in it: default\.py, detection\.py, fmnist\.py, ",
 }
 
 
@@ -297,10 +316,18 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
                         r"--runtimes: gpu unknown; allowed: reference, builtin, xnnpack, micro"),
     "per_tensor without verify": ("f", "f.tflite", ["--per_tensor=20"],
                                   r"--per_tensor=20: allowed: 0 \(skip\), or a number of test images with --verify"),
-    "negative per_tensor": ("f", "f.tflite", ["--verify", "--per_tensor=-1"], r"--per_tensor=-1: allowed: 0"),
+    # flag errors (exit 2), before anything is converted or written
+    "negative per_tensor": ("f", "f.tflite", ["--verify", "--per_tensor=-1"],
+                            r"^error: flag --per_tensor=-1: -1 is not a non-negative integer$"),
+    "verify_images 0": ("f", "f.tflite", ["--verify", "--verify_images=0"],
+                        r"^error: flag --verify_images=0: 0 is not a positive integer$"),
+    "calibration_images -5": ("f", "f.tflite", ["--calibration_images=-5"],
+                              r"^error: flag --calibration_images=-5: -5 is not a positive integer$"),
+    "output is a folder": ("f", ".", [], r"--output=.+ is a folder; give the path of the \.tflite file to write, "
+                                         r"e\.g\. .+f\.tflite\.$"),
 }
 FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer", "unknown runtime",
-               "per_tensor without verify"}
+               "per_tensor without verify", "verify_images 0", "output is a folder"}
 
 
 def test_export_cli_workdir_must_be_a_run(tmp_path):
@@ -317,7 +344,7 @@ def test_export_cli_rejects(tmp_path, files, case):
     pytest.importorskip("ai_edge_litert")
     model, output, extra, pattern = EXPORT[case]
     assert_one_line_error(script("export_tflite.py", f"--model={files[model]}", f"--output={tmp_path / output}",
-                                 *extra), pattern)
+                                 *extra), pattern, code=2 if pattern.startswith("^error: flag") else 1)
     assert os.listdir(tmp_path) == []
 
 
@@ -338,7 +365,7 @@ def test_export_cli_interrupted_leaves_no_partial_file(tmp_path, files, sig, cod
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr[-2000:]
-    assert "Traceback" not in stderr and "no partial output" in stderr
+    assert "Traceback" not in stderr and "no half-written file was left" in stderr
     assert sorted(os.listdir(tmp_path)) == ["f.tflite"]  # complete (written before), no f.json, no .tmp*
 
 

@@ -168,6 +168,12 @@ def test_trainer_exports_f(data):
     model, _, notes = export.convert(trainer, data[0][:64])
     assert any("exported its deployable network F" in n for n in notes)
     assert model == export.convert(trainer.f, data[0][:64])[0]
+    # raw uint8 pixels for an F that takes pixels / 255 (issue 31, row 15): converted as given, with a note
+    raw = np.round(data[0][:64] * 255).astype("uint8")
+    notes = export.convert(trainer.f, raw)[2]
+    assert [n for n in notes if n.startswith("the calibration images are uint8")] == [
+        f"the calibration images are uint8 ({raw.min()}..{raw.max()}): the input's int8 range is set for those "
+        "values as they are; an F trained on scaled images (e.g. pixels / 255) needs them scaled the same way."]
 
 
 def test_edgetpu_check_and_c_array(converted, tmp_path):

@@ -44,8 +44,9 @@ def weights(path):
     return [v.numpy() for v in keras.models.load_model(path).weights]
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
-    """... and the same history: the backup keeps the finished epochs' logs (and the wall time) of the killed call."""
+def test_killed_run_resumes_to_identical_weights(tmp_path, capsys):
+    """... and the same history: the backup keeps the finished epochs' logs (and the wall time) of the killed call,
+    and the rerun says where it resumes."""
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     full_metrics = run.run(config(), full)
     with pytest.raises(Killed):
@@ -55,7 +56,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     with open(os.path.join(resumed, "backup", "progress.json")) as fh:
         progress = json.load(fh)
     assert len(progress["history"]["loss"]) == 2 and progress["wall_s"] > 0  # the two epochs the killed call finished
+    capsys.readouterr()
     metrics = run.run(config(), resumed)  # the same command again: only the remaining epoch runs
+    assert f"Resuming {resumed} from epoch 3 of 3 (its backup/ holds 2 finished epoch(s))." in capsys.readouterr().out
     assert metrics["history"] == full_metrics["history"] and len(metrics["history"]["loss"]) == 3
     assert metrics["wall_s"] > progress["wall_s"]
     a, b = weights(os.path.join(full, "trainer.keras")), weights(os.path.join(resumed, "trainer.keras"))

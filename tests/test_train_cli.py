@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,7 +29,8 @@ def tiny(**overrides):
 def test_run_writes_all_outputs(tmp_path):
     wd = str(tmp_path / "run")
     metrics = run.run(tiny(ssp=True, ssp_decay_epoch=1), wd)
-    assert sorted(os.listdir(wd)) == ["convergence.png", "f.keras", "logs", "metrics.json", "trainer.keras"]
+    assert sorted(os.listdir(wd)) == [".lock", "convergence.png", "f.keras", "logs", "metrics.json", "run_config.json",
+                                      "trainer.keras"]
     saved = json.load(open(os.path.join(wd, "metrics.json")))
     assert saved["f"] == metrics["f"] and 0 <= saved["f"]["top1"] <= saved["f"]["top5"] <= 1
     assert "h" in saved and len(saved["history"]["val_accuracy"]) == 1
@@ -48,7 +50,8 @@ def test_two_stage_recipe_loads_stage1_by_name(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     wd = str(tmp_path / "run")
     run.run(tiny(aux=False, pretrain_epochs=1, pretrain_learning_rate=0.05), wd)
-    assert sorted(os.listdir(wd)) == ["f.keras", "logs", "metrics.json", "stage1", "trainer.keras"]
+    assert sorted(os.listdir(wd)) == [".lock", "f.keras", "logs", "metrics.json", "run_config.json", "stage1",
+                                      "trainer.keras"]
     assert "convergence.png" not in os.listdir(os.path.join(wd, "stage1"))
     warnings = [line for line in capsys.readouterr().err.splitlines() if "matplotlib" in line]
     assert len(warnings) == 2 and all(w.startswith("warning: convergence.png not written") for w in warnings)
@@ -131,3 +134,91 @@ def test_cli_default_config(tmp_path):
                          "--config.verbose=0"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "F test top-1:" in ok.stdout and (wd / "f.keras").exists()
+
+
+# -- the workdir belongs to one config, and one live run holds it (agq_keras.training.workdir) --------------------
+def test_workdir_of_another_config_is_refused(tmp_path):
+    """Before anything is built or written: one line naming the keys that differ; the workdir is untouched."""
+    from agq_keras.training import workdir as workdirs
+
+    wd = str(tmp_path / "run")
+    workdirs.claim(wd, tiny())
+    workdirs.release(wd)
+    before = sorted(os.listdir(wd))
+    with pytest.raises(ValueError, match=r"^workdir '.+run' belongs to a run of another config \(config\.w_bits: 2 "
+                                         r"there, 4 now\): rerun with its config to resume or repeat it, or give a new "
+                                         r"--workdir \(or delete that folder\) to start afresh\.$"):
+        run.run(tiny(w_bits=4), wd)
+    assert sorted(os.listdir(wd)) == before == [".lock", "run_config.json"]
+    assert workdirs.differences(workdirs.saved_config(wd), tiny(verbose=2, data_dir="/elsewhere")) == []
+    # a finished run written before run_config.json existed: its metrics.json's config counts
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({"config": tiny().to_dict()}))
+    with pytest.raises(ValueError, match=r"config\.arch: 'resnet20' there, 'resnet32' now; config\.epochs: 1 there, "
+                                         r"3 now\)"):
+        workdirs.check(str(old), tiny(arch="resnet32", epochs=3))
+
+
+def test_a_live_run_holds_its_workdir(tmp_path):
+    """Another run's lock (flock is per open file, so a second open in this process stands for another process)
+    refuses the run in one line with that run's pid; once it is dropped (the run ended or was killed: the system
+    drops it), the workdir is free."""
+    import fcntl
+
+    from agq_keras.training import workdir as workdirs
+
+    wd = tmp_path / "run"
+    wd.mkdir()
+    with open(wd / ".lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("4242")
+        other.flush()
+        with pytest.raises(ValueError, match=r"^workdir '.+run' is in use by another run \(pid 4242\): wait for it "
+                                             r"to finish, or give another --workdir\.$"):
+            run.run(tiny(), str(wd))
+    assert os.listdir(wd) == [".lock"]
+    workdirs.check(str(wd), tiny())  # the other run is gone: this process takes the lock
+    assert (wd / ".lock").read_text() == str(os.getpid())
+    workdirs.release(str(wd))
+
+
+@pytest.mark.slow
+def test_cli_workdir_integrity(tmp_path):
+    """issue 31, rows 1, 3 and 13, through the CLI: a second run into a live run's workdir is refused; Ctrl-C
+    says what the workdir keeps; rerunning with another config is refused in one line (no mix of two runs); the
+    same command resumes and says from which epoch."""
+    import signal
+    import time
+
+    wd = tmp_path / "run"
+    env = {**ENV, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config=default.py", f"--workdir={wd}",
+            "--config.train_subset=256", "--config.test_subset=64", "--config.epochs=6"]
+    first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (wd / "backup" / "progress.json").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    assert (wd / "backup" / "progress.json").exists(), first.communicate()[1][-2000:]
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert second.returncode == 1 and second.stderr.strip().splitlines() == [
+        f"error: workdir '{wd}' is in use by another run (pid {first.pid}): wait for it to finish, or give another "
+        "--workdir."], second.stderr[-2000:]
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+    note, last = err.strip().splitlines()[-2:]
+    assert last == "error: interrupted (Ctrl-C); no half-written file was left.", err[-2000:]
+    done = re.fullmatch(rf"{re.escape(str(wd))} keeps backup/ \(([1-5]) finished epoch\(s\) of 6\) and logs/: rerun "
+                        r"the same command to resume\.", note)
+    assert done, err[-2000:]
+    other = subprocess.run(args + ["--config.w_bits=4"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert other.returncode == 1 and other.stderr.strip().splitlines() == [
+        f"error: workdir '{wd}' belongs to a run of another config (config.w_bits: 2 there, 4 now): rerun with its "
+        "config to resume or repeat it, or give a new --workdir (or delete that folder) to start afresh."], other.stderr
+    same = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr[-2000:]
+    n = int(done.group(1))
+    assert f"Resuming {wd} from epoch {n + 1} of 6 (its backup/ holds {n} finished epoch(s))." in same.stdout
+    assert "\x1b[" not in same.stdout and "━" not in same.stdout  # not a terminal: one line per epoch, no bars
+    assert len(json.load(open(wd / "metrics.json"))["history"]["loss"]) == 6

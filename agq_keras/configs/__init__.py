@@ -5,7 +5,7 @@ some ``get_config(variant)``. ``scripts/train.py --config=VALUE`` takes ``FILE[:
 path (``agq_keras/configs/fmnist.py:resnet20_plain_ag``, or a config file of your own), or the bare name
 of one of these files (``default.py``, ``fmnist.py:resnet20_plain_ag``), looked up here when no such file
 exists in the current directory, so an installed package runs its configs from any folder.
-:func:`resolve` does the lookup.
+:func:`resolve` does the lookup (a folder is an error that lists its config files).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def resolve(value: str) -> str:
     file, sep, variant = value.partition(":")
     if os.path.isfile(file):
         return value
+    if os.path.isdir(file):
+        inside = sorted(f for f in os.listdir(file) if f.endswith(".py") and f not in NOT_CONFIGS)
+        raise IsADirectoryError(f"config {file!r} (--config={value}) is a folder; give a config file"
+                                + (f" in it: {', '.join(inside)}." if inside else " (it holds none)."))
     bare = bool(file) and os.path.basename(file) == file
     name = file if file.endswith(".py") else f"{file}.py"
     if bare and name in names():

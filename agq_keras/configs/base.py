@@ -67,7 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.strategy = "none"  # none | mirrored | multi_worker | tpu
     c.tpu = ""  # TPU address for strategy=tpu
     c.deterministic = False  # tf.config.experimental.enable_op_determinism()
-    c.verbose = 1  # 1 = Keras progress bar, 2 = one line per epoch, 0 = silent
+    c.verbose = 1  # 1 = progress bar (per-epoch lines when stdout is no terminal), 2 = one line per epoch, 0 = silent
     return c
 
 

@@ -32,7 +32,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.data import fashion_mnist
+from agq_keras.data import fashion_mnist, tfds_load
 
 SPLIT_IDS = {"train": 0, "test": 1}
 NUM_CLASSES = fashion_mnist.NUM_CLASSES
@@ -213,7 +213,7 @@ def load_tfds(name: str, split: str, *, data_dir: str = "", image_size: int = 51
     if tfds_split is None:
         raise ValueError(f"split={split!r} is not available; allowed: train, test.")
     try:
-        ds = tfds.load(tfds_name, split=tfds_split, data_dir=data_dir or None, download=False)
+        ds = tfds_load.load(tfds_name, split=tfds_split, data_dir=data_dir or None, download=False)
     except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as err:
         raise FileNotFoundError(f"{name} ({tfds_name}) is not prepared in data_dir={data_dir!r}: prepare it once "
                                 f"with tensorflow-datasets on a machine with internet and pass its folder "

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agq_keras.data import fashion_mnist
+from agq_keras.data import fashion_mnist, tfds_load
 
 DATASETS = ("fashion_mnist", "cifar100", "imagenet2012", "npz")
 NUM_CLASSES = {"fashion_mnist": 10, "cifar100": 100, "imagenet2012": 1000}
@@ -105,7 +105,7 @@ def _load_tfds(name, split, data_dir):
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.load(name, split=split, data_dir=data_dir or None, download=False, as_supervised=True)
+        return tfds_load.load(name, split=split, data_dir=data_dir or None, download=False, as_supervised=True)
     except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as err:
         raise FileNotFoundError(f"Dataset {name!r} ({split}) is not prepared in "
                                 f"{data_dir or 'the default tensorflow-datasets folder'}: "

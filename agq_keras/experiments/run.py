@@ -42,6 +42,7 @@ import math
 import numbers
 import os
 import shutil
+import sys
 import time
 
 import keras
@@ -50,9 +51,12 @@ import tensorflow as tf
 
 from agq_keras import detection, saving
 from agq_keras.data import detection_twin, pipeline
-from agq_keras.models.builder import build
+from agq_keras.models.builder import ARCH_DEFAULT_FAMILY, ARCHITECTURES, build
 from agq_keras.models.mobilenetv2 import BOTTLENECKS
-from agq_keras.training import baselines, callbacks as cb
+from agq_keras.models.resnet import RESNETS
+from agq_keras.quantizers import families
+from agq_keras.quantizers.pairs import DEFAULT_FAMILY, make_pair
+from agq_keras.training import baselines, callbacks as cb, workdir as workdirs
 from agq_keras.training.recipe import load_by_name, stage1_config
 from agq_keras.training.ssp import SSP, DeltaSchedule, check_decay_epoch, check_delta
 from agq_keras.training.trainer import AGTrainer, default_loss
@@ -83,10 +87,26 @@ def _epochs_list(config, key):
         raise ValueError(f"config.{key}={value!r} must be positive integer epochs.")
 
 
+def _quantization(config, archs, default_family: str) -> None:
+    """``config.arch``, ``config.quantizer`` and the bit widths, in errors that name the config key (the
+    quantizer's own message says which widths its family allows). ``default_family``: what an empty
+    ``config.quantizer`` means."""
+    _choice(config, "arch", tuple(sorted(archs)))
+    family = config.quantizer or default_family
+    _choice(config, "quantizer", ("",) * (not config.quantizer) + families())
+    for key, bits in (("w_bits", (config.w_bits, 32)), ("a_bits", (32, config.a_bits))):
+        try:
+            make_pair(family, *bits)
+        except ValueError as err:
+            raise ValueError(f"config.{key}={config[key]!r} is not supported by config.quantizer={family!r}: "
+                             f"{err}") from None
+
+
 def validate(config) -> None:
     """Check every value before anything is built or written."""
     if config.get("task", "classification") == "detection":
         return validate_detection(config)
+    _quantization(config, ARCHITECTURES, ARCH_DEFAULT_FAMILY.get(config.arch, "dorefa"))
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
                          ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)
@@ -220,12 +240,22 @@ def _load_init(config):
 def run(config, workdir: str, extra_callbacks=()) -> dict:
     """Train one config; returns the metrics dict also written to ``metrics.json``.
 
+    The workdir belongs to one config (:mod:`agq_keras.training.workdir`): a workdir holding a run of another
+    config, or held by a live run, is refused before anything is built or written; this call holds its lock.
     ``extra_callbacks`` are appended to the run's own (tests use them to interrupt a run)."""
-    if config.get("task", "classification") == "detection":
-        return run_detection(config, workdir, extra_callbacks)
+    try:
+        if config.get("task", "classification") == "detection":
+            return run_detection(config, workdir, extra_callbacks)
+        return _run_classification(config, workdir, extra_callbacks)
+    finally:
+        workdirs.release(workdir)
+
+
+def _run_classification(config, workdir: str, extra_callbacks=()) -> dict:
     start = time.time()
     validate(config)
     check_workdir(workdir)
+    workdirs.check(workdir, config)
     init = _load_init(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -236,7 +266,12 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
                    image_size=config.image_size, num_classes=config.num_classes)
     train_ds, num_classes, input_shape = pipeline.make(config.dataset, "train", subset=config.train_subset,
                                                        epoch=epoch_counter.epoch, **data_kw)
-    test_ds, _, _ = pipeline.make(config.dataset, "test", subset=config.test_subset, **data_kw)
+    test_ds, _, test_shape = pipeline.make(config.dataset, "test", subset=config.test_subset, **data_kw)
+    if tuple(test_shape) != tuple(input_shape):
+        raise ValueError(f"config.dataset={config.dataset!r}: the test images are {tuple(test_shape)} and the "
+                         f"training images {tuple(input_shape)} (height, width, channels); both splits must have "
+                         "one shape.")
+    _check_schedule(config)
     if config.num_classes:
         num_classes = config.num_classes
 
@@ -258,7 +293,7 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
                         metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
 
     steady = _steady_evaluation(config, data_kw, test_ds)
-    os.makedirs(workdir, exist_ok=True)
+    _claim(workdir, config)
     guard = cb.NaNGuard()
     callbacks = [
         epoch_counter,
@@ -321,6 +356,24 @@ def run(config, workdir: str, extra_callbacks=()) -> dict:
     return metrics
 
 
+def _claim(workdir: str, config) -> None:
+    """Create and lock the workdir (its config recorded), and say so when the run resumes from its backup."""
+    workdirs.claim(workdir, config)
+    done = cb.SafeBackup.finished_epochs(os.path.join(workdir, "backup"))
+    if done:
+        print(f"Resuming {workdir} from epoch {done + 1} of {config.epochs} (its backup/ holds {done} finished "
+              "epoch(s)).")
+
+
+def _check_schedule(config) -> None:
+    """A note (not an error: a short trial run of a config keeps its schedule) when learning-rate decays lie
+    beyond the run."""
+    late = [e for e in config.lr_decay_epochs if e >= config.epochs]
+    if late:
+        print(f"note: config.lr_decay_epochs={tuple(config.lr_decay_epochs)}: {', '.join(map(str, late))} "
+              f"at or beyond the run's last epoch (epochs={config.epochs}); those decays never apply.")
+
+
 def _backup(callbacks) -> cb.SafeBackup:
     return next(c for c in callbacks if isinstance(c, cb.SafeBackup))
 
@@ -329,8 +382,18 @@ def _fit(trainer, train_ds, test_ds, config, callbacks, guard, workdir) -> dict:
     """``trainer.fit`` for the run; returns the logs of every epoch, those of the earlier calls of a resumed
     run included (:class:`~agq_keras.training.callbacks.SafeBackup`); a :class:`DivergedError` when the loss
     became NaN/inf."""
-    history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
-                          verbose=config.verbose, shuffle=False)
+    verbose = config.verbose
+    if verbose == 1 and not sys.stdout.isatty():  # a progress bar written to a file or pipe: one line per epoch
+        verbose = 2
+    try:
+        history = trainer.fit(train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks,
+                              verbose=verbose, shuffle=False)
+    except BaseException as err:  # Ctrl-C or SIGTERM (perhaps re-raised by TensorFlow as another type), a crash:
+        done = cb.SafeBackup.finished_epochs(os.path.join(workdir, "backup"))  # what the workdir keeps, as a note
+        err.add_note(f"{workdir} keeps " + (f"backup/ ({done} finished epoch(s) of {config.epochs}) and logs/: rerun "
+                                            "the same command to resume." if done else
+                                            "logs/ and no finished epoch: rerun the same command to start again."))
+        raise  # the CLI prints the note when a signal stopped the run (agq_keras.cli), Python with a traceback
     if guard.diverged_at is not None:
         epoch, batch = guard.diverged_at
         raise DivergedError(f"training diverged (loss NaN/inf) in epoch {epoch + 1}, batch {batch}; no outputs "
@@ -375,6 +438,7 @@ def validate_detection(config) -> None:
                          ("train_canvases", 0), ("test_canvases", 1), ("fpn_width", 1), ("head_depth", 0),
                          ("plot_images", 0)):
         _int(config, key, minimum)
+    _quantization(config, RESNETS, DEFAULT_FAMILY)
     _choice(config, "dataset", DETECTION_DATASETS)
     _choice(config, "optimizer", OPTIMIZERS)
     _epochs_list(config, "lr_decay_epochs")
@@ -468,11 +532,13 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     start = time.time()
     validate_detection(config)
     check_workdir(workdir)
+    workdirs.check(workdir, config)
     init = _load_init(config)  # stage 2: a float detector's F (or trainer.keras) initialises F and H
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     train, (test_x, test_boxes, test_labels), num_classes, names = _detection_data(config)
+    _check_schedule(config)
     spec = _anchor_spec(config)
     image_size = tuple(test_x.shape[1:3])
     anchors = spec.anchors(image_size)
@@ -498,7 +564,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     initialise(trainer, init)
     trainer.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate, config.weight_decay),
                     loss=detection.DetectionLoss(num_classes), metrics=[])
-    os.makedirs(workdir, exist_ok=True)
+    _claim(workdir, config)
     guard = cb.NaNGuard()
     callbacks = [epoch_counter,
                  keras.callbacks.LearningRateScheduler(cb.step_lr(config.learning_rate, config.lr_decay_epochs)),

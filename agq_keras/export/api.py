@@ -85,6 +85,11 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
                          f"{', '.join(calibrate_lib.OUTPUT_RANGES)}.")
     f, notes = resolve_model(model)
     images = check_images(f, representative_data)
+    given = np.asarray(representative_data)
+    if np.issubdtype(given.dtype, np.integer):  # raw pixels: right only for an F trained on them unscaled
+        notes.append(f"the calibration images are {given.dtype} ({given.min()}..{given.max()}): the input's int8 "
+                     "range is set for those values as they are; an F trained on scaled images (e.g. pixels / 255) "
+                     "needs them scaled the same way.")
 
     def export(replicas, export_mode):
         graph = lower.lower(f, max_replicas=replicas)

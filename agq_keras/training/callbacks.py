@@ -73,6 +73,16 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
                 self.previous = json.load(fh)
         self.epochs: dict = {}  # this call's epoch logs, as History keeps them
 
+    @staticmethod
+    def finished_epochs(backup_dir: str) -> int:
+        """How many epochs the backup in ``backup_dir`` holds (0 when there is none)."""
+        path = os.path.join(backup_dir, "progress.json")
+        if not os.path.isfile(path):
+            return 0
+        with open(path) as fh:
+            history = json.load(fh).get("history", {})
+        return max((len(v) for v in history.values()), default=0)
+
     def history(self, epochs: dict | None = None) -> dict:
         """Every epoch's logs: the earlier calls' (from the backup), then ``epochs`` (default: this call's)."""
         epochs = self.epochs if epochs is None else epochs
