@@ -6,7 +6,7 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
 * ``sweep`` (issue 13, the decisive evidence): 2-bit DoReFa plain ResNet-20/32/56, arms plain, plain + AG,
   plain at 2x epochs (compute-matched: an AG step costs about two F steps) and plain + AG + SSP, 3 seeds
   each; H's sums with a ReLU at one depth; LSQ plain and plain + AG at one depth. :func:`follow_up` adds
-  seeds up to 5 to the arms of every comparison of the table whose delta sits within 2 spreads.
+  seeds up to 5 to the arms of every comparison of the table that Welch's test cannot decide (p >= 0.05).
 * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2, float / 4-bit / 4-bit + AG, 3 seeds.
 * ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
 * ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -85,7 +86,7 @@ SWEEP_ARMS = ("plain", "plain_ag", "plain_2x", "plain_ag_ssp")
 DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x", "float_2x", "staged_4bit", "staged_4bit_ag",
                   "staged_4bit_2x", "staged_4bit_ag_fpn")
 DETECTION_BUDGET = {"train_canvases": 1024, "test_canvases": 200, "epochs": 6, "lr_decay_epochs": (5,)}
-MAX_SEEDS = 5  # follow-up: an arm of a comparison that sits within 2 spreads gets seeds up to this many
+MAX_SEEDS = 5  # follow-up: an arm of a comparison Welch's test cannot decide gets seeds up to this many
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +219,7 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     c.train_subset, c.test_subset = _check_int("train_subset", train_subset, 0), _check_int("test_subset",
                                                                                             test_subset, 0)
     c.seed, c.verbose, c.pretrain_epochs, c.data_dir = run.seed, verbose, 0, data_dir
+    c.deterministic = True  # reported runs (op determinism; the records trained before 2026-12-07 were not)
     if run.method.startswith("fp_"):
         c.w_bits = c.a_bits = 32
     else:
@@ -245,6 +247,7 @@ def _detection_config(run: Run, workdir: str, record: str | None, *, epochs: int
         c[key] = value
     _reschedule(c, epochs, run.method.endswith("_2x"))
     c.seed, c.verbose, c.data_dir = run.seed, verbose, data_dir
+    c.deterministic = True  # as make_config's
     c.init_checkpoint = _init_checkpoint(run, workdir, record)
     return c
 
@@ -349,7 +352,7 @@ def run_all(runs: list[Run], workdir: str, log=print, *, record: str | None = No
 
 
 def follow_up(runs: list[Run], groups: dict) -> list[Run]:
-    """Issue 13's rule: every arm of a verdict comparison whose delta sits within 2 spreads gets seeds up to
+    """Issue 13's rule: every arm of a verdict comparison that cannot be told (Welch's p >= ALPHA) gets seeds up to
     ``MAX_SEEDS``. Only comparisons between arms of ``runs`` (the table being run) count: the sweep's follow-up
     never trains the MobileNetV2 table's arms, and that table's own ``--follow_up`` does. Returns the runs to
     add (not yet in ``runs``), in plan order."""
@@ -426,9 +429,63 @@ def mean_std(values) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _fmt(values, digits=2) -> str:
     mean, std = mean_std(values)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+ALPHA = 0.05  # a verdict is reached when Welch's two-sided t-test gives p < ALPHA
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (modified Lentz), using
+    I_x(a, b) = 1 - I_{1-x}(b, a) where the fraction converges slowly (x > (a + 1) / (a + b + 2))."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    f, c, d = tiny, tiny, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2:
+            numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            numerator = (m * (b - m) * x) / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * f
+
+
+def welch(delta: float, terms, threshold: float = 0.0) -> dict:
+    """Welch's two-sided t-test of ``delta`` (a sum of group means with signs) against ``threshold``.
+
+    ``terms``: ``(sample variance, n)`` of each group in ``delta``. se = sqrt(sum s_i^2 / n_i); t = (delta -
+    threshold) / se; the Welch-Satterthwaite degrees of freedom df = se^4 / sum((s_i^2 / n_i)^2 / (n_i - 1));
+    p = I_{df / (df + t^2)}(df / 2, 1 / 2), the two-sided tail of Student's t with df degrees of freedom.
+    Returns ``{"se", "t", "df", "p"}`` (None each where a group has one value)."""
+    terms = list(terms)
+    if any(n < 2 or var is None for var, n in terms):
+        return {"se": None, "t": None, "df": None, "p": None}
+    parts = [var / n for var, n in terms]
+    se = math.sqrt(sum(parts))
+    if se == 0.0:
+        return {"se": 0.0, "t": None, "df": None, "p": 1.0 if delta == threshold else 0.0}
+    t = (delta - threshold) / se
+    df = se ** 4 / sum(q * q / (n - 1) for q, (_, n) in zip(parts, terms) if q > 0)
+    return {"se": se, "t": t, "df": df, "p": _betainc(df / 2.0, 0.5, df / (df + t * t))}
 
 
 # The claims of the verdict table: (claim, arm a, arm b, the nets it is about, the paper's delta or None);
@@ -446,30 +503,32 @@ HOLDS, FAILS, CANNOT = "holds", "does not hold (the reverse is measured)", "cann
 
 
 def compare(a: list[dict], b: list[dict], key: str = "top1", threshold: float = 0.0) -> dict:
-    """The ``key`` delta of two arms (mean a - mean b, points), its spread and the verdict on the claim
-    ``delta > threshold``.
+    """The ``key`` delta of two arms (mean a - mean b, points), its spread, Welch's p and the verdict on the
+    claim ``delta > threshold``.
 
     spread = the standard error of the difference of the means, sqrt(s_a^2/n_a + s_b^2/n_b) (sample stds
-    over seeds). The claim holds when delta - 2 spreads > threshold, the reverse is measured when delta + 2
-    spreads < threshold, and it cannot be told otherwise (or with a single seed on either side)."""
+    over seeds); p = :func:`welch`'s two-sided p of ``delta = threshold``. The claim holds when p < ALPHA and
+    delta > threshold, the reverse is measured when p < ALPHA and delta < threshold, and it cannot be told
+    otherwise (or with a single seed on either side)."""
     ma, sa = mean_std(g[key] for g in a)
     mb, sb = mean_std(g[key] for g in b)
     delta = ma - mb
-    spread = None if sa is None or sb is None else (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+    test = welch(delta, [(None if sa is None else sa ** 2, len(a)), (None if sb is None else sb ** 2, len(b))],
+                 threshold)
     loss = mean_std(g["train_loss"] for g in a)[0] / mean_std(g["train_loss"] for g in b)[0] - 1
-    return {"delta": delta, "spread": spread, "verdict": _verdict(delta, spread, threshold),
+    return {"delta": delta, "spread": test["se"], "p": test["p"], "verdict": _verdict(delta, test["p"], threshold),
             "train_loss_change": loss, "seeds": (len(a), len(b))}
 
 
-def _verdict(delta: float, spread: float | None, threshold: float = 0.0) -> str:
-    if spread is None:
+def _verdict(delta: float, p: float | None, threshold: float = 0.0) -> str:
+    if p is None:
         return CANNOT + " (one seed)"
-    return HOLDS if delta - 2 * spread > threshold else FAILS if delta + 2 * spread < threshold else CANNOT
+    return CANNOT if p >= ALPHA else HOLDS if delta > threshold else FAILS
 
 
 def verdicts(groups: dict, key: str = "top1") -> list[dict]:
     """One row per claim and network where both arms have finished runs, plus "AG helps more as depth
-    grows" (the AG delta of the deepest ResNet measured minus ResNet-20's, spreads combined). ``key``: the
+    grows" (the AG delta of the deepest ResNet measured minus ResNet-20's, Welch over its four arms). ``key``: the
     steadied top-1 (``"top1"``, the table's rule) or the raw one (``"raw_top1"``)."""
     rows = []
     for claim, a, b, family, paper in CLAIMS:
@@ -482,10 +541,15 @@ def verdicts(groups: dict, key: str = "top1") -> list[dict]:
     if "resnet20" in ag and deep:
         hi, lo = ag[deep[-1]], ag["resnet20"]
         delta = hi["delta"] - lo["delta"]
-        spread = None if hi["spread"] is None or lo["spread"] is None else (hi["spread"] ** 2 + lo["spread"] ** 2) ** .5
+        terms = []
+        for arm in hi["arms"] + lo["arms"]:  # the four groups of the difference of differences
+            std = mean_std(g[key] for g in groups[arm])[1]
+            terms.append((None if std is None else std ** 2, len(groups[arm])))
+        test = welch(delta, terms)
         rows.append({"claim": "AG helps more as depth grows", "arch": f"{deep[-1]} vs resnet20",
-                     "arms": hi["arms"] + lo["arms"], "paper": None, "delta": delta, "spread": spread,
-                     "verdict": _verdict(delta, spread), "train_loss_change": None, "seeds": hi["seeds"] + lo["seeds"]})
+                     "arms": hi["arms"] + lo["arms"], "paper": None, "delta": delta, "spread": test["se"],
+                     "p": test["p"], "verdict": _verdict(delta, test["p"]), "train_loss_change": None,
+                     "seeds": hi["seeds"] + lo["seeds"]})
     return rows
 
 
@@ -617,7 +681,7 @@ def summary(rows: list[dict]) -> str:
         return "No verdict yet: no comparison has finished runs on both sides."
     parts = []
     for r in rows:
-        spread = f"± {r['spread']:.2f} (SE)" if r["spread"] is not None else "(one seed)"
+        spread = f"± {r['spread']:.2f} (SE), p = {r['p']:.3f}" if r["p"] is not None else "(one seed)"
         parts.append(f"{r['claim']} on {r['arch']}: {r['delta']:+.2f} pt {spread}, "
                      f"{r['seeds'][0]} vs {r['seeds'][1]} seeds: {r['verdict']}")
     return ("Measured on Fashion-MNIST at CPU scale (docs/results.md, generated by `scripts/reproduce.py`): "
@@ -645,7 +709,7 @@ def evaluation_check(groups: dict, rows: list[dict]) -> list[str]:
     for r in rows:
         q = raw[(r["claim"], r["arch"])]
         if q["verdict"] != r["verdict"]:
-            spread = f"{q['spread']:.2f}" if q["spread"] is not None else "n/a"
+            spread = f"{q['spread']:.2f}, p = {q['p']:.3f}" if q["p"] is not None else "n/a"
             changed.append(f"* {r['claim']}, {r['arch']}: {q['delta']:+.2f} ± {spread}, {q['verdict']} "
                            f"(steadied: {r['delta']:+.2f}, {r['verdict']})")
     lines += ["", "Verdicts that read differently on raw top-1 (the table keeps the steadied numbers):", ""]
@@ -678,20 +742,25 @@ def render(groups: dict, *, command: str, hardware: str, png_name: str) -> str:
     rows = verdicts(groups)
     lines += ["## Verdict", "",
               "Δ = top-1 of the first arm minus the second (points, mean over seeds). Spread = the standard error "
-              "of that difference, sqrt(s_a²/n_a + s_b²/n_b). A claim holds when Δ > 2 spreads, the reverse is "
-              "measured when Δ < −2 spreads, and it cannot be told otherwise. The training-loss change is F's "
-              "final training loss, relative. The paper's deltas (ResNet-18, CIFAR-100, Table 6) are quoted, not "
-              "measured here.", ""]
+              "of that difference, sqrt(s_a²/n_a + s_b²/n_b); p = Welch's two-sided t-test of Δ = 0 (unequal "
+              "variances, Welch–Satterthwaite degrees of freedom; for the depth claim, a difference of two Δs, "
+              "over its four arms). A claim holds when p < 0.05 and Δ > 0, the reverse is measured when p < 0.05 "
+              "and Δ < 0, and it cannot be told otherwise. "
+              + (f"{len(rows)} comparisons, each at 0.05 with no correction for multiplicity: about "
+                 f"{ALPHA * len(rows):.1f} of them would read 'holds' or 'reverse' by chance alone if no arm "
+                 "differed. " if rows else "")
+              + "The training-loss change is F's final training loss, relative. The paper's deltas (ResNet-18, "
+              "CIFAR-100, Table 6) are quoted, not measured here.", ""]
     if rows:
-        lines += ["| Claim | Network | Δ top-1 | Spread | Seeds | Verdict | F train loss change | Paper Δ |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| Claim | Network | Δ top-1 | Spread | p | Seeds | Verdict | F train loss change | Paper Δ |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             spread = f"{r['spread']:.2f}" if r["spread"] is not None else "n/a"
             loss = f"{100 * r['train_loss_change']:+.1f} %" if r["train_loss_change"] is not None else "—"
             paper = f"{r['paper']:+.1f}" if r["paper"] is not None else "—"
             seeds = "/".join(str(n) for n in r["seeds"])
-            lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {spread} | {seeds} | {r['verdict']} | "
-                         f"{loss} | {paper} |")
+            lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {spread} | {_p(r['p'])} | {seeds} | "
+                         f"{r['verdict']} | {loss} | {paper} |")
         lines += [""] + evaluation_check(groups, rows)
     else:
         lines.append("No comparison has finished runs on both sides yet.")
@@ -743,17 +812,18 @@ def render_detection(groups: dict) -> list[str]:
              "from the float F of seed 0 (trained 6 epochs) and train as many epochs as their from-scratch "
              "twin.", "",
              "Δ = AP of the first arm minus the second (points, mean over seeds), spread = the standard error "
-             "of the difference. A claim `Δ > t` holds when Δ − 2 spreads > t, the reverse is measured when "
-             "Δ + 2 spreads < t, and it cannot be told otherwise. The paper (CVPR 2020) reports its 4-bit "
+             "of the difference, p = Welch's two-sided t-test of Δ = t. A claim `Δ > t` holds when p < 0.05 and "
+             "Δ > t, the reverse is measured when p < 0.05 and Δ < t, and it cannot be told otherwise (each "
+             "comparison at 0.05, no correction for multiplicity). The paper (CVPR 2020) reports its 4-bit "
              "detector \"near lossless\" against full precision.", ""]
     rows = detection_verdicts(groups)
     if rows:
-        lines += ["| Claim | Network | Δ AP | t | Spread | Seeds | Verdict | F train loss change |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| Claim | Network | Δ AP | t | Spread | p | Seeds | Verdict | F train loss change |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             spread = f"{r['spread']:.2f}" if r["spread"] is not None else "n/a"
             lines.append(f"| {r['claim']} | {r['arch']} | {r['delta']:+.2f} | {r['threshold']:+.1f} | {spread} | "
-                         f"{'/'.join(str(n) for n in r['seeds'])} | {r['verdict']} | "
+                         f"{_p(r['p'])} | {'/'.join(str(n) for n in r['seeds'])} | {r['verdict']} | "
                          f"{100 * r['train_loss_change']:+.1f} % |")
         lines.append("")
     lines += ["| Network | Method | W/A bits | Seeds | Epochs | AP | AP50 | AP75 | F train loss | H's AP | "
