@@ -345,3 +345,25 @@ def test_packed_weights_are_int4_with_the_same_codes(trained, data, converted):
     assert len(model) < len(twin) < len(converted[0]) + 1
     with pytest.raises(ValueError, match=r"weights='int2' is not supported; allowed: int8, packed"):
         export.convert(f, x, weights="int2")
+
+
+def test_unset_static_ranges_are_refused_and_a_set_f_loads_everywhere():
+    """issue 30: an F whose 8-bit edges never ran in training mode (top = 0) used to convert without a word into a
+    file XNNPACK refuses to load; convert names the ranges and says what to do. After one training-mode pass the
+    file loads and runs under XNNPACK, the builtin and the reference kernels."""
+    f = agq_keras.build("resnet20", plain=True, w_bits=2, a_bits=2, first_last_bits=8, num_classes=10,
+                        input_shape=(28, 28, 1))
+    x = np.random.default_rng(0).random((32, 28, 28, 1)).astype("float32")
+    with pytest.raises(ValueError, match=r"^F 'resnet20_plain' has static ranges that were never set "
+                                         r"\(pool\.input_quantizer, logits_q: RangeActivation with top = 0\): F has "
+                                         r"not run in training mode since it was built\. Train it, or run it once on "
+                                         r"training images with f\(images, training=True\), then export\.$"):
+        export.convert(f, x)
+    f(x, training=True)
+    model = export.convert(f, x)[0]
+    for kernels in verify_module.KERNELS:
+        interpreter = verify_module._interpreter(model, kernels)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()

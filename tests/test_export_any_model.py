@@ -50,6 +50,7 @@ def _f(depth_multiplier=1, **kwargs):
     f = quantize(_tiny(depth_multiplier), w_bits=2, a_bits=2, first_last_bits=8, **kwargs)
     import tensorflow as tf
 
+    f(IMAGES[:64], training=True)  # sets the 8-bit head's static ranges, as training does (convert refuses unset ones)
     reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)  # a live, normalized net
     return f
 
@@ -69,11 +70,22 @@ def test_lowering_of_depthwise_pad_relu6_and_dropout():
 
 @pytest.mark.parametrize("depth_multiplier", [1, 2])
 def test_float32_export_computes_f(depth_multiplier):
-    """The float32 TFLite of the lowered graph (F's rounding included) equals F: the ops' semantics."""
+    """The float32 TFLite of the lowered graph (F's rounding included, up to the 8-bit head's pooled grid) equals F
+    before its last rounding: the ops' semantics. The float32 twin does not round or clip the logits onto F's
+    signed 8-bit grid (``logits_q``), a known gap of the float32 twin: F's own ``logits_q`` applied to its output
+    gives F's logits. (Until convert refused unset static ranges, this test ran with the head's ranges at 0, where
+    F's output was the classifier's bias alone.)"""
     f = _f(depth_multiplier)
     model, _, _ = export.convert(f, IMAGES[:32], mode="float32")
     out = export.runner(model, "builtin")(IMAGES[64:])
-    np.testing.assert_allclose(out, np.asarray(f.predict(IMAGES[64:], verbose=0)), atol=2e-4)
+    before_rounding = keras.Model(f.inputs, f.get_layer("logits").output)
+    np.testing.assert_allclose(out, np.asarray(before_rounding.predict(IMAGES[64:], verbose=0)), atol=2e-4)
+    rounded = np.asarray(f.predict(IMAGES[64:], verbose=0))
+    logits_q = f.get_layer("logits_q")
+    step = float(logits_q.step())
+    requantized = np.asarray(logits_q(out))
+    assert np.mean(np.isclose(requantized, rounded, atol=1e-5)) > 0.99  # ties at F's float32 boundaries aside
+    assert np.abs(requantized - rounded).max() <= step + 1e-5 and np.ptp(rounded) > 10 * step  # a live head
 
 
 def test_int8_depthwise_writes_fs_codes_and_pad_keeps_its_scale():
@@ -197,6 +209,7 @@ def test_calibrated_int16_output_reads_a_widened_input_copy():
     whole accumulator units put it hundreds of steps off)."""
     keras.utils.set_random_seed(1)
     f = quantize(_bottleneck(), quantizer="dorefa", w_bits=2, a_bits=2, first_last_bits=8)
+    f(IMAGES[:64], training=True)  # the head's static ranges, as training sets them
     reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:64]).batch(32), 2)
     bn = f.get_layer("project_bn")  # betas off whole accumulator units, as after training
     bn.beta.assign(np.linspace(-0.37, 0.41, bn.beta.shape[0]).astype("float32"))

@@ -222,3 +222,13 @@ def test_cli_workdir_integrity(tmp_path):
     assert f"Resuming {wd} from epoch {n + 1} of 6 (its backup/ holds {n} finished epoch(s))." in same.stdout
     assert "\x1b[" not in same.stdout and "━" not in same.stdout  # not a terminal: one line per epoch, no bars
     assert len(json.load(open(wd / "metrics.json"))["history"]["loss"]) == 6
+
+
+def test_decays_beyond_the_run_are_said(capsys):
+    """issue 31, row 12: a schedule that never applies is not an error (a short trial of a config keeps its
+    schedule) but is said in one line; a schedule inside the run says nothing."""
+    run._check_schedule(tiny(epochs=1, lr_decay_epochs=(5,)))
+    assert capsys.readouterr().out == ("note: config.lr_decay_epochs=(5,): the decay(s) at 5 never apply in a run of "
+                                       "1 epoch(s) (a decay at e lowers the rate from epoch e + 1 on).\n")
+    run._check_schedule(tiny(epochs=6, lr_decay_epochs=(5,)))
+    assert capsys.readouterr().out == ""

@@ -370,8 +370,9 @@ def _check_schedule(config) -> None:
     beyond the run."""
     late = [e for e in config.lr_decay_epochs if e >= config.epochs]
     if late:
-        print(f"note: config.lr_decay_epochs={tuple(config.lr_decay_epochs)}: {', '.join(map(str, late))} "
-              f"at or beyond the run's last epoch (epochs={config.epochs}); those decays never apply.")
+        print(f"note: config.lr_decay_epochs={tuple(config.lr_decay_epochs)}: the decay(s) at "
+              f"{', '.join(map(str, late))} never apply in a run of {config.epochs} epoch(s) (a decay at e lowers the "
+              "rate from epoch e + 1 on).")
 
 
 def _backup(callbacks) -> cb.SafeBackup:

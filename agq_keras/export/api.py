@@ -39,6 +39,24 @@ def check_images(model, images, what: str = "representative dataset"):
     return images.astype(np.float32)
 
 
+def check_static_ranges(f) -> None:
+    """A ValueError naming F's static ranges (:class:`~agq_keras.quantizers.RangeActivation`: the 8-bit edges,
+    the int8 logits, ``stream_bits``) that no training-mode pass has set: each still holds ``top = 0``, which
+    would become a requantization XNNPACK refuses to load (issue 30)."""
+    from agq_keras.quantizers import RangeActivation
+
+    unset = []
+    for layer in f.layers:
+        for q in (layer, getattr(layer, "input_quantizer", None)):
+            if isinstance(q, RangeActivation) and q.built and float(keras.ops.convert_to_numpy(q.top)) <= 0.0:
+                unset.append(layer.name if q is layer else f"{layer.name}.input_quantizer")
+    if unset:
+        shown = ", ".join(unset[:4]) + (f" and {len(unset) - 4} more" if len(unset) > 4 else "")
+        raise ValueError(f"F {f.name!r} has static ranges that were never set ({shown}: RangeActivation with top = 0): "
+                         "F has not run in training mode since it was built. Train it, or run it once on training "
+                         "images with f(images, training=True), then export.")
+
+
 AUTO_REPLICAS = 259  # what max_replicas=None tries first: makes 16-bit first/last layers exact
 
 
@@ -84,6 +102,7 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
         raise ValueError(f"output_range={output_range!r} is not supported; allowed: "
                          f"{', '.join(calibrate_lib.OUTPUT_RANGES)}.")
     f, notes = resolve_model(model)
+    check_static_ranges(f)
     images = check_images(f, representative_data)
     given = np.asarray(representative_data)
     if np.issubdtype(given.dtype, np.integer):  # raw pixels: right only for an F trained on them unscaled
