@@ -7,8 +7,8 @@ The net: a keras.applications model (``--app``: ``MobileNetV2`` at ``--alpha``, 
 10 classes, ``classifier_activation=None``, every BatchNormalization's momentum set to 0.9) or ``preact_resnet``
 (a small pre-activation ResNet written with plain Keras layers, like a user's own). Fashion-MNIST padded to 32x32
 (``--train``/``--test`` images), scaled to [0, 1]. Per seed: ``--float_epochs`` of float training (Adam
-``--lr``), then each arm fine-tunes ``--ft_epochs`` from those same weights (Adam ``--ft_lr``, batch
-``--batch``):
+``--lr``), then each arm fine-tunes ``--ft_epochs`` from those same weights (Adam ``--ft_lr``, constant or, with
+``--ft_schedule=cosine``, decayed to 0 over the fine-tuning steps; batch ``--batch``):
 
 * ``float``: the float continuation (``quantize(base, w_bits=32, a_bits=32)``);
 * ``K``: ``quantize(base, w_bits=K, a_bits=K, **--quantize_kwargs)``: the library's defaults when empty;
@@ -80,6 +80,7 @@ def make_base(app: str, alpha: float, input_shape):
 
 
 def _compile(model, lr):
+    """Adam at ``lr``: a number, or a ``keras.optimizers.schedules`` schedule."""
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(lr),
@@ -102,7 +103,10 @@ def run_arm(arm: str, start_path: str, data, args, seed: int) -> dict:
     else:
         f = agq_keras.quantize(base, w_bits=int(bits_text), a_bits=int(bits_text), **kwargs)
     model = attach(f) if method == "ag" else f
-    _compile(model, args.ft_lr)
+    lr = args.ft_lr
+    if args.ft_schedule == "cosine":  # every arm, float included, gets the same schedule
+        lr = keras.optimizers.schedules.CosineDecay(args.ft_lr, args.ft_epochs * -(-len(x) // args.batch))
+    _compile(model, lr)
     start = time.time()
     history = model.fit(x, y, epochs=args.ft_epochs, batch_size=args.batch, verbose=0, shuffle=True)
     wall = time.time() - start
@@ -124,6 +128,9 @@ def main(argv=None):
     parser.add_argument("--ft_epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ft_lr", type=float, default=5e-4)
+    parser.add_argument("--ft_schedule", choices=("constant", "cosine"), default="constant",
+                        help="fine-tuning learning rate: constant --ft_lr, or cosine decay from it to 0 over the "
+                             "fine-tuning steps (the same for every arm)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--quantize_kwargs", default="{}", help="JSON: extra arguments of agq_keras.quantize")
     parser.add_argument("--workdir", default="/tmp/quantize_quality")
