@@ -175,3 +175,26 @@ def test_trainer_requires_a_common_input():
     g = agq_keras.build("resnet20", num_classes=4, input_shape=SHAPE)
     with pytest.raises(ValueError, match="same Input tensor"):
         AGTrainer(f, g)
+
+
+def test_fit_refuses_labels_a_sparse_loss_cannot_take():
+    """issue 31, row 14: out-of-range class ids, one-hot rows and fractional labels are refused before any step,
+    in one line naming what is allowed (they used to reach TensorFlow as an InvalidArgumentError)."""
+    trainer = agq_keras.build("resnet20", plain=True, aux=True, w_bits=2, a_bits=2, num_classes=10,
+                              input_shape=(28, 28, 1))
+    trainer.compile()
+    x = np.zeros((8, 28, 28, 1), "float32")
+    cases = [(np.full(8, 12), r"^labels hold values in \[12, 12\]; allowed: 0\.\.9 \(10 classes, F's outputs\)\.$"),
+             (np.full(8, -1), r"^labels hold values in \[-1, -1\]; allowed: 0\.\.9"),
+             (np.eye(10)[np.arange(8)], r"^labels have shape \(8, 10\): one-hot rows, but the loss \(sparse "
+                                        r"cross-entropy, the default\) takes class ids 0\.\.9: pass labels\.argmax"),
+             (np.full(8, 2.5), r"^labels hold values that are not class ids \(dtype float64, e\.g\. \[2\.5\]\); "
+                               r"allowed: whole numbers 0\.\.9\.$")]
+    for y, match in cases:
+        with pytest.raises(ValueError, match=match):
+            trainer.fit(x, y, epochs=1, verbose=0)
+        with pytest.raises(ValueError, match=match):
+            trainer.evaluate(x, y, verbose=0)
+    assert trainer.optimizer.iterations.numpy() == 0  # refused before any step
+    trainer.fit(x, np.arange(8), epochs=1, verbose=0)  # class ids in range train
+    assert trainer.optimizer.iterations.numpy() == 1

@@ -123,6 +123,21 @@ class AGTrainer(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``; labels given as an array are checked first against a sparse loss (the
+        default): :func:`check_sparse_labels`. A dataset's labels are not read ahead."""
+        self._check_labels(y)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.evaluate``, with :meth:`fit`'s label check."""
+        self._check_labels(y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_labels(self, y) -> None:
+        if y is not None and not isinstance(y, dict) and _is_sparse(getattr(self, "loss", None)):
+            check_sparse_labels(y, int(self.f.outputs[0].shape[-1]))
+
     def _compiled_metrics(self):
         own = (self.f_loss_tracker, self.h_loss_tracker, self.h_accuracy)
         return [m for m in super().metrics if m.name != "loss" and not any(m is o for o in own)]
@@ -267,6 +282,27 @@ class AGTrainer(keras.Model):
         return cls(f, h, aux_lambda=config["aux_lambda"], f_train=f_train,
                    aux_alpha=config.get("aux_alpha", 0.01), kd_weight=config.get("kd_weight", 0.0),
                    ssp=ssp, name=config.get("name"))
+
+
+def check_sparse_labels(y, num_classes: int) -> None:
+    """One-line ValueErrors, before any step, for labels a sparse cross-entropy cannot take: one-hot rows, values
+    that are not whole numbers, or class ids outside ``0 .. num_classes - 1`` (issue 31)."""
+    import numpy as np
+
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] == num_classes > 1:
+        raise ValueError(f"labels have shape {labels.shape}: one-hot rows, but the loss (sparse cross-entropy, the "
+                         f"default) takes class ids 0..{num_classes - 1}: pass labels.argmax(-1).")
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.number):
+        return
+    if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+        raise ValueError(f"labels hold values that are not class ids (dtype {labels.dtype}, e.g. "
+                         f"{labels.ravel()[~np.isclose(labels.ravel(), np.round(labels.ravel()))][:1].tolist()}); "
+                         f"allowed: whole numbers 0..{num_classes - 1}.")
+    lo, hi = labels.min(), labels.max()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels hold values in [{lo:g}, {hi:g}]; allowed: 0..{num_classes - 1} ({num_classes} "
+                         "classes, F's outputs).")
 
 
 def _is_sparse(loss) -> bool:
