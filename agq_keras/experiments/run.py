@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from agq_keras import detection, saving
 from agq_keras.data import detection_twin, pipeline
-from agq_keras.models.builder import ARCH_DEFAULT_FAMILY, ARCHITECTURES, build
+from agq_keras.models.builder import ARCHITECTURES, arch_family, build
 from agq_keras.models.mobilenetv2 import BOTTLENECKS
 from agq_keras.models.resnet import RESNETS
 from agq_keras.quantizers import families
@@ -92,8 +92,9 @@ def _quantization(config, archs, default_family: str) -> None:
     quantizer's own message says which widths its family allows). ``default_family``: what an empty
     ``config.quantizer`` means."""
     _choice(config, "arch", tuple(sorted(archs)))
+    if config.quantizer:
+        _choice(config, "quantizer", families())
     family = config.quantizer or default_family
-    _choice(config, "quantizer", ("",) * (not config.quantizer) + families())
     for key, bits in (("w_bits", (config.w_bits, 32)), ("a_bits", (32, config.a_bits))):
         try:
             make_pair(family, *bits)
@@ -106,7 +107,7 @@ def validate(config) -> None:
     """Check every value before anything is built or written."""
     if config.get("task", "classification") == "detection":
         return validate_detection(config)
-    _quantization(config, ARCHITECTURES, ARCH_DEFAULT_FAMILY.get(config.arch, "dorefa"))
+    _quantization(config, ARCHITECTURES, arch_family(config.arch))
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("test_subset", 0),
                          ("pretrain_epochs", 0), ("seed", 0), ("num_bases", 0), ("num_classes", 0), ("image_size", 8)):
         _int(config, key, minimum)

@@ -49,6 +49,11 @@ _EXTRA_KWARGS = {
 ARCH_DEFAULT_FAMILY = {"mobilenetv2": quantizers.pairs.DEFAULT_FAMILY}
 
 
+def arch_family(arch: str) -> str:
+    """The quantizer family ``build(arch)`` uses when none is given (:data:`ARCH_DEFAULT_FAMILY`, else DoReFa)."""
+    return ARCH_DEFAULT_FAMILY.get(arch, "dorefa")
+
+
 def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str | None = None,
           w_bits: int = 2, a_bits: int = 2, num_classes: int = 1000,
           input_shape=(224, 224, 3), aux_placement: str = "block", aux_lambda: float = 1.0, ssp=None,
@@ -96,7 +101,7 @@ def build(arch: str, *, plain: bool = False, aux: bool = False, quantizer: str |
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown arch {arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}.")
     if quantizer is None:
-        quantizer = ARCH_DEFAULT_FAMILY.get(arch, "dorefa")
+        quantizer = arch_family(arch)
     if quantizer not in quantizers.families():
         raise ValueError(f"Unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
     if aux_placement not in PLACEMENTS:
