@@ -5,7 +5,8 @@ unknown ``--config.KEY``, a ``--config`` that names no file, a bad value) prints
 exits 2; a user error raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or
 a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after
 the ``finally`` blocks of the atomic writers have removed their temporary files, so no half-written file
-is left; the exception's notes (``add_note``: a training run says what its workdir keeps) are printed
+is left. With ``config_flag="config"`` (``scripts/train.py``), the library's ``config.KEY`` in an error
+line is written ``--config.KEY``, the flag as the user typed it; the exception's notes (``add_note``: a training run says what its workdir keeps) are printed
 first. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
 function being traced), TensorFlow may re-raise it as another type, so the exit code comes from the
 signal that was received, not from the type of the exception that reaches :func:`run`.
@@ -14,6 +15,7 @@ signal that was received, not from the type of the exception that reaches :func:
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 
@@ -41,6 +43,15 @@ def _on_sigint(signum, frame):
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
+def as_flags(message: str, config_flag: str, keys) -> str:
+    """``message`` with each ``config.KEY`` (``KEY`` in ``keys``; not ``--config.KEY``, not a file's name)
+    named as its flag ``--<config_flag>.KEY``."""
+    if not keys:
+        return message
+    alternatives = "|".join(sorted(map(re.escape, keys), key=len, reverse=True))
+    return re.sub(rf"(?<![\w.\-/])config\.(?=(?:{alternatives})\b(?!\.\w))", f"--{config_flag}.", message)
 
 
 def _parse_flags(argv):
@@ -106,8 +117,10 @@ def _interrupted(signum) -> int:
     return SIGINT_EXIT
 
 
-def run(main, user_errors: tuple = ()) -> None:
-    """``absl.app.run(main)`` with one-line errors and exit codes (see the module docstring)."""
+def run(main, user_errors: tuple = (), config_flag: str | None = None) -> None:
+    """``absl.app.run(main)`` with one-line errors and exit codes (see the module docstring).
+    ``config_flag``: the name of the script's config flag (:func:`define_config_flag`), whose keys the
+    error lines then name as flags."""
     from absl import app
 
     def guarded(argv):
@@ -123,7 +136,12 @@ def run(main, user_errors: tuple = ()) -> None:
             if interrupted:  # raised without a signal
                 return _interrupted(signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
             if isinstance(err, (ValueError, OSError, *user_errors)):
-                print(f"error: {_one_line(err)}", file=sys.stderr)
+                line = _one_line(err)
+                if config_flag:
+                    from absl import flags
+
+                    line = as_flags(line, config_flag, list(flags.FLAGS[config_flag].value or ()))
+                print(f"error: {line}", file=sys.stderr)
                 return 1
             raise
 

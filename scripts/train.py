@@ -34,4 +34,4 @@ def main(argv):
 if __name__ == "__main__":
     from agq_keras.experiments.run import DivergedError
 
-    cli.run(main, user_errors=(DivergedError,))
+    cli.run(main, user_errors=(DivergedError,), config_flag="config")

@@ -267,8 +267,21 @@ def test_train_cli_rejects(tmp_path, files, case):
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
     result = script("train.py", "--config=agq_keras/configs/default.py", f"--workdir={workdir}",
                     "--config.train_subset=64", "--config.test_subset=64", *args)
-    assert_one_line_error(result, TRAIN[case][1])
+    # The CLI names each config key as the flag the user typed: --config.KEY, where Python callers read config.KEY.
+    assert_one_line_error(result, re.sub(r"(?<!-)config\\\.", r"--config\\.", TRAIN[case][1]))
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_names_config_keys_as_flags():
+    keys = ["w_bits", "quantizer", "epochs", "dataset"]
+    assert cli.as_flags("config.w_bits=0 is not supported by config.quantizer='dorefa'", "config", keys) == (
+        "--config.w_bits=0 is not supported by --config.quantizer='dorefa'")
+    assert cli.as_flags("another config (config.w_bits: 2 there, 4 now)", "config", keys) == (
+        "another config (--config.w_bits: 2 there, 4 now)")
+    # Not a key: a file name, a flag already written as one, a key the config lacks, a path.
+    for text in ["see config.py", "give --config.epochs=1", "config.nope=1", "'/a/config.epochs'",
+                 "file config.dataset.json"]:
+        assert cli.as_flags(text, "config", keys) == text
 
 
 def test_train_cli_unknown_key_is_a_flag_error(tmp_path):

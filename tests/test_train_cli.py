@@ -214,7 +214,7 @@ def test_cli_workdir_integrity(tmp_path):
     assert done, err[-2000:]
     other = subprocess.run(args + ["--config.w_bits=4"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert other.returncode == 1 and other.stderr.strip().splitlines() == [
-        f"error: workdir '{wd}' belongs to a run of another config (config.w_bits: 2 there, 4 now): rerun with its "
+        f"error: workdir '{wd}' belongs to a run of another config (--config.w_bits: 2 there, 4 now): rerun with its "
         "config to resume or repeat it, or give a new --workdir (or delete that folder) to start afresh."], other.stderr
     same = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert same.returncode == 0, same.stderr[-2000:]
