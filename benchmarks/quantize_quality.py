@@ -4,7 +4,8 @@ fine-tuning against the float continuation of the same start, on the Fashion-MNI
     python3 benchmarks/quantize_quality.py --arms=float,8,4,2,2+ag --seeds=0,1,2 --out=/tmp/quality.json
 
 The net: a keras.applications model (``--app``: ``MobileNetV2`` at ``--alpha``, or ``ResNet50V2``; weights=None,
-10 classes, ``classifier_activation=None``, every BatchNormalization's momentum set to 0.9) or ``preact_resnet``
+10 classes, ``classifier_activation=None``, or keras's default softmax head with ``--head=softmax``, trained with
+the cross-entropy on probabilities; every BatchNormalization's momentum set to 0.9) or ``preact_resnet``
 (a small pre-activation ResNet written with plain Keras layers, like a user's own). Fashion-MNIST padded to 32x32
 (``--train``/``--test`` images), scaled to [0, 1]. Per seed: ``--float_epochs`` of float training (Adam
 ``--lr``), then each arm fine-tunes ``--ft_epochs`` from those same weights (Adam ``--ft_lr``, constant or, with
@@ -15,7 +16,9 @@ The net: a keras.applications model (``--app``: ``MobileNetV2`` at ``--alpha``, 
 * ``K+ag``: the same F trained with AG (``agq_keras.auxiliary.attach(f)``).
 
 Training is deterministic (op determinism, seeded order); every arm reports F's test top-1 and last training
-loss, and the table prints each quantized arm's mean minus the float continuation's.
+loss, and the table prints each quantized arm's mean minus the float continuation's. With ``--export``, each
+quantized arm's F is also exported (``export.convert``, calibrated on 256 training images) and verified on the
+test images under the reference, builtin and XNNPACK kernels: argmax agreement with F and top-1 per runtime.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def preact_resnet(input_shape, num_classes=10, widths=(16, 32, 64), blocks=2):
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="preact_resnet")
 
 
-def make_base(app: str, alpha: float, input_shape):
+def make_base(app: str, alpha: float, input_shape, head: str = "logits"):
     import keras
 
     if app == "preact_resnet":
@@ -72,19 +75,33 @@ def make_base(app: str, alpha: float, input_shape):
     else:
         kwargs = {"alpha": alpha} if app == "MobileNetV2" else {}
         base = getattr(keras.applications, app)(weights=None, input_shape=input_shape, classes=10,
-                                                classifier_activation=None, **kwargs)
+                                                classifier_activation="softmax" if head == "softmax" else None,
+                                                **kwargs)
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
     return base
 
 
-def _compile(model, lr):
-    """Adam at ``lr``: a number, or a ``keras.optimizers.schedules`` schedule."""
+def _compile(model, lr, head="logits"):
+    """Adam at ``lr`` (a number, or a ``keras.optimizers.schedules`` schedule); the cross-entropy that fits the
+    model's output (``head``: logits or softmax probabilities)."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=head != "softmax"))
+
+
+def export_row(f, x, xt, yt) -> dict:
+    """F's int8 TFLite (``export.convert``, calibrated on 256 training images) against F on the test images."""
+    from agq_keras import export
+
+    data, plan, _ = export.convert(f, x[:256])
+    report = export.verify(data, f, xt, yt, plan=plan, runtimes=("reference", "builtin", "xnnpack"),
+                           latency_runs=0)
+    return {"agreement": {k: 100.0 * v for k, v in report["agreement_per_runtime"].items()},
+            "top1_tflite": {k: 100.0 * v for k, v in report["top1_per_runtime"].items()},
+            "top1_keras": 100.0 * report["top1_keras"], "int16_tensors": report["int16_tensors"]}
 
 
 def run_arm(arm: str, start_path: str, data, args, seed: int) -> dict:
@@ -106,20 +123,26 @@ def run_arm(arm: str, start_path: str, data, args, seed: int) -> dict:
     lr = args.ft_lr
     if args.ft_schedule == "cosine":  # every arm, float included, gets the same schedule
         lr = keras.optimizers.schedules.CosineDecay(args.ft_lr, args.ft_epochs * -(-len(x) // args.batch))
-    _compile(model, lr)
+    _compile(model, lr, args.head)
     start = time.time()
     history = model.fit(x, y, epochs=args.ft_epochs, batch_size=args.batch, verbose=0, shuffle=True)
     wall = time.time() - start
-    f.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    _compile(f, 1e-3, args.head)
     loss, acc = f.evaluate(xt, yt, batch_size=500, verbose=0)
-    return {"arm": arm, "seed": seed, "top1": 100.0 * float(acc), "test_loss": float(loss),
-            "train_loss": float(history.history["loss"][-1]), "wall_s": round(wall, 1)}
+    row = {"arm": arm, "seed": seed, "top1": 100.0 * float(acc), "test_loss": float(loss),
+           "train_loss": float(history.history["loss"][-1]), "wall_s": round(wall, 1)}
+    if args.export and bits_text != "float":
+        row["export"] = export_row(f, x, xt, yt)
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", default="MobileNetV2")
     parser.add_argument("--alpha", type=float, default=0.35)
+    parser.add_argument("--head", choices=("logits", "softmax"), default="logits",
+                        help="the keras.applications classifier: logits, or keras's default softmax")
+    parser.add_argument("--export", action="store_true", help="export and verify each quantized arm's F")
     parser.add_argument("--arms", default="float,8,4")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--train", type=int, default=6000)
@@ -145,11 +168,12 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        start_path = os.path.join(args.workdir, f"{args.app}_{args.alpha}_s{seed}_e{args.float_epochs}.keras")
+        head = "" if args.head == "logits" else f"_{args.head}"
+        start_path = os.path.join(args.workdir, f"{args.app}_{args.alpha}{head}_s{seed}_e{args.float_epochs}.keras")
         if not os.path.exists(start_path):
             keras.utils.set_random_seed(seed)
-            base = make_base(args.app, args.alpha, data[0][0].shape[1:])
-            _compile(base, args.lr)
+            base = make_base(args.app, args.alpha, data[0][0].shape[1:], args.head)
+            _compile(base, args.lr, args.head)
             base.fit(*data[0], epochs=args.float_epochs, batch_size=args.batch, verbose=0, shuffle=True)
             base.save(start_path + ".part.keras")
             os.replace(start_path + ".part.keras", start_path)
@@ -165,6 +189,12 @@ def main(argv=None):
         delta = "" if float_mean is None or arm == "float" else f"  vs float {np.mean(accs) - float_mean:+.2f}"
         print(f"  {arm:8s} {np.mean(accs):6.2f} +- {np.std(accs):.2f} ({len(accs)} seeds: "
               f"{', '.join(f'{a:.2f}' for a in accs)}){delta}")
+        exported = [r["export"] for r in results if r["arm"] == arm and "export" in r]
+        for runtime in (exported[0]["agreement"] if exported else ()):
+            agree = ", ".join(f"{e['agreement'][runtime]:.2f}" for e in exported)
+            tflite = ", ".join(f"{e['top1_tflite'][runtime]:.2f}" for e in exported)
+            keras_top1 = ", ".join(f"{e['top1_keras']:.2f}" for e in exported)
+            print(f"  {'':8s} int8 TFLite, {runtime}: agreement with F {agree} %, top-1 {tflite} (F {keras_top1})")
     if args.out:
         with open(args.out + ".part", "w") as fh:
             json.dump({"args": vars(args), "results": results}, fh, indent=1)

@@ -133,27 +133,14 @@ def main(argv):
         if FLAGS.per_tensor > 0:
             report["tensors"] = {rt: export.tensor_agreement(data, f, plan, x[:FLAGS.per_tensor], runtime=rt)
                                  for rt in runtimes}
+            report["tensor_images"] = min(FLAGS.per_tensor, len(x))
         report["edgetpu"] = export.edgetpu_report(data)
         report["notes"] = notes + notes2
         report["deterministic"] = data == export.convert(f, calib, **options)[0]
         export.save_atomic(json.dumps(report, indent=2).encode(), stem + ".json")
-        brief = {k: v for k, v in report.items() if k not in ("grid_check", "float_tensors", "notes", "tensors")}
-        print(json.dumps(brief, indent=2))
-        off = [r["layer"] for r in report["grid_check"] if not r["on_grid"]]
-        print(f"grid check: {len(report['grid_check']) - len(off)}/{len(report['grid_check'])} layers exact"
-              + (f"; not exact: {off}" if off else ""))
-        for rt, rows in report.get("tensors", {}).items():
-            parted = [r for r in rows if r["mismatch"] > 0 and r["grid"] != "calibrated"]
-            print(f"per tensor ({FLAGS.per_tensor} images, {rt}): {len(rows) - len(parted)} of {len(rows)} tensors "
-                  "hold F's codes or are calibrated"
-                  + (f"; the first to part: {parted[0]['tensor']} ({100 * parted[0]['mismatch']:.2f} % of its values "
-                     "off)" if parted else ""))
-        if detector:
-            for name, ap in report["ap"].items():
-                print(f"AP {name:10s} {100 * ap['AP']:6.2f}  AP50 {100 * ap['AP50']:6.2f}  AP75 {100 * ap['AP75']:6.2f}"
-                      + ("" if name == "keras" else
-                         f"  (TFLite - Keras: {100 * (ap['AP'] - report['ap']['keras']['AP']):+.2f})"))
-        print(f"wrote {stem}.json")
+        for line in export.summary(report, notes=False):  # the notes were printed above
+            print(line)
+        print(f"wrote {stem}.json (the full report)")
 
 
 if __name__ == "__main__":

@@ -281,7 +281,15 @@ def test_script_writes_model_report_and_c_array(trained, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.exists() and (tmp_path / "f.json").exists() and (tmp_path / "f.cc").exists()
-    assert "argmax_agreement" in result.stdout
+    lines = result.stdout.splitlines()  # the report for a person (export.summary); the JSON is in f.json
+    report = json.loads((tmp_path / "f.json").read_text())
+    for runtime in ("builtin", "xnnpack"):
+        agreement = report["agreement_per_runtime"][runtime]
+        assert any(line.startswith(runtime) and f"agreement {100 * agreement:.2f} % of 300 images; top-1 " in line
+                   for line in lines), result.stdout
+    rows = report["grid_check"]
+    assert f"weights: {len(rows)} of {len(rows)} layers store F's weight codes exactly" in lines
+    assert any(line.startswith("size ") and "x the float32 TFLite" in line for line in lines)
     tensors = json.loads((tmp_path / "f.json").read_text())["tensors"]  # --per_tensor: tensor by tensor
     assert sorted(tensors) == ["builtin", "xnnpack"]  # the default --runtimes
     for runtime, rows in tensors.items():  # F's exact net: every runtime holds F's codes

@@ -287,3 +287,55 @@ def test_signed_activation_grid_before_a_padded_conv_is_calibrated_and_said():
     graph = lower(_signed_input(expand_kernel=3))
     assert graph.tensors["stem"].grid is None and not graph.producer("stem").relu
     assert any("signed activation grid" in n and "1x1 conv" in n for n in graph.notes), graph.notes
+
+
+def _pools_and_softmax():
+    """stem -> ReLU -> MaxPooling2D -> conv -> BN -> ReLU -> MaxPooling2D -> Flatten -> Dense -> Reshape ->
+    GlobalMaxPooling2D -> a softmax Dense head (keras.applications' classifier_activation="softmax")."""
+    x = inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(x)
+    x = keras.layers.ReLU(name="relu")(keras.layers.BatchNormalization(name="bn")(x))
+    x = keras.layers.Flatten(name="flat")(keras.layers.MaxPooling2D(2, name="pool2")(x))
+    x = keras.layers.Dense(32, activation="relu", name="fc")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="gmax")(keras.layers.Reshape((2, 2, 8), name="reshape")(x))
+    return keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="predictions")(x), name="pools")
+
+
+def test_pools_flatten_reshape_and_a_softmax_head_export_what_f_computes():
+    """Issue 30, item 1: MaxPooling2D, GlobalMaxPooling2D, Flatten, Reshape and a softmax head go through
+    quantize() -> fit (a loss on probabilities) -> export -> verify. The Dense softmax head is split into the
+    Dense (logits) and a softmax layer; the file ends at the logits (said in its notes); a max-pool passes its
+    consumers' grid to its input, so the pooled k-bit tensors hold F's codes."""
+    keras.utils.set_random_seed(2)
+    f = quantize(_pools_and_softmax(), w_bits=4, a_bits=4, first_last_bits=8)
+    assert f.get_layer("predictions").get_config()["activation"] == "linear"
+    assert f.layers[-1].name == "predictions_softmax" and f.layers[-1].get_config()["activation"] == "softmax"
+    labels = np.arange(160) % 5
+    f.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
+    loss = f.fit(IMAGES, labels, epochs=2, batch_size=32, verbose=0).history["loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0]
+    probabilities = f.predict(IMAGES[:8], verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    model, plan, notes = export.convert(f, IMAGES[:64])
+    assert {"MAX_POOL_2D", "RESHAPE"} <= set(export.model_ops(model)) and "SOFTMAX" not in export.model_ops(model)
+    assert any(n.startswith("predictions_softmax: the model's closing softmax is not in the file") for n in notes)
+    graph = lower(f)
+    assert [op.kind for op in graph.ops if op.layer == "gmax"] == ["maxpool", "reshape"]
+    assert graph.tensors["stem"].grid is not None and graph.tensors["pool1"].grid == graph.tensors["stem"].grid
+    assert graph.tensors["conv"].grid == graph.tensors["pool2"].grid == graph.tensors["flat"].grid is not None
+    logits = keras.Model(f.inputs, f.layers[-1].input).predict(IMAGES[64:], verbose=0)
+    out = export.runner(model, "reference")(IMAGES[64:])
+    scale = _details(model)[export.runner(model, "reference").output_details[0]["name"]]["quantization"][0]
+    assert np.abs(out - logits).max() <= 1.01 * scale  # the file's output is F's logits (on its int8 grid)
+    report = export.verify(model, f, IMAGES[64:], labels[64:], plan=plan, runtimes=("reference", "xnnpack"),
+                           latency_runs=0)
+    assert min(report["agreement_per_runtime"].values()) >= 0.98, report["agreement_per_runtime"]
+    assert report["max_abs_logit_diff"] <= 1.01 * scale  # F's logits, not its probabilities, are compared
+    kbit = [r for r in export.tensor_agreement(model, f, plan, IMAGES[64:96]) if r["grid"] == "k-bit"]
+    # every tensor but the logits is a k-bit tensor holding F's codes (a learned float32 step may leave a tie)
+    assert [r["tensor"] for r in kbit] == ["stem", "pool1", "conv", "pool2", "flat", "fc", "reshape", "gmax/pool",
+                                           "gmax"]
+    assert all(r["mismatch"] < 1e-3 for r in kbit), kbit

@@ -10,7 +10,7 @@ from agq_keras import structure
 from agq_keras.auxiliary import attach
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.models.quantize import quantize
-from agq_keras.training import baselines, split_variables
+from agq_keras.training import baselines, default_loss, split_variables
 from agq_keras.training.recipe import load_by_name
 from agq_keras.training.ssp import SSP
 
@@ -160,13 +160,43 @@ def test_attach_to_a_quantized_model_trains_f_and_h():
     assert sum(isinstance(l, agq_keras.AuxAdaptor) for l in layer_taps.h.layers) >= 3
 
 
+def _two_branch(merge):
+    """conv -> ReLU -> two 1x1 convs -> ``merge`` -> Flatten -> Dense: a layer the exporter does not lower."""
+    x = inputs = keras.Input((8, 8, 1))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(4, 3, name="stem")(x))
+    a, b = keras.layers.Conv2D(2, 1, name="a")(x), keras.layers.Conv2D(2, 1, name="b")(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(merge(a, b))))
+
+
+CANNOT_EXPORT = r"cannot be exported to integer TFLite: "
+
+
 @pytest.mark.parametrize("build_model,match", [
     (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.LayerNormalization(),
                                keras.layers.Flatten(), keras.layers.Dense(2)]),
-     r"layer 'layer_normalization\w*' \(LayerNormalization\) is not supported; supported layers: Conv2D"),
+     r"layer 'layer_normalization\w*' \(LayerNormalization\) " + CANNOT_EXPORT + r"no integer TFLite lowering for "
+     r"LayerNormalization \(lowered: Conv2D|QConv2D"),
     (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Activation("tanh"),
                                keras.layers.Flatten(), keras.layers.Dense(2)]),
-     r"layer 'activation\w*' \(Activation\) has activation 'tanh'; supported: relu, relu6, linear"),
+     r"layer 'activation\w*' \(Activation\) " + CANNOT_EXPORT + r"activation 'tanh' \(allowed: linear, relu, relu6; "
+     r"softmax only as the model's last layer\)"),
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="sigmoid", name="squash"),
+                               keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]),
+     r"layer 'squash' \(Conv2D\) " + CANNOT_EXPORT + r"activation 'sigmoid'"),
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="hard_swish", name="hs"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)]),
+     r"layer 'hs' \(Conv2D\) " + CANNOT_EXPORT + r"activation 'hard_silu'"),  # Keras's name for hard_swish
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Softmax(name="sm"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)]),
+     r"layer 'sm' \(Softmax\) " + CANNOT_EXPORT + r"a Softmax layer \(allowed: .*softmax only as the model's last"),
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.AveragePooling2D(
+        2, name="avg"), keras.layers.Flatten(), keras.layers.Dense(2)]),
+     r"layer 'avg' \(AveragePooling2D\) " + CANNOT_EXPORT + r"no integer TFLite lowering for AveragePooling2D"),
+    (lambda: _two_branch(lambda a, b: keras.layers.Concatenate(name="cat")([a, b])),
+     r"layer 'cat' \(Concatenate\) " + CANNOT_EXPORT + r"no integer TFLite lowering for Concatenate"),
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, dilation_rate=2, name="dil"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)]),
+     r"layer 'dil' \(Conv2D\) " + CANNOT_EXPORT + r"dilated or grouped convolutions are not supported"),
     (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.MaxPooling2D(), keras.layers.Flatten()]),
      r"has no Conv2D, DepthwiseConv2D or Dense layer to quantize"),
 ])
@@ -222,3 +252,29 @@ def test_attach_needs_something_to_tap():
         attach(f)
     with pytest.raises(ValueError, match=r"placement='stage' is not supported; allowed: block, layer"):
         attach(f, placement="stage")
+
+
+def test_softmax_head_is_split_kept_and_trained_with_the_loss_that_fits():
+    """A Dense softmax head (keras.applications' default classifier_activation): quantize() splits it into the
+    Dense (logits) and a softmax layer, F and H end in it, compile()'s default loss is on probabilities, and a
+    loss on logits is refused up front (it would train through two softmaxes)."""
+    base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
+                             keras.layers.Conv2D(4, 3, activation="relu", name="c2"), keras.layers.Flatten(),
+                             keras.layers.Dense(3, activation="softmax", name="head")])
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    f = quantize(base, w_bits=4, a_bits=4)
+    assert f.get_layer("head").get_config()["activation"] == "linear"
+    assert f.layers[-1].name == "head_softmax" and f.layers[-1].get_config()["activation"] == "softmax"
+    f(x, training=True)
+    np.testing.assert_allclose(f.predict(x, verbose=0), base.predict(x, verbose=0), atol=0.05)  # same model, 4-bit
+    trainer = attach(f)
+    assert trainer.h.layers[-1] is f.layers[-1]  # H ends in the same softmax
+    trainer.compile()
+    assert trainer.loss.get_config()["from_logits"] is False
+    history = trainer.fit(x, np.arange(16) % 3, epochs=1, batch_size=8, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and np.isfinite(history["h_loss"][0])
+    with pytest.raises(ValueError, match=r"loss SparseCategoricalCrossentropy\(from_logits=True\) does not fit F .*ends "
+                                         r"in a softmax \(layer 'head_softmax'\): give from_logits=False"):
+        trainer.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logits_f = quantize(keras.Model(base.inputs, base.get_layer("head").input), w_bits=4, a_bits=4)
+    assert default_loss(logits_f).get_config()["from_logits"] is True  # an F that outputs logits

@@ -47,6 +47,8 @@ def evaluate(graph: Graph, forms: dict, images, batch_size: int = 256):
                 y = tf.pad(x, [(0, 0), *op.paddings, (0, 0)])
             elif op.kind == "resize":  # nearest, integer factors: each value repeated
                 y = tf.repeat(tf.repeat(x, op.factor[0], axis=1), op.factor[1], axis=2)
+            elif op.kind == "reshape":
+                y = tf.reshape(x, (-1,) + graph.tensors[op.output].shape)
             else:
                 y = tf.nn.max_pool2d(x, op.pool, op.strides, op.padding)
             if op.relu:

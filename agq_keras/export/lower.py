@@ -16,7 +16,13 @@ The IR's op kinds, each a TFLite builtin with an int8 kernel:
 * ``dense``  -> FULLY_CONNECTED
 * ``add``    -> ADD,  ``mean`` -> MEAN (global average pooling; a DEPTHWISE_CONV_2D of ones when F
   rounds both its input and its output, :class:`~agq_keras.layers.QGlobalAveragePooling2D`),
-  ``maxpool`` -> MAX_POOL_2D
+  ``maxpool`` -> MAX_POOL_2D (MaxPooling2D; GlobalMaxPooling2D: one window over the whole map, then a
+  ``reshape``)
+* ``reshape`` -> RESHAPE (Flatten, Reshape, and GlobalMaxPooling2D's: the input's own scale and zero point)
+
+Which Keras layers lower, and with which options, is :mod:`agq_keras.lowerable` (the list
+:func:`agq_keras.quantize` checks up front). A softmax ending the model is not lowered: the file's output is
+the logits it reads (same argmax), and a note says so (:func:`agq_keras.lowerable.softmax_head`).
 
 A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them
 in F's output order (:attr:`Graph.outputs`). A layer called several times (a detector's head convs,
@@ -54,17 +60,12 @@ import keras
 import numpy as np
 
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
+from agq_keras.lowerable import FUSABLE, problem, softmax_head
 from agq_keras.quantizers import Quantizer
 from agq_keras.structure import history_refs
 
-SUPPORTED_LAYERS = ("InputLayer", "QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense",
-                    "BatchNormalization", "ReLU", "Activation", "Add", "GlobalAveragePooling2D",
-                    "QGlobalAveragePooling2D", "MaxPooling2D", "ZeroPadding2D", "UpSampling2D", "Dropout",
-                    "FixedStep")
 # ops whose output keeps the input's scale and zero point (and grid): the values move, none changes
-PASS_THROUGH = ("pad", "resize")
-# the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
-FUSABLE = {"relu": None, "relu6": 6.0}
+PASS_THROUGH = ("pad", "resize", "reshape")
 
 
 @dataclasses.dataclass
@@ -130,8 +131,7 @@ class Graph:
 
 
 def unsupported(layer, why: str) -> ValueError:
-    return ValueError(f"Cannot export layer {layer.name!r} ({type(layer).__name__}): {why}. Supported layers: "
-                      f"{', '.join(SUPPORTED_LAYERS)}.")
+    return ValueError(f"Cannot export layer {layer.name!r} ({type(layer).__name__}): {why}.")
 
 
 def _kernel_codes(layer, notes, max_replicas):
@@ -166,6 +166,8 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     if "layers" not in config:
         raise ValueError(f"Model {model.name!r} is not a functional Keras model; export needs F as built by "
                          "agq_keras.build (a functional keras.Model).")
+    model, softmaxes = softmax_head(model)
+    config = model.get_config()
     inputs, outputs = config["input_layers"], config["output_layers"]
     if isinstance(inputs[0], (list, tuple)) and len(inputs) != 1:
         raise ValueError(f"Model {model.name!r} has {len(inputs)} inputs; export supports exactly one input "
@@ -181,7 +183,9 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     for ref in out_refs:
         uses[ref] = uses.get(ref, 0) + 1
 
-    graph = Graph({}, [], "", [], [])
+    graph = Graph({}, [], "", [], [f"{name}: the model's closing softmax is not in the file: its output is the "
+                                    "logits the softmax reads (the same argmax); apply a softmax to them for "
+                                    "probabilities" for name in softmaxes])
     value: dict = {}  # keras ref -> IR tensor name
 
     def new_tensor(name, shape, ref):
@@ -205,28 +209,23 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                     raise unsupported(layer, f"the input must be a fixed (height, width, channels), got {shape}")
                 graph.input = new_tensor(layer.name, shape, ref)
                 continue
+            why = problem(layer, at_output=ref in out_refs)
+            if why:
+                raise unsupported(layer, why)
             srcs = [value[r] for r in history_refs(node)]
             src = graph.tensors[srcs[0]]
             if cls == "Add":
                 out_shape = src.shape
-            elif cls in SUPPORTED_LAYERS:
+            else:
                 out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]
             if isinstance(layer, keras.layers.DepthwiseConv2D) and cls in ("QDepthwiseConv2D", "DepthwiseConv2D"):
                 cfg = layer.get_config()
-                if tuple(cfg["dilation_rate"]) != (1, 1):
-                    raise unsupported(layer, "dilated depthwise convolutions are not supported")
-                if cfg["data_format"] != "channels_last":
-                    raise unsupported(layer, "only channels_last is supported")
                 params = _weighted_params(layer, src, graph, max_replicas)
                 graph.ops.append(Op("dwconv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
                                     strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(),
                                     depth_multiplier=int(cfg["depth_multiplier"]), **params))
             elif isinstance(layer, keras.layers.Conv2D) and cls in ("QConv2D", "Conv2D"):
                 cfg = layer.get_config()
-                if tuple(cfg["dilation_rate"]) != (1, 1) or cfg.get("groups", 1) != 1:
-                    raise unsupported(layer, "dilated or grouped convolutions are not supported")
-                if cfg["data_format"] != "channels_last":
-                    raise unsupported(layer, "only channels_last is supported")
                 params = _weighted_params(layer, src, graph, max_replicas)
                 graph.ops.append(Op("conv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
                                     strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(), **params))
@@ -257,8 +256,6 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 src.consumers += uses.get(ref, 0) - 1
             elif cls == "ZeroPadding2D":
                 cfg = layer.get_config()
-                if cfg.get("data_format", "channels_last") != "channels_last":
-                    raise unsupported(layer, "only channels_last is supported")
                 out = new_tensor(layer.name, out_shape, ref)
                 graph.tensors[out].stream_grid = src.stream_grid  # zeros are on every stream grid
                 graph.ops.append(Op("pad", [src.name], out, layer.name,
@@ -283,9 +280,6 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                     raise unsupported(layer, f"Add of {len(srcs)} inputs (allowed: 2)")
                 graph.ops.append(Op("add", srcs, new_tensor(layer.name, out_shape, ref), layer.name))
             elif cls == "GlobalAveragePooling2D":
-                cfg = layer.get_config()
-                if cfg.get("keepdims") or cfg.get("data_format", "channels_last") != "channels_last":
-                    raise unsupported(layer, "only keepdims=False, channels_last")
                 graph.ops.append(Op("mean", [src.name], new_tensor(layer.name, out_shape, ref), layer.name))
             elif cls == "QGlobalAveragePooling2D":
                 # F rounds the map (the pool's input quantizer) and the mean (a grid tied to the map's)
@@ -301,7 +295,23 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 graph.ops.append(Op("maxpool", [src.name], out, layer.name,
                                     strides=tuple(cfg["strides"]), pool=tuple(cfg["pool_size"]),
                                     padding=cfg["padding"].upper()))
-            else:
+            elif cls == "GlobalMaxPooling2D":  # one window over the whole map (then the (C,) vector)
+                window = tuple(src.shape[:2])
+                out = new_tensor(layer.name, out_shape, ref)
+                graph.tensors[out].stream_grid = src.stream_grid  # max of a stream grid's values: that grid
+                pooled = out if len(out_shape) == 3 else f"{out}/pool"
+                if pooled != out:
+                    graph.tensors[pooled] = Tensor(pooled, (1, 1, src.shape[2]), consumers=1,
+                                                   stream_grid=src.stream_grid)
+                graph.ops.append(Op("maxpool", [src.name], pooled, layer.name, strides=window, pool=window,
+                                    padding="VALID"))
+                if pooled != out:
+                    graph.ops.append(Op("reshape", [pooled], out, layer.name))
+            elif cls in ("Flatten", "Reshape"):
+                out = new_tensor(layer.name, out_shape, ref)
+                graph.tensors[out].stream_grid = src.stream_grid  # the same values, in another shape
+                graph.ops.append(Op("reshape", [src.name], out, layer.name))
+            else:  # a layer lowerable.LAYERS lists without a branch here
                 raise unsupported(layer, "no integer TFLite lowering for this layer")
     graph.outputs = [value[ref] for ref in out_refs]
     graph.notes = list(dict.fromkeys(graph.notes))  # a shared layer's calls repeat its notes: once each
@@ -327,8 +337,6 @@ def _upsampling_factor(layer) -> tuple:
 def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dict:
     """The Op fields shared by conv and dense: grid codes, steps, bias, fused ReLU."""
     act = layer.get_config()["activation"]
-    if act != "linear" and act not in FUSABLE:
-        raise unsupported(layer, f"activation {act!r} (allowed: linear, {', '.join(FUSABLE)})")
     codes, steps, exact, bits, note = _kernel_codes(layer, graph.notes, max_replicas)
     _want_input_grid(layer, src, graph)
     bias = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(codes.shape[0])
@@ -337,19 +345,11 @@ def _weighted_params(layer, src: Tensor, graph: Graph, max_replicas: int) -> dic
 
 
 def _relu_cap(layer):
-    """A ReLU / Activation layer's cap (None: plain ReLU, 6.0: ReLU6) or ``"linear"``; others are refused."""
+    """A ReLU / Activation layer's cap (None: plain ReLU, 6.0: ReLU6) or ``"linear"``."""
     cfg = layer.get_config()
-    if type(layer).__name__ == "Activation":
-        act = cfg["activation"]
-        if act == "linear":
-            return "linear"
-        if act not in FUSABLE:
-            raise unsupported(layer, f"activation {act!r} (allowed: linear, {', '.join(FUSABLE)})")
-        return FUSABLE[act]
-    cap = cfg.get("max_value")
-    if cfg.get("negative_slope") or cfg.get("threshold") or cap not in (None, 6.0):
-        raise unsupported(layer, "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, threshold)")
-    return cap
+    if type(layer).__name__ == "Activation":  # linear or fusable (lowerable.problem refused the others)
+        return "linear" if cfg["activation"] == "linear" else FUSABLE[cfg["activation"]]
+    return cfg.get("max_value")
 
 
 def _stream_grid(layer):
@@ -436,8 +436,9 @@ def _shift_signed(prod: Op, readers: list, step: float, offset: int):
 
 
 def _resolve_grids(graph: Graph):
-    # PAD and RESIZE keep their input's scale and zero point: the input takes the grids their consumers want
-    pads = [op for op in graph.ops if op.kind in PASS_THROUGH]
+    # PAD, RESIZE and RESHAPE keep their input's scale and zero point: the input takes the grids their consumers
+    # want; so does MAX_POOL_2D, as rounding onto a grid is monotone (the max of rounded values is the rounded max)
+    pads = [op for op in graph.ops if op.kind in PASS_THROUGH + ("maxpool",)]
     for op in reversed(pads):
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         src.wanted_grids += out.wanted_grids

@@ -34,6 +34,7 @@ _VERSIONS = {
     "CONCATENATION": {"int8": 2, "float32": 1},
     "PAD": {"int8": 2, "float32": 1},
     "RESIZE_NEAREST_NEIGHBOR": {"int8": 2, "float32": 1},  # align_corners = half_pixel_centers = False
+    "RESHAPE": {"int8": 1, "float32": 1},
     "MINIMUM": {"float32": 1},
     "MUL": {"float32": 1},
     "ROUND": {"float32": 1},
@@ -41,7 +42,7 @@ _VERSIONS = {
 }
 # int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
 _VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
-                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4, "RESIZE_NEAREST_NEIGHBOR": 4}
+                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4, "RESIZE_NEAREST_NEIGHBOR": 4, "RESHAPE": 1}
 RESIDUAL_BITS = (16, 8)
 WEIGHTS = ("int8", "packed")
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
@@ -731,8 +732,8 @@ class _Planner:
                                                              self.acts[op.inputs[0]].int16)
         gain = self.widening(op, out)
         in_name = op.inputs[0] if as_stored and gain == 1 else self.typed(op.inputs[0], out.int16, gain)
-        if op.kind in PASS_THROUGH + ("maxpool",):  # PAD, RESIZE and MAX_POOL_2D write their input's scale and
-            # zero point (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose
+        if op.kind in PASS_THROUGH + ("maxpool",):  # PAD, RESIZE, RESHAPE and MAX_POOL_2D write their input's
+            # scale and zero point (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose
             # output had its own calibrated int16 scale, an ImageNet stem's pool in a float stream, was wrong)
             out = self.acts[out_name] = dataclasses.replace(self.acts[in_name], name=out_name, shape=out.shape)
         if op.kind == "dense" and out.int16 and not self.acts[in_name].int16:
@@ -775,6 +776,10 @@ class _Planner:
             size = self.const(f"{out_name}/size", np.asarray(out.shape[:2], np.int32), "int32")
             self.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [y], ("ResizeNearestNeighborOptions", dict(
                 alignCorners=False, halfPixelCenters=False)))
+        elif op.kind == "reshape":  # Flatten, Reshape: the same values in another shape
+            new_shape = (-1,) + tuple(int(d) for d in out.shape)  # -1: any batch (the runtime may resize it)
+            shape = self.const(f"{out_name}/shape", np.asarray(new_shape, np.int32), "int32")
+            self.op("RESHAPE", [x, shape], [y], ("ReshapeOptions", dict(newShape=new_shape)))
         elif op.kind == "affine":
             w, b = params
             self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(

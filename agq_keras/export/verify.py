@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from agq_keras.export.flatbuffer import schema, unpack_int4  # one home for the schema bindings
+from agq_keras.lowerable import softmax_head
 
 FLOAT_TYPES = (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16, schema.TensorType.FLOAT64)
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -259,6 +260,7 @@ def _verify(model_bytes, f, images, labels, *, plan, float_bytes, latency_runs, 
             batch_size=250):
     """:func:`verify`'s report, F's outputs and ``{runtime: the TFLite model's outputs}`` (dequantized)."""
     images = np.asarray(images, np.float32)
+    f = softmax_head(f)[0]  # the file stops at the logits a closing softmax reads (lowerable.softmax_head)
     ref = f.predict(images, batch_size=batch_size, verbose=0)
     batch = max(1, min(batch_size, len(images)))  # a runner holds buffers for its whole batch
     outs, details = {}, None
@@ -294,6 +296,9 @@ def _verify(model_bytes, f, images, labels, *, plan, float_bytes, latency_runs, 
     if labels is not None:
         labels = np.asarray(labels)
         report["top1_tflite"] = float(np.mean(runner_out.argmax(axis=1) == labels))
+        report["top1_per_runtime"] = {runtime: float(np.mean(out[0].argmax(axis=1) == labels[:len(out[0])]))
+                                      for runtime, out in outs.items()}
+        report["images_per_runtime"] = {runtime: int(len(out[0])) for runtime, out in outs.items()}
         report["top1_keras"] = float(np.mean(win == labels))
         report["top1_diff_pt"] = 100.0 * (report["top1_tflite"] - report["top1_keras"])
     _plan_and_size(report, model_bytes, plan, float_bytes, latency_runs, images.shape[1:])

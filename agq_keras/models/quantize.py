@@ -9,12 +9,17 @@ Every Conv2D, DepthwiseConv2D and Dense becomes a QConv2D / QDepthwiseConv2D / Q
 config and its float weights, a weight quantizer and, following the pre-activation convention of the
 paper's blocks (``BN -> ReLU -> q(.) -> QConv``), an activation quantizer on its input where a ReLU-like
 op feeds it (a ReLU, ReLU6 or ``Activation("relu")`` layer, or a layer with ``activation="relu"``,
-possibly through padding, dropout, max/average pooling, flattening, reshaping or a concatenation of such
-tensors). A layer fed by anything else (a linear bottleneck, a residual sum) keeps a float input: an
+possibly through padding, dropout, upsampling, max pooling, flattening or reshaping). A layer fed by anything else (a linear bottleneck, a residual sum) keeps a float input: an
 unsigned k-bit grid would clip its negative values. The first weighted layers (those reading the model
 input) and the last ones (whose outputs reach the model output through no other weighted layer) get
 ``first_last_bits``, as in :func:`agq_keras.build`: no input quantizer on the first, the edge
 activation quantizer on the last.
+
+What the exporter cannot lower (:mod:`agq_keras.lowerable`: e.g. Concatenate, AveragePooling2D, a sigmoid or
+hard-swish) is refused up front, naming the layer, before anything is built or trained. A softmax may end the
+model: a ``Dense(activation="softmax")`` head becomes the Dense (logits) followed by an
+``Activation("softmax")`` layer named ``<dense>_softmax``, so F computes what the model computed, trains with
+the loss that fits its output, and exports its logits (the softmax is left out of the file, said in its notes).
 
 The default quantizers are the recipe for a user's float model (LSQ, :mod:`agq_keras.quantizers.lsq`): a learned
 weight step per output channel, initialised from the weights the model holds at its first call; a learned
@@ -30,7 +35,7 @@ import numbers
 
 import keras
 
-from agq_keras import quantizers, structure
+from agq_keras import lowerable, quantizers, structure
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D
 from agq_keras.quantizers.fixed import EDGE_BITS
 from agq_keras.quantizers.pairs import DEFAULT_FAMILY, has_per_channel_option
@@ -38,13 +43,11 @@ from agq_keras.quantizers.pairs import DEFAULT_FAMILY, has_per_channel_option
 # float layer class -> its quantized twin (the Q layers themselves are re-quantized)
 _QUANTIZED_TWIN = ((keras.layers.DepthwiseConv2D, QDepthwiseConv2D), (keras.layers.Conv2D, QConv2D),
                    (keras.layers.Dense, QDense))
-_PLAIN = ("InputLayer", "BatchNormalization", "ReLU", "Activation", "Add", "MaxPooling2D", "AveragePooling2D",
-          "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "Flatten", "Dropout", "Reshape",
-          "Concatenate")
-SUPPORTED_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense") + _PLAIN[1:]
+# the layers quantize() accepts: those the exporter lowers (agq_keras.lowerable)
+SUPPORTED_LAYERS = lowerable.LAYERS
 # keeps ReLU outputs non-negative: a quantized layer reading through it still reads a ReLU-like op
-_KEEPS_SIGN = ("ZeroPadding2D", "Dropout", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-               "GlobalMaxPooling2D", "Flatten", "Reshape", "Concatenate")
+_KEEPS_SIGN = ("ZeroPadding2D", "UpSampling2D", "Dropout", "MaxPooling2D", "GlobalAveragePooling2D",
+               "GlobalMaxPooling2D", "Flatten", "Reshape")
 _Q_CONFIG_KEYS = ("kernel_quantizer", "input_quantizer", "fragment")
 
 
@@ -55,18 +58,18 @@ def _twin(layer):
     return None
 
 
-def _check_layer(layer) -> None:
-    cls = type(layer).__name__
-    if _twin(layer) is not None or cls in _PLAIN:
-        if cls == "Activation" and layer.get_config()["activation"] not in ("relu", "relu6", "linear"):
-            raise ValueError(f"quantize(): layer {layer.name!r} (Activation) has activation "
-                             f"{layer.get_config()['activation']!r}; supported: relu, relu6, linear.")
-        if cls == "ReLU" and (layer.get_config().get("negative_slope") or layer.get_config().get("threshold")):
-            raise ValueError(f"quantize(): layer {layer.name!r} (ReLU) has a negative slope or threshold; "
-                             "supported: ReLU and ReLU(max_value).")
-        return
-    raise ValueError(f"quantize(): layer {layer.name!r} ({cls}) is not supported; supported layers: "
-                     f"{', '.join(SUPPORTED_LAYERS)} (and their agq_keras quantized versions).")
+def _softmax_dense(layer, at_output: bool) -> bool:
+    """A Dense (or QDense) softmax head: quantize() splits it into the Dense and a softmax layer."""
+    return at_output and isinstance(layer, keras.layers.Dense) and layer.get_config().get("activation") == "softmax"
+
+
+def _check_layer(layer, at_output: bool) -> None:
+    """Refuses, naming the layer, what the exporter cannot lower (a Dense softmax head is split instead)."""
+    why = "" if _softmax_dense(layer, at_output) else lowerable.problem(layer, at_output)
+    if why:
+        raise ValueError(f"quantize(): layer {layer.name!r} ({type(layer).__name__}) cannot be exported to integer "
+                         f"TFLite: {why}. Replace it before quantize(), or keep that part of the model float "
+                         "outside F.")
 
 
 def _relu_like(layer) -> bool:
@@ -133,8 +136,10 @@ def quantize(model: keras.Model, *, quantizer: str = DEFAULT_FAMILY, w_bits: int
                              "keras.Input first.")
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     graph = structure.nodes(model, "quantize()")
+    model_outputs = set(structure.output_refs(model))
     for node in graph:
-        _check_layer(node.layer)
+        _check_layer(node.layer, node.ref in model_outputs)
+    softmax_heads = {n.layer.name for n in graph if _softmax_dense(n.layer, n.ref in model_outputs)}
     if quantizer not in quantizers.families():
         raise ValueError(f"quantize(): unknown quantizer {quantizer!r}; allowed: {', '.join(quantizers.families())}.")
     if per_channel is not None and not isinstance(per_channel, bool):
@@ -175,14 +180,17 @@ def quantize(model: keras.Model, *, quantizer: str = DEFAULT_FAMILY, w_bits: int
                 clones[layer.name] = _clone(layer, quantizer, bits.get(layer.name),
                                             reads_relu=layer.name in relu_fed, first=layer.name in first,
                                             edge=layer.name in first | last, reads_grid=reads_pool,
-                                            per_channel=per_channel, input_range=relu_fed.get(layer.name))
+                                            per_channel=per_channel, input_range=relu_fed.get(layer.name),
+                                            logits=layer.name in softmax_heads)
         return clones[layer.name]
 
     def after(node, tensor):
         if node.ref in streams:
             return quantizers.RangeActivation(stream_bits, signed=True, name=f"{node.layer.name}_stream_q")(tensor)
         if node.ref in outputs_of_last and first_last_bits == 8:
-            return quantizers.RangeActivation(8, signed=True, name="logits_q")(tensor)
+            tensor = quantizers.RangeActivation(8, signed=True, name="logits_q")(tensor)
+        if node.layer.name in softmax_heads:  # the split head: the Dense wrote the logits
+            tensor = keras.layers.Activation("softmax", name=f"{node.layer.name}_softmax")(tensor)
         return tensor
 
     inputs = [keras.Input(batch_shape=tuple(n.layer.batch_shape), dtype=n.layer.dtype, name=n.layer.name)
@@ -332,11 +340,13 @@ def _linear_tensors(model, graph) -> set:
 
 
 def _clone(layer, family, bits, *, reads_relu: bool, first: bool, edge: bool, reads_grid: bool = False,
-           per_channel=None, input_range=None):
+           per_channel=None, input_range=None, logits: bool = False):
     q_cls = _twin(layer)
     if q_cls is None:
         return layer.__class__.from_config(layer.get_config())
     config = layer.get_config()
+    if logits:  # a softmax head: the Dense writes the logits, a softmax layer follows (quantize's `after`)
+        config["activation"] = "linear"
     w, a = bits
     try:
         kernel_q, act_q = _quantizer_pair(family, w, a, edge, per_channel, input_range)

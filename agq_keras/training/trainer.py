@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from agq_keras import quantizers
+from agq_keras.lowerable import ends_in_softmax, softmax_head
 
 
 def check_lambda(value) -> float:
@@ -30,9 +31,19 @@ def check_lambda(value) -> float:
     return float(value)
 
 
-def default_loss():
-    """Sparse cross-entropy on logits: F and H output logits."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def default_loss(f: keras.Model | None = None):
+    """Sparse cross-entropy on F's outputs: on logits, or on probabilities where ``f`` ends in a softmax (a
+    keras.applications classifier head, which :func:`agq_keras.quantize` keeps; H then ends in it too)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=f is None or not ends_in_softmax(f))
+
+
+def check_loss_fits(f: keras.Model, loss) -> None:
+    """Refuses a cross-entropy on logits for an F that ends in a softmax (it would train through two softmaxes)."""
+    if isinstance(loss, (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)) and \
+            loss.get_config().get("from_logits") and ends_in_softmax(f):
+        raise ValueError(f"loss {type(loss).__name__}(from_logits=True) does not fit F {f.name!r}, which ends in a "
+                         f"softmax (layer {softmax_head(f)[1][0]!r}): give from_logits=False (compile()'s default "
+                         "loss does), or remove the softmax from the model before quantize().")
 
 
 def split_variables(f: keras.Model, h: keras.Model):
@@ -93,7 +104,7 @@ class AGTrainer(keras.Model):
         self.f_loss_tracker = keras.metrics.Mean(name="loss")
         self.h_loss_tracker = keras.metrics.Mean(name="h_loss")
         self.h_accuracy = keras.metrics.SparseCategoricalAccuracy(name="h_accuracy")
-        self._h_loss_fn = default_loss()
+        self._h_loss_fn = default_loss(f)
         self._structured = False
         self.trace_count = 0  # python-side: how many times train_step was traced
         self.built = True  # F and H are built functional models
@@ -103,7 +114,8 @@ class AGTrainer(keras.Model):
         return self.f(inputs, training=training)
 
     def compile(self, optimizer="adam", loss=None, metrics=("accuracy",), **kwargs):
-        loss = default_loss() if loss is None else loss
+        loss = default_loss(self.f) if loss is None else loss
+        check_loss_fits(self.f, loss)
         self._structured = bool(getattr(loss, "structured", False))
         if isinstance(loss, keras.losses.Loss) or self._structured:
             self._h_loss_fn = loss

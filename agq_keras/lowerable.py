@@ -1,0 +1,107 @@
+"""What the integer exporter lowers, by Keras layer: the one list that :func:`agq_keras.quantize` checks up
+front (so a model it accepts exports) and :func:`agq_keras.export.lower.lower` dispatches on.
+
+* Weighted: ``Conv2D`` / ``DepthwiseConv2D`` (channels_last, no dilation, no groups), ``Dense`` (on a
+  vector), and their quantized twins.
+* Activations, as a layer or fused into a conv, dense or BatchNorm's producer: ``linear``, ``relu``,
+  ``relu6`` (:data:`FUSABLE`); ``ReLU()`` and ``ReLU(max_value=6)``. A **softmax** only as the model's last
+  op (an ``Activation("softmax")`` or ``Softmax`` layer whose output is a model output): the exported file
+  stops at the logits it reads, which have the same argmax, and the export says so in its notes
+  (:func:`softmax_head`). :func:`agq_keras.quantize` splits a ``Dense(activation="softmax")`` head into the
+  Dense and such a layer.
+* ``BatchNormalization`` (channel axis), ``Add`` (two inputs), ``ZeroPadding2D``, ``UpSampling2D``
+  (nearest, integer factors), ``Dropout``, ``MaxPooling2D``, ``GlobalMaxPooling2D``,
+  ``GlobalAveragePooling2D`` (keepdims=False), ``Flatten``, ``Reshape``.
+
+Not lowered, so :func:`agq_keras.quantize` refuses them before anything is trained: ``Concatenate``,
+``AveragePooling2D``, ``sigmoid``, ``hard_swish`` and every other activation (no int8 kernel computes what
+F computes on a k-bit grid without a requantization F does not model).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from agq_keras import structure
+from agq_keras.quantizers import Quantizer
+
+# the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
+FUSABLE = {"relu": None, "relu6": 6.0}
+_WEIGHTED = ("QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense")
+LAYERS = ("InputLayer",) + _WEIGHTED + (
+    "BatchNormalization", "ReLU", "Activation", "Softmax", "Add", "GlobalAveragePooling2D",
+    "QGlobalAveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "UpSampling2D", "Dropout",
+    "Flatten", "Reshape", "FixedStep")
+
+
+def _activation(layer) -> str:
+    act = layer.get_config().get("activation", "linear")
+    return act if isinstance(act, str) else getattr(act, "__name__", str(act))
+
+
+def is_softmax(layer) -> bool:
+    """A softmax layer: ``Softmax`` or ``Activation("softmax")``."""
+    cls = type(layer).__name__
+    return cls == "Softmax" or (cls == "Activation" and _activation(layer) == "softmax")
+
+
+def problem(layer, at_output: bool = False) -> str:
+    """Why the exporter cannot lower ``layer`` (``at_output``: its output is a model output), or ``""``."""
+    cls = type(layer).__name__
+    if isinstance(layer, Quantizer):  # a standalone quantizer (a stream's, the logits'): the exporter reads its grid
+        return ""
+    if cls not in LAYERS:
+        return f"no integer TFLite lowering for {cls} (lowered: {', '.join(LAYERS[1:])})"
+    cfg = layer.get_config()
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        return "only channels_last is supported"
+    allowed = f"allowed: linear, {', '.join(FUSABLE)}; softmax only as the model's last layer"
+    if cls in _WEIGHTED:
+        act = _activation(layer)
+        if act == "softmax" and at_output and cls in ("Dense", "QDense"):
+            return ("a Dense with a fused softmax: give the softmax its own layer, Dense(activation=None) then "
+                    "Activation('softmax') (agq_keras.quantize() does this)")
+        if act != "linear" and act not in FUSABLE:
+            return f"activation {act!r} ({allowed})"
+        if "Conv" in cls and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1):
+            return "dilated or grouped convolutions are not supported"
+    elif cls == "Activation":
+        act = _activation(layer)
+        if act == "softmax" and not at_output:
+            return f"activation 'softmax' ({allowed})"
+        if act not in ("linear", "softmax") and act not in FUSABLE:
+            return f"activation {act!r} ({allowed})"
+    elif cls == "Softmax" and not at_output:
+        return f"a Softmax layer ({allowed})"
+    elif cls == "ReLU" and (cfg.get("negative_slope") or cfg.get("threshold") or
+                            cfg.get("max_value") not in (None, 6.0)):
+        return "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, threshold)"
+    elif cls == "GlobalAveragePooling2D" and cfg.get("keepdims"):
+        return "only keepdims=False"
+    return ""
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """Every output of ``model`` is a softmax layer's (see :func:`softmax_head`)."""
+    try:
+        refs = structure.output_refs(model)
+    except (ValueError, NotImplementedError):  # not a functional model: no softmax layer to find
+        return False
+    return bool(refs) and all(is_softmax(model.get_layer(ref[0])) for ref in refs)
+
+
+def softmax_head(model: keras.Model) -> tuple[keras.Model, list]:
+    """``(model, names)``: ``model`` without the softmax layers that end it (each output a softmax layer's
+    output becomes that layer's input: the logits, same argmax), and their names; ``model`` itself when no
+    output is a softmax. A ``Dense(activation="softmax")`` output is not split here (:func:`problem` names it
+    for the exporter; :func:`agq_keras.quantize` splits it)."""
+    outputs = list(model.outputs)
+    names = []
+    for i, ref in enumerate(structure.output_refs(model)):
+        layer = model.get_layer(ref[0])
+        if is_softmax(layer):
+            outputs[i] = layer.input
+            names.append(layer.name)
+    if not names:
+        return model, []
+    return keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name), names
