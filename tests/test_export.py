@@ -343,6 +343,9 @@ def test_packed_weights_are_int4_with_the_same_codes(trained, data, converted):
     assert len(packed) == sum(1 for layer in f.layers if isinstance(layer, agq_keras.QConv2D)
                               and layer.kernel_quantizer.bits == 2)
     assert all(np.abs(t.data).max() <= 7 for t in packed)
+    said = [n for n in notes if n.startswith(f"packed INT4 weights in {len(packed)} conv(s) (")]
+    assert len(said) == 1 and "XNNPACK (LiteRT's default interpreter) delegates INT4 weights only for " \
+                              "FULLY_CONNECTED, so these convs run on TFLite's builtin kernels" in said[0]
     twin = flatbuffer.to_bytes(dataclasses.replace(plan, tensors=tuple(
         dataclasses.replace(t, dtype="int8") if t.dtype == "int4" else t for t in plan.tensors)))
     for runtime in ("reference", "builtin", "micro"):

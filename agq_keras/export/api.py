@@ -140,6 +140,13 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
                          f"{exact_size / float_size:.2f}x its float32 TFLite; their weights are the closest "
                          "per-channel int8 instead (not exact). Build F with first_last_bits=8 for a small exact "
                          "export.")
+    packed = sorted(r.layer.split("+")[0] for r in frozen.layers.values() if "packed INT4" in (r.note or ""))
+    if packed:
+        notes.append(f"packed INT4 weights in {len(packed)} conv(s) ({', '.join(packed[:4])}"
+                     f"{', ...' if len(packed) > 4 else ''}): XNNPACK (LiteRT's default interpreter) delegates INT4 "
+                     "weights only for FULLY_CONNECTED, so these convs run on TFLite's builtin kernels under it "
+                     "(slower than int8 under XNNPACK); TFLite Micro and the builtin kernels run them as they are. "
+                     "The Edge TPU takes int8 weights only.")
     return data, frozen, notes + list(frozen.notes) + input_notes(frozen, images)
 
 def input_notes(plan, images) -> list:
