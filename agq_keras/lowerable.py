@@ -78,7 +78,20 @@ def problem(layer, at_output: bool = False) -> str:
         return "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, threshold)"
     elif cls == "GlobalAveragePooling2D" and cfg.get("keepdims"):
         return "only keepdims=False"
+    elif cls == "UpSampling2D" and cfg.get("interpolation", "nearest") != "nearest":
+        return f"interpolation={cfg['interpolation']!r} (allowed: 'nearest', which repeats values exactly)"
+    elif cls == "Add" and len(_inputs(layer)) not in (0, 2):
+        return f"Add of {len(_inputs(layer))} inputs (allowed: 2)"
     return ""
+
+
+def _inputs(layer) -> list:
+    """The input tensors of a layer called once (none known otherwise)."""
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):  # not called yet, or called several times
+        return []
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 
 
 def ends_in_softmax(model: keras.Model) -> bool:

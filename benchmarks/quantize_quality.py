@@ -18,7 +18,8 @@ the cross-entropy on probabilities; every BatchNormalization's momentum set to 0
 Training is deterministic (op determinism, seeded order); every arm reports F's test top-1 and last training
 loss, and the table prints each quantized arm's mean minus the float continuation's. With ``--export``, each
 quantized arm's F is also exported (``export.convert``, calibrated on 256 training images) and verified on the
-test images under the reference, builtin and XNNPACK kernels: argmax agreement with F and top-1 per runtime.
+test images under the reference, builtin and XNNPACK kernels: argmax agreement with F and top-1 per runtime, and
+(``export.tensor_agreement`` on 20 test images) how many tensors hold F's grids and the first one to part from F.
 """
 
 from __future__ import annotations
@@ -99,9 +100,14 @@ def export_row(f, x, xt, yt) -> dict:
     data, plan, _ = export.convert(f, x[:256])
     report = export.verify(data, f, xt, yt, plan=plan, runtimes=("reference", "builtin", "xnnpack"),
                            latency_runs=0)
+    rows = export.tensor_agreement(data, f, plan, xt[:20], runtime="reference")  # where the file parts from F
+    parted = [r for r in rows if r["grid"] != "calibrated" and r["mismatch"] > 0]
     return {"agreement": {k: 100.0 * v for k, v in report["agreement_per_runtime"].items()},
             "top1_tflite": {k: 100.0 * v for k, v in report["top1_per_runtime"].items()},
-            "top1_keras": 100.0 * report["top1_keras"], "int16_tensors": report["int16_tensors"]}
+            "top1_keras": 100.0 * report["top1_keras"], "int16_tensors": report["int16_tensors"],
+            "tensors": {"on_f_grids": sum(r["grid"] != "calibrated" for r in rows),
+                        "calibrated": sum(r["grid"] == "calibrated" for r in rows),
+                        "first_parting": parted[0] if parted else None}}
 
 
 def run_arm(arm: str, start_path: str, data, args, seed: int) -> dict:

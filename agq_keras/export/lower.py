@@ -322,12 +322,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
 def _upsampling_factor(layer) -> tuple:
     """The integer (height, width) factors of a nearest UpSampling2D (RESIZE_NEAREST_NEIGHBOR repeats each
     value; other interpolations and fractional factors have no exact integer form here)."""
-    cfg = layer.get_config()
-    if cfg.get("interpolation", "nearest") != "nearest":
-        raise unsupported(layer, f"interpolation={cfg['interpolation']!r} (allowed: 'nearest', which repeats "
-                                 "values exactly)")
-    if cfg.get("data_format", "channels_last") != "channels_last":
-        raise unsupported(layer, "only channels_last is supported")
+    cfg = layer.get_config()  # nearest, channels_last: lowerable.problem
     size = tuple(cfg["size"]) if isinstance(cfg["size"], (list, tuple)) else (cfg["size"],) * 2
     if len(size) != 2 or any(isinstance(v, bool) or float(v) != int(v) or int(v) < 1 for v in size):
         raise unsupported(layer, f"size={cfg['size']!r} (allowed: two integer factors >= 1)")
