@@ -5,8 +5,9 @@ fine-tuning against the float continuation of the same start, on the Fashion-MNI
 
 The net: a keras.applications model (``--app``: ``MobileNetV2`` at ``--alpha``, or ``ResNet50V2``; weights=None,
 10 classes, ``classifier_activation=None``, or keras's default softmax head with ``--head=softmax``, trained with
-the cross-entropy on probabilities; every BatchNormalization's momentum set to 0.9) or ``preact_resnet``
-(a small pre-activation ResNet written with plain Keras layers, like a user's own). Fashion-MNIST padded to 32x32
+the cross-entropy on probabilities; every BatchNormalization's momentum set to 0.9), ``preact_resnet``
+(a small pre-activation ResNet written with plain Keras layers, like a user's own) or ``pools_net`` (a plain CNN
+with max-pooling, Flatten, Reshape and global max-pooling). Fashion-MNIST padded to 32x32
 (``--train``/``--test`` images), scaled to [0, 1]. Per seed: ``--float_epochs`` of float training (Adam
 ``--lr``), then each arm fine-tunes ``--ft_epochs`` from those same weights (Adam ``--ft_lr``, constant or, with
 ``--ft_schedule=cosine``, decayed to 0 over the fine-tuning steps; batch ``--batch``):
@@ -68,11 +69,30 @@ def preact_resnet(input_shape, num_classes=10, widths=(16, 32, 64), blocks=2):
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="preact_resnet")
 
 
+def pools_net(input_shape, num_classes=10, head="logits"):
+    """A user's plain CNN built from the layers of issue 30, item 1: conv -> ReLU -> MaxPooling2D (twice), Flatten ->
+    Dense -> ReLU -> Reshape -> GlobalMaxPooling2D -> Dense (``head``: logits, or a softmax)."""
+    import keras
+    from keras import layers
+
+    x = inputs = keras.Input(input_shape)
+    for i, width in enumerate((32, 64)):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(layers.BatchNormalization(name=f"bn{i}")(x))
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Dense(256, activation="relu", name="fc")(layers.Flatten(name="flat")(x))
+    x = layers.GlobalMaxPooling2D(name="gmax")(layers.Reshape((4, 4, 16), name="reshape")(x))
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax" if head == "softmax" else None,
+                                            name="predictions")(x), name="pools_net")
+
+
 def make_base(app: str, alpha: float, input_shape, head: str = "logits"):
     import keras
 
     if app == "preact_resnet":
         base = preact_resnet(input_shape)
+    elif app == "pools_net":
+        base = pools_net(input_shape, head=head)
     else:
         kwargs = {"alpha": alpha} if app == "MobileNetV2" else {}
         base = getattr(keras.applications, app)(weights=None, input_shape=input_shape, classes=10,
