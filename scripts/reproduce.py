@@ -4,12 +4,12 @@
   python scripts/reproduce.py --table=mobilenetv2 --workdir=runs/sweep  # MobileNetV2 float / 4-bit / + AG
   python scripts/reproduce.py --table=detection --workdir=runs/sweep    # the detector: float / 4-bit / + AG / 2x
       [--seeds=3] [--train_subset=15000] [--epochs=0] [--only=name,...] [--follow_up] [--record=docs/runs]
-      [--results=docs/results.md] [--readme=README.md] [--report_only]
+      [--results=docs/results.md] [--report_only]
 
 Trains every run not finished yet (a run whose metrics.json exists in --workdir or in the committed --record
 is skipped, so re-running the same command resumes, also on a new checkout), copies each finished run's
-metrics to --record, then writes --results and its convergence PNG from every finished run, and the README's
-evidence paragraph. The runs and their sizing are in agq_keras/experiments/reproduce.py.
+metrics to --record, then writes --results (its first section: the evidence in one paragraph) and its convergence
+PNG from every finished run; the README links to it and is never rewritten. The runs and their sizing are in agq_keras/experiments/reproduce.py.
 """
 
 import os
@@ -36,13 +36,11 @@ flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to t
                      "of the table whose delta sits within 2 spreads, and train them.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
                   "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
-                  "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md, no README "
-                  "paragraph; needs a GPU. Each call trains until its budget and the next call resumes.")
+                  "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md; needs a GPU. Each call trains until its budget and the next call resumes.")
 flags.DEFINE_integer("budget_s", 0, "Stop at an epoch end before this many seconds have passed (0 = no limit); "
                      "the same command resumes.")
 flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX folder ('' = /usr/share/datasets/fashion-mnist).")
 flags.DEFINE_string("record", "docs/runs", "Committed record of finished runs ('' = none).")
-flags.DEFINE_string("readme", "README.md", "README whose evidence paragraph is rewritten ('' = none).")
 flags.DEFINE_list("only", [], "Train only these run names (default: all); the results cover every finished run.")
 flags.DEFINE_string("results", "docs/results.md", "Markdown report to write (the PNG goes next to it).")
 flags.DEFINE_boolean("report_only", False, "Do not train; only write the report from finished runs.")
@@ -68,13 +66,11 @@ def main(argv):
             FLAGS.record = "docs/runs_gpu"
         if FLAGS["results"].using_default_value:
             FLAGS.results = "docs/results_gpu.md"
-        if FLAGS["readme"].using_default_value:
-            FLAGS.readme = ""
     if FLAGS.budget_s < 0:
         raise ValueError(f"--budget_s={FLAGS.budget_s} must be >= 0 (0 = no limit).")
     runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
                           relu_arch=FLAGS.relu_arch, depths=FLAGS.depths)
-    reproduce.check_results_path(FLAGS.results, FLAGS.readme or None)
+    reproduce.check_results_path(FLAGS.results)
     record = FLAGS.record or None
     kwargs = dict(record=record, train_subset=FLAGS.train_subset, test_subset=FLAGS.test_subset,
                   epochs=FLAGS.epochs, verbose=FLAGS.verbose, data_dir=FLAGS.data_dir,
@@ -95,8 +91,7 @@ def main(argv):
     if not FLAGS.report_only and (len(status) < len(runs) or "paused" in status.values()):
         print(f"budget reached: {sum(v != 'paused' for v in status.values())} of {len(runs)} run(s) finished; run "
               "the same command again to continue")
-    out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record,
-                                  readme=FLAGS.readme or None)
+    out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record)
     print(f"wrote {out['results']} and {out['png']}")
     return 0
 

@@ -170,6 +170,8 @@ def test_evaluation_check_lists_disagreeing_runs_and_raw_verdicts():
     full = {k: [dict(g, bn_batches=20, quantizer="dorefa", bits=(2, 2)) for g in gs] for k, gs in groups.items()}
     text = reproduce.render(full, command="c", hardware="h", png_name="p.png")
     assert "\n".join(lines) in text and text.index("## Verdict") < text.index("### Evaluation check")
+    paragraph = f"## In one paragraph\n\n{reproduce.summary(reproduce.verdicts(full))}\n"  # first, then the table
+    assert paragraph in text and text.index(paragraph) < text.index("## Verdict")
 
 
 def test_sweep_and_mobilenet_plans():
@@ -211,16 +213,17 @@ def test_sweep_plan_rejects_bad_values(kwargs, match):
         reproduce.plan("sweep", **kwargs)
 
 
-def test_update_readme(tmp_path):
-    readme = tmp_path / "README.md"
-    start, end = reproduce.README_MARKERS
-    readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nrest\n")
-    reproduce.update_readme(str(readme), "new paragraph")
-    assert readme.read_text() == f"# x\n\n{start}\nnew paragraph\n{end}\n\nrest\n"
-    readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="markers"):
-        reproduce.update_readme(str(readme), "p")
-    assert readme.read_text() == "no markers\n"
+def test_no_module_of_the_library_writes_the_readme():
+    """issue 32: the study's report is docs/results.md (its first section the evidence in one paragraph); the
+    installed library never edits README.md. Read from the code: no module names the README as a file."""
+    import pathlib
+
+    package = pathlib.Path(reproduce.__file__).parents[1]
+    writers = [str(p.relative_to(package)) for p in package.rglob("*.py") if "README.md" in p.read_text()]
+    assert writers == [], writers
+    rows = [dict(claim="AG helps", arch="resnet20", delta=1.0, spread=0.5, p=0.04, seeds=(3, 3), verdict="holds")]
+    assert reproduce.summary(rows) == ("Measured on Fashion-MNIST at CPU scale: AG helps on resnet20: +1.00 pt "
+                                       "± 0.50 (SE), p = 0.040, 3 vs 3 seeds: holds.")
 
 
 @pytest.mark.parametrize("path, err", [("out.txt", ValueError), ("no/such/folder/results.md", FileNotFoundError)])
@@ -279,7 +282,7 @@ def test_end_to_end_tiny_resume_and_record(tmp_path):
     script = os.path.join(ROOT, "scripts", "reproduce.py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     res = subprocess.run([sys.executable, script, f"--workdir={fresh}", f"--results={results}", f"--record={record}",
-                          "--readme=", "--report_only"], capture_output=True, text=True, env=env)
+                          "--report_only"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert "--report_only" in open(results).read() and "| resnet20 | plain | dorefa |" in open(results).read()
     res = subprocess.run([sys.executable, script, f"--workdir={workdir}", "--table=fmnist6", "--deep_arch=resnet99"],
