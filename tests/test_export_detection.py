@@ -97,6 +97,13 @@ def test_detector_ap_of_the_int8_model_next_to_keras(tiny_detector):
     assert set(report["ap"]) == {"keras", "builtin", "reference"}
     assert all(set(v) >= {"AP", "AP50", "AP75"} for v in report["ap"].values())
     assert "TFLite_Detection_PostProcess" in report["postprocess"]
+    lines = export.summary(report)  # the report for a person: per runtime, the least agreeing output and the AP
+    for runtime in ("builtin", "reference"):
+        worst = min(report["agreement_per_output"], key=lambda n: report["agreement_per_output"][n][runtime])
+        ap, ref = 100 * report["ap"][runtime]["AP"], 100 * report["ap"]["keras"]["AP"]
+        assert any(line.startswith(runtime) and f"in the least agreeing output ({worst}), of 6 outputs; AP "
+                   f"{ap:.2f} (F {ref:.2f}" in line for line in lines), lines
+    assert any(line.startswith("size ") for line in lines)
 
 
 def _upsampling_net(size=(2, 3), interpolation="nearest"):
