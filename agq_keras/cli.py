@@ -1,15 +1,15 @@
 """What the command-line scripts share: flag parsing and errors as one line, never a traceback.
 
-``scripts/*.py`` define their absl flags and a ``main(argv)``, then call :func:`run`. A bad flag (an
-unknown ``--config.KEY``, a ``--config`` that names no file, a bad value) prints ``error: ...`` and
-exits 2; a user error raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or
-a type in ``user_errors``) prints ``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after
-the ``finally`` blocks of the atomic writers have removed their temporary files, so no half-written file
-is left. With ``config_flag="config"`` (``scripts/train.py``), the library's ``config.KEY`` in an error
-line is written ``--config.KEY``, the flag as the user typed it; the exception's notes (``add_note``: a training run says what its workdir keeps) are printed
-first. A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a
-function being traced), TensorFlow may re-raise it as another type, so the exit code comes from the
-signal that was received, not from the type of the exception that reaches :func:`run`.
+``scripts/*.py`` define their absl flags and a ``main(argv)``, then call :func:`run`. A bad flag (an unknown
+``--config.KEY``, a ``--config`` that names no file, a bad value) prints ``error: ...`` and exits 2; a user error
+raised by ``main`` (``ValueError``, ``FileNotFoundError``, other ``OSError``, or a type in ``user_errors``) prints
+``error: ...`` and exits 1; Ctrl-C exits 130 and SIGTERM 143, after the ``finally`` blocks of the atomic writers
+have removed their temporary files, so no half-written file is left. With ``config_flag="config"``
+(``scripts/train.py``), the library's ``config.KEY`` in an error line is written ``--config.KEY``, the flag as the
+user typed it; the exception's notes (``add_note``: a training run says what its workdir keeps) are printed first.
+A signal raises its exception wherever the main thread is; when that is inside TensorFlow (a function being
+traced), TensorFlow may re-raise it as another type, so the exit code comes from the signal that was received, not
+from the type of the exception that reaches :func:`run`.
 :func:`define_config_flag` is the ``--config`` flag of ``scripts/train.py``.
 """
 

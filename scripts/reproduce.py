@@ -8,8 +8,9 @@
 
 Trains every run not finished yet (a run whose metrics.json exists in --workdir or in the committed --record
 is skipped, so re-running the same command resumes, also on a new checkout), copies each finished run's
-metrics to --record, then writes --results (its first section: the evidence in one paragraph) and its convergence
-PNG from every finished run; the README links to it and is never rewritten. The runs and their sizing are in agq_keras/experiments/reproduce.py.
+metrics to --record, then writes --results (its first section: the evidence in one paragraph) and its
+convergence PNG from every finished run; the README links to it and is never rewritten. The runs and their
+sizing are in agq_keras/experiments/reproduce.py.
 """
 
 import os
@@ -36,7 +37,8 @@ flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to t
                      "of the table whose delta sits within 2 spreads, and train them.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
                   "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
-                  "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md; needs a GPU. Each call trains until its budget and the next call resumes.")
+                  "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md; needs a GPU. "
+                  "Each call trains until its budget and the next call resumes.")
 flags.DEFINE_integer("budget_s", 0, "Stop at an epoch end before this many seconds have passed (0 = no limit); "
                      "the same command resumes.")
 flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX folder ('' = /usr/share/datasets/fashion-mnist).")

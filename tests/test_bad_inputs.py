@@ -322,8 +322,9 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
     "text file as the model": ("txt", "f.tflite", [], r"is not a Keras model file"),
     "text file named .keras": ("text", "f.tflite", [], r"is not a \.keras zip archive"),
     "missing output folder": ("f", "missing/f.tflite", [], r"Output directory '.*missing' does not exist; create it first"),
-    "unsupported layer": ("sigmoid", "f.tflite", [], r"'squash' \(Activation\): activation 'sigmoid' \(allowed: linear, "
-                                                     r"relu, relu6; softmax only as the model's last layer\)\.$"),
+    "unsupported layer": ("sigmoid", "f.tflite", [], r"'squash' \(Activation\): activation 'sigmoid' \(allowed: "
+                                                     r"linear, relu, relu6; softmax only as the model's last "
+                                                     r"layer\)\.$"),
     "Lambda model": ("lambda", "f.tflite", [], r"contains a Lambda layer, which is refused"),
     "max_replicas 0": ("f", "f.tflite", ["--max_replicas=0"], r"max_replicas"),
     "unknown runtime": ("f", "f.tflite", ["--runtimes=builtin,gpu"],

@@ -197,8 +197,8 @@ CANNOT_EXPORT = r"cannot be exported to integer TFLite: "
     (lambda: _two_branch(lambda a, b: keras.layers.Add(name="add3")([a, b, a])),
      r"layer 'add3' \(Add\) " + CANNOT_EXPORT + r"Add of 3 inputs \(allowed: 2\)"),
     (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="relu"),
-                               keras.layers.UpSampling2D(interpolation="bilinear", name="up"), keras.layers.Conv2D(2, 1),
-                               keras.layers.Flatten(), keras.layers.Dense(2)]),
+                               keras.layers.UpSampling2D(interpolation="bilinear", name="up"),
+                               keras.layers.Conv2D(2, 1), keras.layers.Flatten(), keras.layers.Dense(2)]),
      r"layer 'up' \(UpSampling2D\) " + CANNOT_EXPORT + r"interpolation='bilinear' \(allowed: 'nearest'"),
     (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, dilation_rate=2, name="dil"),
                                keras.layers.Flatten(), keras.layers.Dense(2)]),
@@ -279,8 +279,8 @@ def test_softmax_head_is_split_kept_and_trained_with_the_loss_that_fits():
     assert trainer.loss.get_config()["from_logits"] is False
     history = trainer.fit(x, np.arange(16) % 3, epochs=1, batch_size=8, verbose=0).history
     assert np.isfinite(history["loss"][0]) and np.isfinite(history["h_loss"][0])
-    with pytest.raises(ValueError, match=r"loss SparseCategoricalCrossentropy\(from_logits=True\) does not fit F .*ends "
-                                         r"in a softmax \(layer 'head_softmax'\): give from_logits=False"):
+    with pytest.raises(ValueError, match=r"loss SparseCategoricalCrossentropy\(from_logits=True\) does not fit F "
+                                         r".*ends in a softmax \(layer 'head_softmax'\): give from_logits=False"):
         trainer.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     logits_f = quantize(keras.Model(base.inputs, base.get_layer("head").input), w_bits=4, a_bits=4)
     assert default_loss(logits_f).get_config()["from_logits"] is True  # an F that outputs logits

@@ -85,9 +85,10 @@ def summary(report: dict, notes: bool = True) -> list[str]:
     for runtime, rows in report.get("tensors", {}).items():  # export.tensor_agreement, per runtime
         parted = [r for r in rows if r["mismatch"] > 0 and r["grid"] != "calibrated"]
         count = f"{report['tensor_images']} images, " if "tensor_images" in report else ""
-        lines.append(f"per tensor ({count}{runtime}): {len(rows) - len(parted)} of {len(rows)} tensors hold F's codes or "
-                     "are calibrated" + (f"; the first to part: {parted[0]['tensor']} "
-                                         f"({_pct(parted[0]['mismatch'])} of its values off)" if parted else ""))
+        first = (f"; the first to part: {parted[0]['tensor']} ({_pct(parted[0]['mismatch'])} of its values off)"
+                 if parted else "")
+        lines.append(f"per tensor ({count}{runtime}): {len(rows) - len(parted)} of {len(rows)} tensors hold F's "
+                     "codes or are calibrated" + first)
     if notes:
         lines += [f"note: {note}" for note in report.get("notes", [])]
     return lines

@@ -5,15 +5,15 @@
 >>> f = agq_keras.quantize(base, w_bits=4, a_bits=4, policy={"block_1_*": 8})
 >>> trainer = agq_keras.auxiliary.attach(f)          # F + H, fit() like any model
 
-Every Conv2D, DepthwiseConv2D and Dense becomes a QConv2D / QDepthwiseConv2D / QDense with the same
-config and its float weights, a weight quantizer and, following the pre-activation convention of the
-paper's blocks (``BN -> ReLU -> q(.) -> QConv``), an activation quantizer on its input where a ReLU-like
-op feeds it (a ReLU, ReLU6 or ``Activation("relu")`` layer, or a layer with ``activation="relu"``,
-possibly through padding, dropout, upsampling, max pooling, flattening or reshaping). A layer fed by anything else (a linear bottleneck, a residual sum) keeps a float input: an
-unsigned k-bit grid would clip its negative values. The first weighted layers (those reading the model
-input) and the last ones (whose outputs reach the model output through no other weighted layer) get
-``first_last_bits``, as in :func:`agq_keras.build`: no input quantizer on the first, the edge
-activation quantizer on the last.
+Every Conv2D, DepthwiseConv2D and Dense becomes a QConv2D / QDepthwiseConv2D / QDense with the same config and its
+float weights, a weight quantizer and, following the pre-activation convention of the paper's blocks (``BN -> ReLU
+-> q(.) -> QConv``), an activation quantizer on its input where a ReLU-like op feeds it (a ReLU, ReLU6 or
+``Activation("relu")`` layer, or a layer with ``activation="relu"``, possibly through padding, dropout, upsampling,
+max pooling, flattening or reshaping). A layer fed by anything else (a linear bottleneck, a residual sum) keeps a
+float input: an unsigned k-bit grid would clip its negative values. The first weighted layers (those reading the
+model input) and the last ones (whose outputs reach the model output through no other weighted layer) get
+``first_last_bits``, as in :func:`agq_keras.build`: no input quantizer on the first, the edge activation quantizer
+on the last.
 
 What the exporter cannot lower (:mod:`agq_keras.lowerable`: e.g. Concatenate, AveragePooling2D, a sigmoid or
 hard-swish) is refused up front, naming the layer, before anything is built or trained. A softmax may end the
