@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import keras
 
-from agq_keras import structure
 from agq_keras.quantizers import Quantizer
 
 # the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
@@ -94,13 +93,19 @@ def _inputs(layer) -> list:
     return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 
 
+def _output_layers(model: keras.Model) -> list:
+    """The layers whose outputs are ``model``'s (Keras's ``output_names``: no ``get_config``, which costs a
+    serialization of every layer); none for a model without them."""
+    try:
+        return [model.get_layer(name) for name in getattr(model, "output_names", None) or ()]
+    except ValueError:  # a name that is not a layer's
+        return []
+
+
 def ends_in_softmax(model: keras.Model) -> bool:
     """Every output of ``model`` is a softmax layer's (see :func:`softmax_head`)."""
-    try:
-        refs = structure.output_refs(model)
-    except (ValueError, NotImplementedError):  # not a functional model: no softmax layer to find
-        return False
-    return bool(refs) and all(is_softmax(model.get_layer(ref[0])) for ref in refs)
+    layers = _output_layers(model)
+    return bool(layers) and all(is_softmax(layer) for layer in layers)
 
 
 def softmax_head(model: keras.Model) -> tuple[keras.Model, list]:
@@ -108,13 +113,9 @@ def softmax_head(model: keras.Model) -> tuple[keras.Model, list]:
     output becomes that layer's input: the logits, same argmax), and their names; ``model`` itself when no
     output is a softmax. A ``Dense(activation="softmax")`` output is not split here (:func:`problem` names it
     for the exporter; :func:`agq_keras.quantize` splits it)."""
-    outputs = list(model.outputs)
-    names = []
-    for i, ref in enumerate(structure.output_refs(model)):
-        layer = model.get_layer(ref[0])
-        if is_softmax(layer):
-            outputs[i] = layer.input
-            names.append(layer.name)
-    if not names:
+    layers = _output_layers(model)
+    if not any(is_softmax(layer) for layer in layers):
         return model, []
+    outputs = [layer.input if is_softmax(layer) else tensor for layer, tensor in zip(layers, model.outputs)]
+    names = [layer.name for layer in layers if is_softmax(layer)]
     return keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name), names

@@ -162,12 +162,11 @@ def _kernel_codes(layer, notes, max_replicas):
 
 def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
     """The IR of a functional model F (see the module docstring)."""
+    model, softmaxes = softmax_head(model)
     config = model.get_config()
     if "layers" not in config:
         raise ValueError(f"Model {model.name!r} is not a functional Keras model; export needs F as built by "
                          "agq_keras.build (a functional keras.Model).")
-    model, softmaxes = softmax_head(model)
-    config = model.get_config()
     inputs, outputs = config["input_layers"], config["output_layers"]
     if isinstance(inputs[0], (list, tuple)) and len(inputs) != 1:
         raise ValueError(f"Model {model.name!r} has {len(inputs)} inputs; export supports exactly one input "
