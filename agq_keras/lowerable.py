@@ -33,15 +33,16 @@ LAYERS = ("InputLayer",) + _WEIGHTED + (
     "Flatten", "Reshape", "FixedStep")
 
 
-def _activation(layer) -> str:
-    act = layer.get_config().get("activation", "linear")
+def _activation(config: dict) -> str:
+    """The activation's name in a layer's config (``linear`` when it has none)."""
+    act = config.get("activation", "linear")
     return act if isinstance(act, str) else getattr(act, "__name__", str(act))
 
 
 def is_softmax(layer) -> bool:
     """A softmax layer: ``Softmax`` or ``Activation("softmax")``."""
     cls = type(layer).__name__
-    return cls == "Softmax" or (cls == "Activation" and _activation(layer) == "softmax")
+    return cls == "Softmax" or (cls == "Activation" and _activation(layer.get_config()) == "softmax")
 
 
 def problem(layer, at_output: bool = False) -> str:
@@ -56,7 +57,7 @@ def problem(layer, at_output: bool = False) -> str:
         return "only channels_last is supported"
     allowed = f"allowed: linear, {', '.join(FUSABLE)}; softmax only as the model's last layer"
     if cls in _WEIGHTED:
-        act = _activation(layer)
+        act = _activation(cfg)
         if act == "softmax" and at_output and cls in ("Dense", "QDense"):
             return ("a Dense with a fused softmax: give the softmax its own layer, Dense(activation=None) then "
                     "Activation('softmax') (agq_keras.quantize() does this)")
@@ -65,7 +66,7 @@ def problem(layer, at_output: bool = False) -> str:
         if "Conv" in cls and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1):
             return "dilated or grouped convolutions are not supported"
     elif cls == "Activation":
-        act = _activation(layer)
+        act = _activation(cfg)
         if act == "softmax" and not at_output:
             return f"activation 'softmax' ({allowed})"
         if act not in ("linear", "softmax") and act not in FUSABLE:
@@ -102,10 +103,15 @@ def _output_layers(model: keras.Model) -> list:
         return []
 
 
+def softmax_outputs(model: keras.Model) -> list:
+    """The names of the softmax layers whose outputs are ``model``'s (see :func:`softmax_head`)."""
+    return [layer.name for layer in _output_layers(model) if is_softmax(layer)]
+
+
 def ends_in_softmax(model: keras.Model) -> bool:
     """Every output of ``model`` is a softmax layer's (see :func:`softmax_head`)."""
     layers = _output_layers(model)
-    return bool(layers) and all(is_softmax(layer) for layer in layers)
+    return bool(layers) and len(softmax_outputs(model)) == len(layers)
 
 
 def softmax_head(model: keras.Model) -> tuple[keras.Model, list]:
@@ -113,9 +119,9 @@ def softmax_head(model: keras.Model) -> tuple[keras.Model, list]:
     output becomes that layer's input: the logits, same argmax), and their names; ``model`` itself when no
     output is a softmax. A ``Dense(activation="softmax")`` output is not split here (:func:`problem` names it
     for the exporter; :func:`agq_keras.quantize` splits it)."""
-    layers = _output_layers(model)
-    if not any(is_softmax(layer) for layer in layers):
+    names = softmax_outputs(model)
+    if not names:
         return model, []
-    outputs = [layer.input if is_softmax(layer) else tensor for layer, tensor in zip(layers, model.outputs)]
-    names = [layer.name for layer in layers if is_softmax(layer)]
+    outputs = [layer.input if layer.name in names else tensor
+               for layer, tensor in zip(_output_layers(model), model.outputs)]
     return keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name), names

@@ -121,13 +121,12 @@ def export_row(f, x, xt, yt) -> dict:
     report = export.verify(data, f, xt, yt, plan=plan, runtimes=("reference", "builtin", "xnnpack"),
                            latency_runs=0)
     rows = export.tensor_agreement(data, f, plan, xt[:20], runtime="reference")  # where the file parts from F
-    parted = [r for r in rows if r["grid"] != "calibrated" and r["mismatch"] > 0]
     return {"agreement": {k: 100.0 * v for k, v in report["agreement_per_runtime"].items()},
             "top1_tflite": {k: 100.0 * v for k, v in report["top1_per_runtime"].items()},
             "top1_keras": 100.0 * report["top1_keras"], "int16_tensors": report["int16_tensors"],
             "tensors": {"on_f_grids": sum(r["grid"] != "calibrated" for r in rows),
                         "calibrated": sum(r["grid"] == "calibrated" for r in rows),
-                        "first_parting": parted[0] if parted else None}}
+                        "first_parting": export.first_parting(rows)}}
 
 
 def run_arm(arm: str, start_path: str, data, args, seed: int) -> dict:

@@ -13,11 +13,11 @@ The pipeline: :mod:`lower` (Keras F -> graph) -> :mod:`calibrate` (observed rang
 
 from agq_keras.export.api import check_images, convert, export_source, resolve_model, save_atomic
 from agq_keras.export.plan import MODES
-from agq_keras.export.report import summary
+from agq_keras.export.report import first_parting, summary
 from agq_keras.export.targets import EDGETPU_OPS, c_array, edgetpu_report
 from agq_keras.export.verify import (RUNTIMES, Runner, grid_check, model_ops, runner, tensor_agreement,
                                      tensor_codes, verify, verify_detector)
 
 __all__ = ["EDGETPU_OPS", "MODES", "RUNTIMES", "Runner", "c_array", "check_images", "convert", "edgetpu_report",
-           "export_source", "grid_check", "model_ops", "resolve_model", "runner", "save_atomic", "summary",
-           "tensor_agreement", "tensor_codes", "verify", "verify_detector"]
+           "export_source", "first_parting", "grid_check", "model_ops", "resolve_model", "runner", "save_atomic",
+           "summary", "tensor_agreement", "tensor_codes", "verify", "verify_detector"]

@@ -51,6 +51,17 @@ def _detector_lines(report: dict) -> list[str]:
     return lines
 
 
+def _parts(row: dict) -> bool:
+    """A row of :func:`agq_keras.export.tensor_agreement` whose tensor, on one of F's grids (not a calibrated
+    one), parts from F."""
+    return row["mismatch"] > 0 and row["grid"] != "calibrated"
+
+
+def first_parting(rows: list) -> dict | None:
+    """The first row of :func:`agq_keras.export.tensor_agreement` that parts from F (:func:`_parts`), or None."""
+    return next(filter(_parts, rows), None)
+
+
 def summary(report: dict, notes: bool = True) -> list[str]:
     """The lines of a report (see the module docstring); ``notes``: end with the export's notes."""
     lines = _detector_lines(report) if "agreement_per_output" in report else _runtime_lines(report)
@@ -83,7 +94,7 @@ def summary(report: dict, notes: bool = True) -> list[str]:
         lines.append(f"activations: {report['exact_activation_tensors']} tensor(s) stored on F's k-bit grids, the "
                      "others at calibrated int8 scales")
     for runtime, rows in report.get("tensors", {}).items():  # export.tensor_agreement, per runtime
-        parted = [r for r in rows if r["mismatch"] > 0 and r["grid"] != "calibrated"]
+        parted = [r for r in rows if _parts(r)]
         count = f"{report['tensor_images']} images, " if "tensor_images" in report else ""
         first = (f"; the first to part: {parted[0]['tensor']} ({_pct(parted[0]['mismatch'])} of its values off)"
                  if parted else "")

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from agq_keras import quantizers
-from agq_keras.lowerable import ends_in_softmax, softmax_head
+from agq_keras.lowerable import ends_in_softmax, softmax_outputs
 
 
 def check_lambda(value) -> float:
@@ -42,7 +42,7 @@ def check_loss_fits(f: keras.Model, loss) -> None:
     if isinstance(loss, (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)) and \
             loss.get_config().get("from_logits") and ends_in_softmax(f):
         raise ValueError(f"loss {type(loss).__name__}(from_logits=True) does not fit F {f.name!r}, which ends in a "
-                         f"softmax (layer {softmax_head(f)[1][0]!r}): give from_logits=False (compile()'s default "
+                         f"softmax (layer {softmax_outputs(f)[0]!r}): give from_logits=False (compile()'s default "
                          "loss does), or remove the softmax from the model before quantize().")
 
 
