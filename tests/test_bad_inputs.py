@@ -200,9 +200,9 @@ def npz(tmp_path, kind):
     return str(path)
 
 
-# Every train.py case in Python (cheap); through the CLI, one subprocess each (a TensorFlow import, ~4 s):
-# the fast suite runs one case per error path (bad flag, bad value, bad file), the rest run with the
-# slow tests (CI runs both).
+# Every train.py case in Python (cheap); through the CLI, one subprocess each (a TensorFlow import, ~6 s):
+# the fast suite runs one case per error path (a bad value naming its --config flag, a bad file), the rest run
+# with the slow tests (CI runs both). The same holds for the --config and export_tflite.py cases below.
 TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message pattern)
     "epochs -1": (dict(epochs=-1), r"config\.epochs=-1 must be an integer >= 1"),
     "ssp delta0 1.5": (dict(ssp=True, ssp_delta0=1.5, ssp_decay_epoch=1), r"delta0=1\.5.*\[0, 1\]"),
@@ -235,7 +235,7 @@ TRAIN = {  # case: (overrides of the tiny config, or {"workdir": ...}; message p
     "Lambda checkpoint": (dict(init_checkpoint="lambda"),
                           r"contains a Lambda layer, which is refused.*Rebuild the model without Lambda layers\.$"),
 }
-FAST_CLI = {"epochs -1", "truncated checkpoint", "w_bits 0"}
+FAST_CLI = {"truncated checkpoint", "w_bits 0"}
 
 
 def _resolve(case, tmp_path, files):
@@ -306,7 +306,10 @@ CONFIG = {  # --config value: message pattern (exit 2: the flag is bad; nothing 
 }
 
 
-@pytest.mark.parametrize("value", list(CONFIG))
+FAST_CONFIG = {"nope.py", "default.py:resnet20_plain_ag"}
+
+
+@pytest.mark.parametrize("value", [v if v in FAST_CONFIG else pytest.param(v, marks=pytest.mark.slow) for v in CONFIG])
 def test_train_cli_bad_config_value(tmp_path, value):
     """A --config naming no file (a path, or a bare name the package lacks) or an unknown variant: one line
     naming the value and where it looked, before anything is built."""
@@ -341,8 +344,7 @@ EXPORT = {  # case: (model file, output under tmp_path, extra flags, message pat
     "output is a folder": ("f", ".", [], r"--output=.+ is a folder; give the path of the \.tflite file to write, "
                                          r"e\.g\. .+f\.tflite\.$"),
 }
-FAST_EXPORT = {"text file as the model", "missing output folder", "unsupported layer", "unknown runtime",
-               "per_tensor without verify", "verify_images 0", "output is a folder"}
+FAST_EXPORT = {"text file as the model", "unsupported layer", "verify_images 0", "output is a folder"}
 
 
 def test_export_cli_workdir_must_be_a_run(tmp_path):

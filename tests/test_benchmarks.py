@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def _run(tmp_path, *flags):
                           cwd=ROOT)
 
 
+@pytest.mark.slow  # trains, converts and times two nets in a subprocess (about 30 s)
 def test_smoke_mode_writes_every_figure(tmp_path):
     out = tmp_path / "b.json"
     res = _run(tmp_path, "--archs=resnet20", "--variants=float F,2-bit F", "--steps=1", "--warmup=1",

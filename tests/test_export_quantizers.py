@@ -16,7 +16,9 @@ def data():
     return load_data()
 
 
-@pytest.mark.parametrize("family", ["lsq", "pact", "bireal"])
+# each case trains a net for 25 steps: LSQ in the default tier, PACT and Bi-Real in the slow tier
+@pytest.mark.parametrize("family", ["lsq", pytest.param("pact", marks=pytest.mark.slow),
+                                    pytest.param("bireal", marks=pytest.mark.slow)])
 def test_lsq_pact_and_bireal_nets_export_exactly(data, family):
     """LSQ (learned-step weights and activations), PACT (learned clip) and Bi-Real (±alpha per
     channel weights, sign activations; plain birealnet20) export with their grids: codes on the grid,

@@ -44,6 +44,7 @@ def test_run_writes_all_outputs(tmp_path):
     np.testing.assert_allclose(t.f(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # two training stages (about 12 s)
 def test_two_stage_recipe_loads_stage1_by_name(tmp_path, monkeypatch, capsys):
     """Also: without matplotlib (the import blocked) both stages run to the end; each stage says in one
     warning line that its convergence.png was not written."""
