@@ -32,7 +32,7 @@ def test_resolve_paths_and_package_names(tmp_path, monkeypatch):
     """--config values: a path that exists is kept; a bare name not in the current folder is the package's."""
     fmnist = os.path.join(configs.HERE, "fmnist.py")
     monkeypatch.chdir(ROOT)  # the README's form, from a checkout
-    assert configs.resolve("agq_keras/configs/default.py") == "agq_keras/configs/default.py"
+    assert configs.resolve("configs/default.py") == "configs/default.py"
     assert configs.resolve(f"{fmnist}:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
     monkeypatch.chdir(tmp_path)  # any folder: the installed package's configs by name
     assert configs.resolve("fmnist.py:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
@@ -150,3 +150,34 @@ def test_paper_configs_build_and_run_on_mock_data(name, variant):
     assert np.isfinite(float(loss_f)) and (loss_h is None) == (t.h is None)
     assert loss_h is None or np.isfinite(float(loss_h))
     assert y_f.shape == (2, classes)
+
+
+def test_checkout_configs_are_the_top_level_folder():
+    """From a checkout (not installed), ``agq_keras.configs`` is the repository's ``configs/`` folder: one copy."""
+    assert os.path.dirname(configs.__file__) == os.path.join(ROOT, "configs") == configs.HERE
+    assert not os.path.exists(os.path.join(ROOT, "agq_keras", "configs"))
+
+
+def test_wheel_installs_the_configs_as_the_package_configs(tmp_path):
+    """setup.py's package-dir mapping: the wheel holds configs/*.py as agq_keras/configs/*.py, and no study,
+    scripts or tests. Built from a copy of the checkout (setuptools writes build/ and *.egg-info next to
+    setup.py); pip's own build, no network (no build isolation, no dependencies)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    for name in ("agq_keras", "configs", "scripts", "tests"):
+        shutil.copytree(os.path.join(ROOT, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                             "--no-index", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").iterdir()
+    names = zipfile.ZipFile(wheel).namelist()
+    want = {f"agq_keras/configs/{f}" for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
+    assert want and want <= set(names)
+    assert {n.split("/")[0] for n in names} == {"agq_keras", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -1,6 +1,6 @@
 """The CPU-scale experiments on the real Fashion-MNIST, and docs/results.md (``scripts/reproduce.py``).
 
-Tables (:func:`plan`), each run an ``agq_keras/configs/fmnist.py`` variant (``cpu_recipe`` + ``apply_method``,
+Tables (:func:`plan`), each run a ``configs/fmnist.py`` variant (``cpu_recipe`` + ``apply_method``,
 steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``workdir/<run name>``:
 
 * ``sweep`` (issue 13, the decisive evidence): 2-bit DoReFa plain ResNet-20/32/56, arms plain, plain + AG,
@@ -10,7 +10,7 @@ steady evaluation on) trained by :func:`agq_keras.experiments.run.run` in ``work
 * ``mobilenetv2`` (issue 11): the pre-activation MobileNetV2, float / 4-bit / 4-bit + AG, 3 seeds.
 * ``fmnist6``: the first Table 6 twin (residual and plain ResNet-20, one deeper pair).
 * ``detection`` (issue 12): the ResNet-20 RetinaNet-style detector on the Fashion-MNIST detection twin
-  (``agq_keras/configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
+  (``configs/detection.py``, the ``quick`` budget: 1024 canvases, 6 epochs, 200 test canvases),
   float / 4-bit / 4-bit + AG / 4-bit at 2x epochs (compute-matched), 3 seeds, each from scratch; then float
   at 2x epochs and the two-stage arms (4-bit, 4-bit + AG, 4-bit at 2x epochs, 4-bit + AG with adaptors on
   the FPN levels too, each from seed 0's float F: stage 2 of the recipe); reported as AP, AP50, AP75 and
@@ -73,7 +73,7 @@ METHODS = (
     ("staged_4bit_ag_fpn", "4-bit + AG, adaptors on the FPN levels too, two-stage"),
 )
 LABELS = dict(METHODS)
-# method -> the agq_keras/configs/fmnist.py method of its variant, and the config fields it changes.
+# method -> the configs/fmnist.py method of its variant, and the config fields it changes.
 _FMNIST_METHOD = {"fp_residual": "residual_base", "fp_plain": "plain_base", "residual": "residual_base",
                   "residual_ag": "residual_ag", "residual_ag_ssp": "residual_ag_ssp", "plain": "plain_base",
                   "plain_ag": "plain_ag", "plain_ag_ssp": "plain_ag_ssp", "plain_2x": "plain_base",
@@ -198,11 +198,11 @@ def _reschedule(c, epochs: int, doubled: bool) -> int:
 
 def make_config(run: Run, workdir: str, *, record: str | None = None, train_subset: int = 15000,
                 test_subset: int = 0, epochs: int = 0, verbose: int = 2, data_dir: str = ""):
-    """The training config of one run: ``agq_keras/configs/fmnist.py``'s variant (plus the method's
+    """The training config of one run: ``configs/fmnist.py``'s variant (plus the method's
     overrides: LSQ, H's ReLU), the recipe's schedule rescaled to ``epochs`` (0 = the recipe's own), doubled
     for the compute-matched run. The initial F is ``workdir/<init run>/f.keras``, or the committed
     ``record/<init run>/f.keras`` when only the record holds it (a new checkout continues a sweep).
-    A detector (``det_<backbone>``) is ``agq_keras/configs/detection.py``'s variant at
+    A detector (``det_<backbone>``) is ``configs/detection.py``'s variant at
     :data:`DETECTION_BUDGET` (``train_subset`` and ``test_subset`` do not apply to it)."""
     from agq_keras.configs import fmnist
 
@@ -804,7 +804,7 @@ def render_detection(groups: dict) -> list[str]:
     canvases = sorted({str(g["train_canvases"]) for gs in groups.values() for g in gs})
     tests = sorted({str(g["test_images"]) for gs in groups.values() for g in gs})
     lines = ["## Detection", "",
-             f"The RetinaNet-style detector (`agq_keras.detection`, `agq_keras/configs/detection.py`) on the "
+             f"The RetinaNet-style detector (`agq_keras.detection`, `configs/detection.py`) on the "
              f"Fashion-MNIST detection twin: {', '.join(canvases)} training canvases (128×128, 1–6 garments), "
              f"F evaluated on {', '.join(tests)} test canvases with pycocotools' AP@[.5:.95], AP50 and AP75 (in %). "
              "ResNet-20 backbone (ImageNet stem), FPN P3–P5, class and box towers; the 4-bit nets quantize the "

@@ -2,7 +2,7 @@
 
 Every module here but :mod:`~agq_keras.configs.base` (the schema and the recipes) has a ``get_config()``,
 some ``get_config(variant)``. ``scripts/train.py --config=VALUE`` takes ``FILE[:VARIANT]``: FILE is a
-path (``agq_keras/configs/fmnist.py:resnet20_plain_ag``, or a config file of your own), or the bare name
+path (``configs/fmnist.py:resnet20_plain_ag``, or a config file of your own), or the bare name
 of one of these files (``default.py``, ``fmnist.py:resnet20_plain_ag``), looked up here when no such file
 exists in the current directory, so an installed package runs its configs from any folder.
 :func:`resolve` does the lookup (a folder is an error that lists its config files).
