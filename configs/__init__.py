@@ -17,7 +17,7 @@ NOT_CONFIGS = ("__init__.py", "base.py")
 
 
 def names() -> tuple[str, ...]:
-    """The config files of the package: ``default.py``, ``fmnist.py``, ``table1.py``, ..."""
+    """The config files of the package: ``default.py``, ``fmnist.py``, ``paper.py``, ..."""
     return tuple(sorted(f for f in os.listdir(HERE) if f.endswith(".py") and f not in NOT_CONFIGS))
 
 

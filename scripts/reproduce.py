@@ -10,7 +10,8 @@ Trains every run not finished yet (a run whose metrics.json exists in --workdir 
 is skipped, so re-running the same command resumes, also on a new checkout), copies each finished run's
 metrics to --record, then writes --results (its first section: the evidence in one paragraph) and its
 convergence PNG from every finished run; the README links to it and is never rewritten. The runs and their
-sizing are in agq_keras/experiments/reproduce.py.
+sizing are in study/runner.py, the report in study/report.py: the repository's ``study`` package, which is
+not installed (this script puts the repository on ``sys.path`` to import it).
 """
 
 import os
@@ -19,6 +20,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: study/
 
 from absl import flags  # noqa: E402
 
@@ -34,7 +36,7 @@ flags.DEFINE_list("depths", ["resnet20", "resnet32", "resnet56"], "sweep: the de
 flags.DEFINE_string("lsq_arch", "resnet32", "sweep: the depth of the LSQ pair (where AG helps DoReFa most).")
 flags.DEFINE_string("relu_arch", "resnet20", "sweep: the depth of the ReLU-after-sums arm.")
 flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to the arms of every comparison "
-                     "of the table whose delta sits within 2 spreads, and train them.")
+                     "of the table that Welch's test cannot decide (p >= 0.05), and train them.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
                   "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
                   "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md; needs a GPU. "
@@ -54,7 +56,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    from agq_keras.experiments import reproduce
+    from study import report, runner
 
     start = time.time()
     if FLAGS.scale == "gpu":
@@ -70,30 +72,30 @@ def main(argv):
             FLAGS.results = "docs/results_gpu.md"
     if FLAGS.budget_s < 0:
         raise ValueError(f"--budget_s={FLAGS.budget_s} must be >= 0 (0 = no limit).")
-    runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
+    runs = runner.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
                           relu_arch=FLAGS.relu_arch, depths=FLAGS.depths)
-    reproduce.check_results_path(FLAGS.results)
+    report.check_results_path(FLAGS.results)
     record = FLAGS.record or None
     kwargs = dict(record=record, train_subset=FLAGS.train_subset, test_subset=FLAGS.test_subset,
                   epochs=FLAGS.epochs, verbose=FLAGS.verbose, data_dir=FLAGS.data_dir,
                   deadline=start + FLAGS.budget_s if FLAGS.budget_s else None)
     if not FLAGS.report_only:
-        runs = reproduce.select(runs, FLAGS.only)
-        status = reproduce.run_all(runs, FLAGS.workdir, **kwargs)
+        runs = runner.select(runs, FLAGS.only)
+        status = runner.run_all(runs, FLAGS.workdir, **kwargs)
         while FLAGS.follow_up and len(status) == len(runs) and "paused" not in status.values():
-            extra = reproduce.follow_up(runs, reproduce.load_results(record, FLAGS.workdir))
+            extra = runner.follow_up(runs, report.load_results(record, FLAGS.workdir))
             if not extra:
                 break
             runs += extra
-            status.update(reproduce.run_all(extra, FLAGS.workdir, **kwargs))
-    if not reproduce.load_results(record, FLAGS.workdir):
+            status.update(runner.run_all(extra, FLAGS.workdir, **kwargs))
+    if not report.load_results(record, FLAGS.workdir):
         print("no finished run yet: no report written")
         return 0
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not FLAGS.report_only and (len(status) < len(runs) or "paused" in status.values()):
         print(f"budget reached: {sum(v != 'paused' for v in status.values())} of {len(runs)} run(s) finished; run "
               "the same command again to continue")
-    out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record)
+    out = report.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record)
     print(f"wrote {out['results']} and {out['png']}")
     return 0
 

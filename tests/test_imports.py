@@ -179,3 +179,13 @@ def test_training_knows_nothing_above_it():
     above = {"agq_keras.models", "agq_keras.auxiliary", "agq_keras.experiments", "agq_keras.configs"}
     assert not above & set(units["agq_keras.training"]), units["agq_keras.training"]
     assert "agq_keras.models" not in units["agq_keras.auxiliary"], units["agq_keras.auxiliary"]
+
+
+def test_the_library_never_imports_the_study():
+    """study/ (the paper study, not installed) sits above the library: it imports agq_keras, never the reverse."""
+    known = modules()
+    up = [f"{os.path.relpath(path, ROOT)}:{line}" for module, path in known.items()
+          for target, line in imported(module, path, known) if target.split(":")[0].split(".")[0] == "study"]
+    assert up == [], up
+    runner = imported("study.runner", os.path.join(ROOT, "study", "runner.py"), known)
+    assert any(t.startswith("agq_keras.experiments") for t, _ in runner)  # the other way round is seen
