@@ -60,7 +60,7 @@ TABLES = {
                          "residual / plain, +- AG, +- SSP; the ImageNet recipe's optimiser and schedule are kept "
                          "(the paper gives no CIFAR-specific one)",
                    quantizer="dorefa", bits=2, fields={"dataset": "cifar100", "stem": "cifar", "batch_size": 128},
-                   rows=_rows(["resnet18"], ["residual_base", "residual_ag", "plain_base",
+                   rows=_rows(["resnet18"], ["residual_base", "residual_ag", "residual_ag_ssp", "plain_base",
                                              "plain_ag", "plain_ag_ssp"])),
 }
 VARIANTS = tuple(f"{table}/{row}" for table, spec in TABLES.items() for row in spec["rows"])

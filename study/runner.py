@@ -41,7 +41,7 @@ from study.arms import DEEP_ARCHS, DEPTHS, LABELS, Run
 from study.verdicts import CANNOT, verdicts
 
 
-TABLES = ("sweep", "mobilenetv2", "fmnist6", "detection")
+TABLES = ("sweep", "mobilenetv2", "fmnist6", "detection", "table6")
 
 
 # method -> the configs/fmnist.py method of its variant, and the config fields it changes.
@@ -68,6 +68,11 @@ DETECTION_ARMS = ("float", "4bit", "4bit_ag", "4bit_2x", "float_2x", "staged_4bi
 DETECTION_BUDGET = {"train_canvases": 1024, "test_canvases": 200, "epochs": 6, "lr_decay_epochs": (5,)}
 
 
+# The paper's Table 6 (CIFAR-100, 2-bit DoReFa ResNet-18, configs/paper.py's table6 rows): residual and plain,
+# +- AG, + SSP, and the compute-matched plain net at 2x epochs; stage 1 is the full-precision F of each shortcut
+# type (seed 0), trained with the recipe's stage-1 schedule (SGD, lr 0.1, 90 epochs, / 10 at 30 and 60).
+TABLE6_ARCH = "resnet18"
+TABLE6_ARMS = ("residual", "residual_ag", "residual_ag_ssp", "plain", "plain_ag", "plain_ag_ssp", "plain_2x")
 MAX_SEEDS = 5  # follow-up: an arm of a comparison Welch's test cannot decide gets seeds up to this many
 
 
@@ -91,6 +96,8 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
     * ``fmnist6``: the first Table 6 twin (ResNet-20 residual and plain rows, and ``deep_arch``'s pair).
     * ``detection``: the ResNet-20 detector, :data:`DETECTION_ARMS`, ``seeds`` seeds each (the two-stage arms
       start from seed 0's float F).
+    * ``table6``: the paper's Table 6 on CIFAR-100: the full-precision F of each shortcut type (seed 0), then
+      :data:`TABLE6_ARMS`, ``seeds`` seeds each.
     """
     if table not in TABLES:
         raise ValueError(f"table={table!r} is not supported; allowed: {', '.join(TABLES)}.")
@@ -105,6 +112,9 @@ def plan(table: str = "sweep", seeds: int = 3, deep_arch: str = "resnet32", *, l
         raise ValueError(f"depths={depths!r} must be a non-empty subset of {', '.join(DEPTHS)}.")
     if table == "detection":
         return [Run("det_resnet20", m, s) for s in range(seeds) for m in DETECTION_ARMS]
+    if table == "table6":
+        return ([Run(TABLE6_ARCH, "fp_residual"), Run(TABLE6_ARCH, "fp_plain")]
+                + [Run(TABLE6_ARCH, m, s) for s in range(seeds) for m in TABLE6_ARMS])
     if table == "mobilenetv2":
         return [Run("mobilenetv2", m, s) for s in range(seeds) for m in ("fp_residual", "residual", "residual_ag")]
     if table == "sweep":
@@ -156,13 +166,20 @@ def make_config(run: Run, workdir: str, *, record: str | None = None, train_subs
     for the compute-matched run. The initial F is ``workdir/<init run>/f.keras``, or the committed
     ``record/<init run>/f.keras`` when only the record holds it (a new checkout continues a sweep).
     A detector (``det_<backbone>``) is ``configs/detection.py``'s variant at
-    :data:`DETECTION_BUDGET` (``train_subset`` and ``test_subset`` do not apply to it)."""
-    from agq_keras.configs import fmnist
+    :data:`DETECTION_BUDGET` (``train_subset`` and ``test_subset`` do not apply to it). A Table 6 run
+    (:data:`TABLE6_ARCH`) is ``configs/paper.py``'s ``table6`` row, its full-precision run on the recipe's
+    stage-1 schedule (``pretrain_*``); ``data_dir`` is then the prepared tfds folder."""
+    from agq_keras.configs import fmnist, paper
 
     if run.arch.startswith("det_"):
         return _detection_config(run, workdir, record, epochs=epochs, verbose=verbose, data_dir=data_dir)
 
-    if run.arch == "mobilenetv2" and run.method.startswith("fp_"):
+    if run.arch == TABLE6_ARCH:
+        c = paper.get_config(f"table6/{run.arch}_{_FMNIST_METHOD[run.method]}")
+        if run.method.startswith("fp_"):  # stage 1 of section 4.1
+            c.optimizer, c.learning_rate = c.pretrain_optimizer, c.pretrain_learning_rate
+            c.epochs, c.lr_decay_epochs = c.pretrain_epochs, c.pretrain_lr_decay_epochs
+    elif run.arch == "mobilenetv2" and run.method.startswith("fp_"):
         c = fmnist.get_config(f"mobilenetv2_{run.method.removeprefix('fp_')}_float")
     else:
         c = fmnist.get_config(f"{run.arch}_{_FMNIST_METHOD[run.method]}")

@@ -33,7 +33,7 @@ def test_plan_covers_table6_twin_and_inits_come_first():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(table="table6"), "table='table6'.*fmnist6"),
+    (dict(table="table7"), "table='table7'.*fmnist6.*table6"),
     (dict(seeds=0), "seeds=0"),
     (dict(deep_arch="resnet18"), "deep_arch='resnet18'.*resnet32"),
 ])
@@ -436,3 +436,41 @@ def test_detection_section_and_claims(tmp_path):
     assert "two-stage 4-bit + AG is above the compute-matched two-stage 4-bit (2x epochs)" not in rows
     section = report.render(groups, command="pytest", hardware="cpu", png_name="x.png").split("## Detection")[1]
     assert "| det_resnet20 | 4-bit + AG, two-stage (from float F) | 4/4 | 3 | 6 | 29.00 ± 1.00 |" in section
+
+
+def test_table6_plan_arms_seeds_and_configs():
+    """The paper's Table 6 driver: stage-1 F per shortcut type, then 7 arms x seeds, from configs/paper.py."""
+    runs = runner.plan("table6", seeds=3)
+    assert len(runs) == 2 + len(runner.TABLE6_ARMS) * 3
+    assert {(r.method, r.seed) for r in runs[2:]} == {(m, s) for m in runner.TABLE6_ARMS for s in range(3)}
+    names = [r.name for r in runs]
+    for i, r in enumerate(runs):
+        assert r.init_from is None or r.init_from in names[:i], r.name
+    cs = {r.method: runner.make_config(r, "/w", train_subset=0, data_dir="/tfds") for r in runs if r.seed == 0}
+    for method, c in cs.items():
+        experiment.validate(c)
+        assert (c.dataset, c.stem, c.arch, c.data_dir, c.deterministic) == (
+            "cifar100", "cifar", "resnet18", "/tfds", True)
+        assert c.plain == ("plain" in method) and c.aux == ("_ag" in method) and c.ssp == method.endswith("ssp")
+    assert (cs["fp_plain"].w_bits, cs["fp_plain"].optimizer, cs["fp_plain"].epochs) == (32, "sgd", 90)
+    assert (cs["plain"].w_bits, cs["plain"].optimizer, cs["plain"].epochs) == (2, "adam", 35)
+    assert (cs["plain_2x"].epochs, tuple(cs["plain_2x"].lr_decay_epochs)) == (70, (50, 60))
+    assert cs["plain_ag"].init_checkpoint == os.path.join("/w", "resnet18_fp_plain_s0", "f.keras")
+
+
+@pytest.mark.slow
+def test_table6_end_to_end_on_mock_data(tmp_path):
+    """Two seeds of plain and plain + AG (and their stage-1 F) on tfds mock CIFAR-100, one epoch on 8 images;
+    the report is the Table 6 one, with a Welch verdict row."""
+    import tensorflow_datasets as tfds
+
+    workdir, results = str(tmp_path / "runs"), str(tmp_path / "results_table6.md")
+    only = ["resnet18_fp_plain_s0"] + [f"resnet18_{m}_s{s}" for s in range(2) for m in ("plain", "plain_ag")]
+    with tfds.testing.mock_data(num_examples=8):
+        status = runner.run_all(runner.select(runner.plan("table6"), only), workdir, train_subset=8, test_subset=8,
+                                epochs=1, verbose=0, data_dir=str(tmp_path / "tfds"))
+    assert status == {n: "trained" for n in only}
+    report.write_results(workdir, results, command="pytest")
+    text = open(results).read()
+    assert text.startswith("# Results on CIFAR-100: the paper's Table 6")
+    assert "| AG improves plain nets | resnet18 |" in text and "| table6 | 5 of 23 |" in text
