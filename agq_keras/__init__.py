@@ -34,6 +34,31 @@ def _import_tensorflow_quietly():
             _os.close(saved)
 
 
+class _CheckoutConfigs:
+    """``agq_keras.configs`` in a source checkout that is not installed (``PYTHONPATH=<checkout>``): the
+    repository's top-level ``configs/`` folder, which ``pip install`` maps to ``agq_keras/configs`` (setup.py's
+    package-dir mapping, one copy). A meta path finder for that one name, consulted first, so the configs always
+    come from the checkout this package was imported from (not from another, editable-installed one)."""
+
+    folder = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "configs")
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname != "agq_keras.configs":
+            return None
+        from importlib.util import spec_from_file_location
+
+        return spec_from_file_location(fullname, _os.path.join(cls.folder, "__init__.py"),
+                                       submodule_search_locations=[cls.folder])
+
+    @classmethod
+    def install(cls):
+        installed = _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "configs"))
+        if not installed and _os.path.isfile(_os.path.join(cls.folder, "__init__.py")) and cls not in _sys.meta_path:
+            _sys.meta_path.insert(0, cls)
+
+
+_CheckoutConfigs.install()
 _import_tensorflow_quietly()
 
 from agq_keras import auxiliary, layers, quantizers, structure  # noqa: E402

@@ -64,7 +64,7 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as err:  # ml_collections: --config.KEY for a KEY the config lacks
         key = str(err).strip("'\"")
         given = [a for a in argv[1:] if a.startswith(f"--config.{key}")]
-        message = (f"unknown config key {key!r} ({given[0]}); allowed: the keys of agq_keras/configs/base.py." if given
+        message = (f"unknown config key {key!r} ({given[0]}); allowed: the keys of configs/base.py." if given
                    else _one_line(err))
     except Exception as err:  # noqa: BLE001 - e.g. a config file that fails to load, a value of the wrong type
         message = _one_line(err)
@@ -73,7 +73,8 @@ def _parse_flags(argv):
 
 
 def define_config_flag(name: str = "config", help_string: str = "A config file path, or the bare name of one of "
-                       "the package's (agq_keras/configs: default.py, fmnist.py:VARIANT, ...); FILE[:VARIANT].",
+                       "the package's (configs/, installed as agq_keras.configs: default.py, fmnist.py:VARIANT, "
+                       "...); FILE[:VARIANT].",
                        flag_values=None):
     """``ml_collections.config_flags.DEFINE_config_file`` (locked config, ``--NAME.KEY=VALUE`` overrides)
     whose value may also name a config of the package (:func:`agq_keras.configs.resolve`); a value naming

@@ -1,7 +1,7 @@
 """How F's and H's gradients on the shared weights compare, by depth (issue 13: why + AG stalls at ResNet-56).
 
 The sweep's plain + AG run (2-bit DoReFa plain ResNet, the CPU recipe, seed ``--seed``), built by the sweep's
-own config (``agq_keras.experiments.reproduce.make_config``) and started from the committed full-precision F
+own config (``study.runner.make_config``) and started from the committed full-precision F
 (``docs/runs/<arch>_fp_plain_s0/f.keras``). At each checkpoint (before training, then after every
 ``--steps`` AG steps with the recipe's optimizer, learning rate, batch size and training subset), over the
 next ``--batches`` training batches in training mode:
@@ -15,7 +15,7 @@ next ``--batches`` training batches in training mode:
 per stage (stage1/2/3: the block convs of that stage) and for all shared weights. A low cosine with |g2| far
 above |g1| means H's gradient sets the shared weights' direction, and F's own barely moves them.
 
-    python3 benchmarks/ag_gradients.py --out=/tmp/ag_gradients
+    python3 -m benchmarks.ag_gradients --out=/tmp/ag_gradients     # from the repository root (it imports study/)
 
 Writes ``OUT/ag_gradients.json`` (atomically) and prints a table.
 """
@@ -37,9 +37,9 @@ import tensorflow as tf  # noqa: E402
 
 from agq_keras import saving  # noqa: E402
 from agq_keras.data import pipeline  # noqa: E402
-from agq_keras.experiments import reproduce  # noqa: E402
 from agq_keras.experiments.run import initialise, make_optimizer, make_trainer  # noqa: E402
 from agq_keras.saving import write_text  # noqa: E402
+from study import arms, runner  # noqa: E402
 from agq_keras.training.trainer import default_loss  # noqa: E402
 
 ARCHS = ("resnet20", "resnet32", "resnet56")
@@ -108,8 +108,8 @@ def main(argv=None):
     started = time.perf_counter()
     result = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "args": vars(args), "archs": {}}
     for arch in archs:
-        run = reproduce.Run(arch, "plain_ag", args.seed)
-        c = reproduce.make_config(run, os.path.join(args.out, "unused"), record=args.record, data_dir=args.data_dir)
+        run = arms.Run(arch, "plain_ag", args.seed)
+        c = runner.make_config(run, os.path.join(args.out, "unused"), record=args.record, data_dir=args.data_dir)
         if not os.path.isfile(c.init_checkpoint):
             p.error(f"{arch}: the full-precision F {c.init_checkpoint!r} does not exist (see --record)")
         keras.utils.set_random_seed(c.seed)

@@ -46,7 +46,7 @@ def images_per_second(model: keras.Model, batch_size: int = 128, input_shape=(28
 
 
 def config(arch: str, variant: str, plain: bool = True):
-    """The training config of a variant (``agq_keras/configs/base.py`` schema)."""
+    """The training config of a variant (``configs/base.py`` schema)."""
     from agq_keras.configs.base import apply_method, get_base_config
 
     if variant not in VARIANTS:

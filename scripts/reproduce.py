@@ -3,6 +3,7 @@
   python scripts/reproduce.py --table=sweep --workdir=runs/sweep        # issue 13's sweep (resumable)
   python scripts/reproduce.py --table=mobilenetv2 --workdir=runs/sweep  # MobileNetV2 float / 4-bit / + AG
   python scripts/reproduce.py --table=detection --workdir=runs/sweep    # the detector: float / 4-bit / + AG / 2x
+  python scripts/reproduce.py --table=table6 --workdir=runs/t6 --data_dir=/data/tfds  # the paper's Table 6 (CIFAR-100)
       [--seeds=3] [--train_subset=15000] [--epochs=0] [--only=name,...] [--follow_up] [--record=docs/runs]
       [--results=docs/results.md] [--report_only]
 
@@ -10,7 +11,8 @@ Trains every run not finished yet (a run whose metrics.json exists in --workdir 
 is skipped, so re-running the same command resumes, also on a new checkout), copies each finished run's
 metrics to --record, then writes --results (its first section: the evidence in one paragraph) and its
 convergence PNG from every finished run; the README links to it and is never rewritten. The runs and their
-sizing are in agq_keras/experiments/reproduce.py.
+sizing are in study/runner.py, the report in study/report.py: the repository's ``study`` package, which is
+not installed (this script puts the repository on ``sys.path`` to import it).
 """
 
 import os
@@ -19,10 +21,13 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: study/
 
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("table", "sweep", "Which table to run: sweep, mobilenetv2, fmnist6 or detection "
+flags.DEFINE_string("table", "sweep", "Which table to run: sweep, mobilenetv2, fmnist6, detection or table6 (the "
+                    "paper's CIFAR-100 ResNet-18 table from a prepared tfds --data_dir; all 50 000 training images, "
+                    "record docs/runs_table6, results docs/results_table6.md unless given) "
                     "(--train_subset and --test_subset do not apply to detection, which has its own budget).")
 flags.DEFINE_string("workdir", None, "Folder of the runs (one subfolder per run).")
 flags.DEFINE_integer("seeds", 3, "Seeds of every k-bit arm (>= 3 for the comparisons).")
@@ -34,7 +39,7 @@ flags.DEFINE_list("depths", ["resnet20", "resnet32", "resnet56"], "sweep: the de
 flags.DEFINE_string("lsq_arch", "resnet32", "sweep: the depth of the LSQ pair (where AG helps DoReFa most).")
 flags.DEFINE_string("relu_arch", "resnet20", "sweep: the depth of the ReLU-after-sums arm.")
 flags.DEFINE_boolean("follow_up", False, "After the plan, add seeds up to 5 to the arms of every comparison "
-                     "of the table whose delta sits within 2 spreads, and train them.")
+                     "of the table that Welch's test cannot decide (p >= 0.05), and train them.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "cpu: the flags as given. gpu: the GPU twin at full scale: all "
                   "60 000 training images, the paper's 35-epoch schedule (lr / 10 at 25 and 30, SSP delta 0 at 20), "
                   "--budget_s=540 unless given, record docs/runs_gpu, results docs/results_gpu.md; needs a GPU. "
@@ -54,7 +59,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    from agq_keras.experiments import reproduce
+    from study import report, runner
 
     start = time.time()
     if FLAGS.scale == "gpu":
@@ -68,32 +73,38 @@ def main(argv):
             FLAGS.record = "docs/runs_gpu"
         if FLAGS["results"].using_default_value:
             FLAGS.results = "docs/results_gpu.md"
+    if FLAGS.table == "table6":
+        FLAGS.train_subset = 0 if FLAGS["train_subset"].using_default_value else FLAGS.train_subset
+        if FLAGS["record"].using_default_value:
+            FLAGS.record = "docs/runs_table6"
+        if FLAGS["results"].using_default_value:
+            FLAGS.results = "docs/results_table6.md"
     if FLAGS.budget_s < 0:
         raise ValueError(f"--budget_s={FLAGS.budget_s} must be >= 0 (0 = no limit).")
-    runs = reproduce.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
+    runs = runner.plan(FLAGS.table, FLAGS.seeds, FLAGS.deep_arch, lsq_arch=FLAGS.lsq_arch,
                           relu_arch=FLAGS.relu_arch, depths=FLAGS.depths)
-    reproduce.check_results_path(FLAGS.results)
+    report.check_results_path(FLAGS.results)
     record = FLAGS.record or None
     kwargs = dict(record=record, train_subset=FLAGS.train_subset, test_subset=FLAGS.test_subset,
                   epochs=FLAGS.epochs, verbose=FLAGS.verbose, data_dir=FLAGS.data_dir,
                   deadline=start + FLAGS.budget_s if FLAGS.budget_s else None)
     if not FLAGS.report_only:
-        runs = reproduce.select(runs, FLAGS.only)
-        status = reproduce.run_all(runs, FLAGS.workdir, **kwargs)
+        runs = runner.select(runs, FLAGS.only)
+        status = runner.run_all(runs, FLAGS.workdir, **kwargs)
         while FLAGS.follow_up and len(status) == len(runs) and "paused" not in status.values():
-            extra = reproduce.follow_up(runs, reproduce.load_results(record, FLAGS.workdir))
+            extra = runner.follow_up(runs, report.load_results(record, FLAGS.workdir))
             if not extra:
                 break
             runs += extra
-            status.update(reproduce.run_all(extra, FLAGS.workdir, **kwargs))
-    if not reproduce.load_results(record, FLAGS.workdir):
+            status.update(runner.run_all(extra, FLAGS.workdir, **kwargs))
+    if not report.load_results(record, FLAGS.workdir):
         print("no finished run yet: no report written")
         return 0
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not FLAGS.report_only and (len(status) < len(runs) or "paused" in status.values()):
         print(f"budget reached: {sum(v != 'paused' for v in status.values())} of {len(runs)} run(s) finished; run "
               "the same command again to continue")
-    out = reproduce.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record)
+    out = report.write_results(FLAGS.workdir, FLAGS.results, command=command, record=record)
     print(f"wrote {out['results']} and {out['png']}")
     return 0
 

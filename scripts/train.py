@@ -1,9 +1,9 @@
 """Train a config:
 
-    python scripts/train.py --config=agq_keras/configs/default.py --workdir=runs/default [--config.key=value ...]
+    python scripts/train.py --config=configs/default.py --workdir=runs/default [--config.key=value ...]
 
 ``--config`` is a config file's path, or the bare name of one of the package's configs (``default.py``,
-``fmnist.py:resnet20_plain_ag``: see agq_keras/configs/__init__.py), so an installed package runs from
+``fmnist.py:resnet20_plain_ag``: see configs/__init__.py), so an installed package runs from
 any folder. Writes f.keras, trainer.keras, metrics.json, convergence.png and TensorBoard logs
 (logs/) into the workdir; a killed run restarted with the same command resumes
 from workdir/backup.

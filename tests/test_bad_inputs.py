@@ -265,7 +265,7 @@ def test_run_rejects(tmp_path, files, case):
 def test_train_cli_rejects(tmp_path, files, case):
     overrides, workdir = _resolve(case, tmp_path, files)
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
-    result = script("train.py", "--config=agq_keras/configs/default.py", f"--workdir={workdir}",
+    result = script("train.py", "--config=configs/default.py", f"--workdir={workdir}",
                     "--config.train_subset=64", "--config.test_subset=64", *args)
     # The CLI names each config key as the flag the user typed: --config.KEY, where Python callers read config.KEY.
     assert_one_line_error(result, re.sub(r"(?<!-)config\\\.", r"--config\\.", TRAIN[case][1]))
@@ -286,22 +286,23 @@ def test_cli_names_config_keys_as_flags():
 
 def test_train_cli_unknown_key_is_a_flag_error(tmp_path):
     wd = tmp_path / "run"
-    result = script("train.py", "--config=agq_keras/configs/default.py", f"--workdir={wd}", "--config.nope=1")
+    result = script("train.py", "--config=configs/default.py", f"--workdir={wd}", "--config.nope=1")
     assert_one_line_error(result, r"unknown config key 'nope' \(--config\.nope=1\); allowed: the keys of", code=2)
     assert not wd.exists()
 
 
 CONFIG = {  # --config value: message pattern (exit 2: the flag is bad; nothing is written)
     "nope.py": r"config file 'nope\.py' \(--config=nope\.py\) not found: looked in the current directory \(.+\) "
-               r"and among the package's configs \(.+agq_keras.configs: default\.py, detection\.py, fmnist\.py, ",
-    "configs/default.py:x": r"config file 'configs/default\.py' \(--config=configs/default\.py:x\) not found: "
-                            r"looked at .+configs.default\.py; a bare file name is looked up among the package's",
+               r"and among the package's configs \(.+configs: default\.py, detection\.py, fmnist\.py, ",
+    "agq_keras/configs/default.py:x": r"config file 'agq_keras/configs/default\.py' \(--config=agq_keras/configs/"
+                                      r"default\.py:x\) not found: looked at .+agq_keras.configs.default\.py; a "
+                                      r"bare file name is looked up among the package's",
     "base.py": r"config file 'base\.py' \(--config=base\.py\) not found",  # the schema, not a config
     "fmnist.py:nope": r"flag --config=fmnist\.py:nope: ValueError: unknown variant 'nope'; allowed: resnet20_",
     "default.py:resnet20_plain_ag": r"flag --config=default\.py:resnet20_plain_ag: config file 'default\.py' has no "
                                     r"variants \(--config=default\.py:resnet20_plain_ag\); give --config=default\.py "
                                     r"alone\.$",
-    os.path.join(ROOT, "agq_keras", "configs"): r"config '.+configs' \(--config=.+configs\) is a folder; give a config "
+    os.path.join(ROOT, "configs"): r"config '.+configs' \(--config=.+configs\) is a folder; give a config "
                                                 r"file in it: default\.py, detection\.py, fmnist\.py, ",
 }
 

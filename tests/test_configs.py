@@ -12,7 +12,6 @@ from agq_keras.data import pipeline
 from agq_keras.experiments import run
 
 FILES = sorted(f[:-3] for f in os.listdir(configs.HERE) if f.endswith(".py") and f not in ("base.py", "__init__.py"))
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table6"]
 
 
 def load(name, variant=None):
@@ -21,8 +20,11 @@ def load(name, variant=None):
 
 
 def test_every_table_and_the_twins_exist():
-    assert set(TABLES + ["default", "fmnist"]) <= set(FILES)
+    assert {"default", "fmnist", "paper"} <= set(FILES)
     assert configs.names() == tuple(f"{f}.py" for f in FILES)
+    paper = importlib.import_module("agq_keras.configs.paper")
+    assert {t.split("_")[0] for t in paper.TABLES} == {f"table{i}" for i in range(1, 7)}
+    assert len(paper.VARIANTS) == len(set(paper.VARIANTS)) == sum(len(t["rows"]) for t in paper.TABLES.values())
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +34,7 @@ def test_resolve_paths_and_package_names(tmp_path, monkeypatch):
     """--config values: a path that exists is kept; a bare name not in the current folder is the package's."""
     fmnist = os.path.join(configs.HERE, "fmnist.py")
     monkeypatch.chdir(ROOT)  # the README's form, from a checkout
-    assert configs.resolve("agq_keras/configs/default.py") == "agq_keras/configs/default.py"
+    assert configs.resolve("configs/default.py") == "configs/default.py"
     assert configs.resolve(f"{fmnist}:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
     monkeypatch.chdir(tmp_path)  # any folder: the installed package's configs by name
     assert configs.resolve("fmnist.py:resnet20_plain_kd") == f"{fmnist}:resnet20_plain_kd"
@@ -77,14 +79,18 @@ def test_all_variants_load_and_validate(name):
 
 
 def test_paper_recipe_values():
-    c = load("table1", "resnet50_residual_ag_ssp")
+    c = load("paper", "table1/resnet50_residual_ag_ssp")
     assert (c.epochs, tuple(c.lr_decay_epochs), c.batch_size, c.optimizer, c.learning_rate) == (
         35, (25, 30), 256, "adam", 1e-3)
     assert (c.ssp, c.ssp_delta0, c.ssp_decay_epoch, c.aux, c.aux_lambda, c.plain) == (
         True, 0.5, 20, True, 1.0, False)
     assert c.pretrain_optimizer == "sgd" and c.pretrain_epochs > 0
-    assert load("table4").learning_rate == 5e-4  # binary
-    assert load("table3", "resnet18_plain_additional_losses").aux_alpha == 0.01
+    assert load("paper", "table4/groupnet18_residual_blockdrop").learning_rate == 5e-4  # binary
+    assert load("paper", "table4/groupnet18_residual_blockdrop").num_bases == 5
+    assert load("paper", "table3/resnet18_plain_additional_losses").aux_alpha == 0.01
+    t6 = load("paper", "table6/resnet18_plain_ag_ssp")
+    assert (t6.dataset, t6.stem, t6.batch_size, t6.w_bits, t6.plain, t6.aux, t6.ssp) == (
+        "cifar100", "cifar", 128, 2, True, True, True)
     d = load("default")
     assert (d.arch, d.plain, d.aux, d.w_bits, d.a_bits, d.dataset) == ("resnet20", True, True, 2, 2, "fashion_mnist")
 
@@ -122,22 +128,22 @@ def test_deeper_twins_build(arch):
 # same code for every config; it is stepped by the Fashion-MNIST twins above and by tests/test_ssp.py /
 # test_baselines.py / test_trainer.py. Tracing it for ResNet-50 with H, SSP or LQ-Net cost minutes and
 # several GB per config, which kept the README's test command over its time and memory budget.
-STEP_CASES = [("table1", "resnet50_residual_ag_ssp"), ("table1_lqnet", "resnet50_residual_ag_ssp"),
-              ("table1_bireal", "birealnet18_residual_ag_ssp"), ("table1_groupnet", "groupnet18_residual_ag"),
-              ("table2", "resnet34_plain_ag_ssp"), ("table2_lqnet", "resnet34_plain_ag"),
-              ("table3", "resnet18_plain_kd"), ("table3", "resnet34_residual_additional_losses"),
-              ("table4", "groupnet18_residual_blockdrop_wa"), ("table5", "resnet34_plain_layerwise"),
-              ("table6", "resnet18_plain_ag_ssp")]
+STEP_CASES = ["table1/resnet50_residual_ag_ssp", "table1_lqnet/resnet50_residual_ag_ssp",
+              "table1_bireal/birealnet18_residual_ag_ssp", "table1_groupnet/groupnet18_residual_ag",
+              "table2/resnet34_plain_ag_ssp", "table2_lqnet/resnet34_plain_ag",
+              "table3/resnet18_plain_kd", "table3/resnet34_residual_additional_losses",
+              "table4/groupnet18_residual_blockdrop_wa", "table5/resnet34_plain_layerwise",
+              "table6/resnet18_plain_ag_ssp"]
 
 
-def test_every_paper_config_file_is_checked():
-    paper = {f for f in FILES if f.startswith("table")}
-    assert paper == {name for name, _ in STEP_CASES}
+def test_every_paper_table_is_checked():
+    paper = importlib.import_module("agq_keras.configs.paper")
+    assert set(paper.TABLES) == {case.split("/")[0] for case in STEP_CASES}
 
 
-@pytest.mark.parametrize("name,variant", STEP_CASES)
-def test_paper_configs_build_and_run_on_mock_data(name, variant):
-    c = load(name, variant)
+@pytest.mark.parametrize("variant", STEP_CASES)
+def test_paper_configs_build_and_run_on_mock_data(variant):
+    c = load("paper", variant)
     with tfds.testing.mock_data(num_examples=4):
         ds, classes, shape = pipeline.make(c.dataset, "train", batch_size=2, image_size=64, data_dir="/nonexistent")
         x, y = next(iter(ds))
@@ -150,3 +156,34 @@ def test_paper_configs_build_and_run_on_mock_data(name, variant):
     assert np.isfinite(float(loss_f)) and (loss_h is None) == (t.h is None)
     assert loss_h is None or np.isfinite(float(loss_h))
     assert y_f.shape == (2, classes)
+
+
+def test_checkout_configs_are_the_top_level_folder():
+    """From a checkout (not installed), ``agq_keras.configs`` is the repository's ``configs/`` folder: one copy."""
+    assert os.path.dirname(configs.__file__) == os.path.join(ROOT, "configs") == configs.HERE
+    assert not os.path.exists(os.path.join(ROOT, "agq_keras", "configs"))
+
+
+def test_wheel_installs_the_configs_as_the_package_configs(tmp_path):
+    """setup.py's package-dir mapping: the wheel holds configs/*.py as agq_keras/configs/*.py, and no study,
+    scripts or tests. Built from a copy of the checkout (setuptools writes build/ and *.egg-info next to
+    setup.py); pip's own build, no network (no build isolation, no dependencies)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    for name in ("agq_keras", "configs", "scripts", "tests"):
+        shutil.copytree(os.path.join(ROOT, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                             "--no-index", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").iterdir()
+    names = zipfile.ZipFile(wheel).namelist()
+    want = {f"agq_keras/configs/{f}" for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
+    assert want and want <= set(names)
+    assert {n.split("/")[0] for n in names} == {"agq_keras", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -1,6 +1,7 @@
 """The package's imports run one way: no cycle among its modules, none among its top-level units.
 
-Every ``agq_keras/**/*.py`` is parsed with ``ast`` (nothing is imported); every import statement counts,
+Every ``agq_keras/**/*.py`` and ``configs/*.py`` (installed as ``agq_keras.configs``: setup.py's package-dir
+mapping) is parsed with ``ast`` (nothing is imported); every import statement counts,
 at module level or inside a function: ``import a.b``, ``from a import b``, relative imports. ``from pkg
 import name`` imports the submodule ``pkg.name`` when there is one, else ``pkg`` (its ``__init__``).
 The units are the root's children (``agq_keras.quantizers``, ``agq_keras.layers``, ``agq_keras.models``,
@@ -17,17 +18,21 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "agq_keras"
+# the package's folders: (folder in the repository, dotted name of its package) — setup.py's package_dir
+FOLDERS = ((PACKAGE, PACKAGE), ("configs", f"{PACKAGE}.configs"))
 
 
 def modules() -> dict[str, str]:
     """Dotted module name -> file path, for every ``.py`` of the package."""
     found = {}
-    for folder, dirs, files in os.walk(os.path.join(ROOT, PACKAGE)):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
-        rel = os.path.relpath(folder, ROOT).split(os.sep)
-        for f in sorted(files):
-            if f.endswith(".py"):
-                found[".".join(rel if f == "__init__.py" else rel + [f[:-3]])] = os.path.join(folder, f)
+    for top, dotted in FOLDERS:
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+            rel = dotted.split(".") + [p for p in os.path.relpath(folder, os.path.join(ROOT, top)).split(os.sep)
+                                       if p != "."]
+            for f in sorted(files):
+                if f.endswith(".py"):
+                    found[".".join(rel if f == "__init__.py" else rel + [f[:-3]])] = os.path.join(folder, f)
     return found
 
 
@@ -174,3 +179,13 @@ def test_training_knows_nothing_above_it():
     above = {"agq_keras.models", "agq_keras.auxiliary", "agq_keras.experiments", "agq_keras.configs"}
     assert not above & set(units["agq_keras.training"]), units["agq_keras.training"]
     assert "agq_keras.models" not in units["agq_keras.auxiliary"], units["agq_keras.auxiliary"]
+
+
+def test_the_library_never_imports_the_study():
+    """study/ (the paper study, not installed) sits above the library: it imports agq_keras, never the reverse."""
+    known = modules()
+    up = [f"{os.path.relpath(path, ROOT)}:{line}" for module, path in known.items()
+          for target, line in imported(module, path, known) if target.split(":")[0].split(".")[0] == "study"]
+    assert up == [], up
+    runner = imported("study.runner", os.path.join(ROOT, "study", "runner.py"), known)
+    assert any(t.startswith("agq_keras.experiments") for t, _ in runner)  # the other way round is seen

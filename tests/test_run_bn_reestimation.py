@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from agq_keras.configs import base, default, fmnist, table2
+from agq_keras.configs import base, default, fmnist, paper
 from agq_keras.data import pipeline
 from agq_keras.experiments import run
 from agq_keras.training.callbacks import reestimate_batch_norm
@@ -76,4 +76,4 @@ def test_defaults():
     assert default.get_config().bn_reestimation_batches == 0  # the README's default job is unchanged
     assert fmnist.get_config("resnet20_plain_ag").bn_reestimation_batches == 20  # the CPU recipe
     assert base.cpu_recipe(base.get_base_config()).bn_reestimation_batches == 20
-    assert table2.get_config(table2.VARIANTS[0]).bn_reestimation_batches == 0  # the paper's (ImageNet) recipe
+    assert paper.get_config("table2/resnet18_residual_base").bn_reestimation_batches == 0  # the paper's (ImageNet) recipe

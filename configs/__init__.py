@@ -2,7 +2,7 @@
 
 Every module here but :mod:`~agq_keras.configs.base` (the schema and the recipes) has a ``get_config()``,
 some ``get_config(variant)``. ``scripts/train.py --config=VALUE`` takes ``FILE[:VARIANT]``: FILE is a
-path (``agq_keras/configs/fmnist.py:resnet20_plain_ag``, or a config file of your own), or the bare name
+path (``configs/fmnist.py:resnet20_plain_ag``, or a config file of your own), or the bare name
 of one of these files (``default.py``, ``fmnist.py:resnet20_plain_ag``), looked up here when no such file
 exists in the current directory, so an installed package runs its configs from any folder.
 :func:`resolve` does the lookup (a folder is an error that lists its config files).
@@ -17,7 +17,7 @@ NOT_CONFIGS = ("__init__.py", "base.py")
 
 
 def names() -> tuple[str, ...]:
-    """The config files of the package: ``default.py``, ``fmnist.py``, ``table1.py``, ..."""
+    """The config files of the package: ``default.py``, ``fmnist.py``, ``paper.py``, ..."""
     return tuple(sorted(f for f in os.listdir(HERE) if f.endswith(".py") and f not in NOT_CONFIGS))
 
 
