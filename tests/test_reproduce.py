@@ -295,6 +295,7 @@ def test_end_to_end_tiny_resume_and_record(tmp_path):
     assert res.returncode == 1 and "deep_arch='resnet99'" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # trains three tiny runs across two calls (about 20 s)
 def test_deadline_pauses_at_an_epoch_end_and_the_next_call_resumes(tmp_path):
     """The GPU twin's 10-minute calls: a run whose next epoch would end after the deadline stops at an epoch
     end (its backup written, no metrics), the next call resumes it there, and its wall time adds up."""
