@@ -588,7 +588,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
     n = min(config.plot_images, len(test_x))
     if n:
-        shown = detection.predict(trainer.f, test_x[:n], anchors, num_classes, **kw)
+        shown = detection.detect_images(trainer.f, test_x[:n], anchors, num_classes, **kw)
         detection.draw_detections(test_x[:n], shown, os.path.join(workdir, "detections.png"),
                                   gt_boxes=test_boxes[:n], gt_labels=test_labels[:n], class_names=names,
                                   title=f"{config.arch} {config.w_bits}/{config.a_bits}-bit F "
