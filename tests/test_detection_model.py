@@ -19,7 +19,8 @@ from agq_keras.layers import AuxAdaptor, QConv2D
 from agq_keras.training.ssp import SSP
 from agq_keras.training.trainer import split_variables
 
-SMALL = dict(input_shape=(64, 64, 1), fpn_width=8, head_depth=1, anchors=det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0))
+SMALL = dict(input_shape=(64, 64, 1), fpn_width=8, head_depth=1,
+             anchors=det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0))
 
 
 def test_f_outputs_bits_and_fragments():

@@ -171,15 +171,15 @@ def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: in
                    anchors: AnchorSpec, class_names=None, fpn_width: int = 64, head_depth: int = 2,
                    aux_placement: str = "block", aux_lambda: float = 1.0, aux_relu: bool = False,
                    fpn_adaptors: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
-    """The detector F (``aux=False``, a functional `keras.Model` with one input and ``2 * len(levels)``
-    outputs, a :class:`~agq_keras.detection.detector.Detector` that carries ``anchors``, ``class_names`` and its input
-    size into ``f.keras`` and the TFLite file) or an :class:`~agq_keras.training.AGTrainer` of F and H
-    (``aux=True``). See the module docstring. ``anchors`` (required): the
-    :class:`~agq_keras.detection.boxes.AnchorSpec` F is trained with; ``class_names``: one string per class
-    (default ``"0", "1", ...``). ``first_last_bits`` None: 16, or 32 when ``w_bits == a_bits == 32``. ``quantizer``: the family of the
-    k-bit layers; the default ``"lsq"`` (per-channel learned weight steps, activation steps from the data) is the
-    recipe measured in docs/quantize.md (a two-stage 4-bit detector at the level of the float detector trained as
-    long); the detection configs keep ``"dorefa"``, the quantizer of their recorded tables."""
+    """The detector F (``aux=False``, a functional `keras.Model` with one input and ``2 * len(levels)`` outputs, a
+    :class:`~agq_keras.detection.detector.Detector` that carries ``anchors``, ``class_names`` and its input size
+    into ``f.keras`` and the TFLite file) or an :class:`~agq_keras.training.AGTrainer` of F and H (``aux=True``).
+    See the module docstring. ``anchors`` (required): the :class:`~agq_keras.detection.boxes.AnchorSpec` F is
+    trained with; ``class_names``: one string per class (default ``"0", "1", ...``). ``first_last_bits`` None: 16,
+    or 32 when ``w_bits == a_bits == 32``. ``quantizer``: the family of the k-bit layers; the default ``"lsq"``
+    (per-channel learned weight steps, activation steps from the data) is the recipe measured in docs/quantize.md (a
+    two-stage 4-bit detector at the level of the float detector trained as long); the detection configs keep
+    ``"dorefa"``, the quantizer of their recorded tables."""
     if arch not in RESNETS:
         raise ValueError(f"arch={arch!r} is not a detector backbone; allowed: {', '.join(RESNETS)}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:

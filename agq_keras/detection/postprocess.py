@@ -64,8 +64,8 @@ def detect_images(f, images, anchors, num_classes: int, *, batch_size: int = 32,
         raise ValueError(f"detect_images(): images must be a non-empty [N, H, W, C] array; got shape "
                          f"{images.shape}.")
     if images.dtype == np.uint8:
-        raise ValueError("detect_images(): images are uint8; the detector takes float32 pixels in [0, 1] as in training "
-                         "(pixels / 255: agq_keras.data.detection_twin.as_float).")
+        raise ValueError("detect_images(): images are uint8; the detector takes float32 pixels in [0, 1] as in "
+                         "training (pixels / 255: agq_keras.data.detection_twin.as_float).")
     results = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
