@@ -202,4 +202,6 @@ def test_tiny_detection_run_writes_outputs(tmp_path):
     assert saved["f"] == metrics["f"] and np.isfinite(saved["f"]["loss"])
     assert len(saved["history"]["loss"]) == 1 and "h_loss" in saved["history"]
     f = agq_keras.load_model(str(tmp_path / "f.keras"))
-    assert len(f.outputs) == 6
+    assert len(f.outputs) == 6  # and F carries the run's anchors and the twin's class names
+    assert f.anchor_spec == det.AnchorSpec(levels=tuple(c.levels), size_factor=c.anchor_size_factor)
+    assert f.class_names == tuple(dt.CLASS_NAMES)
