@@ -25,7 +25,7 @@ def test_anchor_level_by_hand():
 
 
 def test_anchor_count_order_and_sizes():
-    spec = det.AnchorSpec()  # the paper's: levels 3-5, 4 x stride, 3 scales, 3 ratios
+    spec = det.AnchorSpec(levels=(3, 4, 5), size_factor=4.0)  # the paper's: 4 x stride, 3 scales, 3 ratios
     a = spec.anchors((128, 128))
     assert spec.num_anchors == 9 and a.shape == ((16 * 16 + 8 * 8 + 4 * 4) * 9, 4)
     h, w = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
@@ -46,7 +46,18 @@ def test_anchor_count_order_and_sizes():
     (dict(size_factor=0), "size_factor")])
 def test_anchor_spec_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        det.AnchorSpec(**kwargs)
+        det.AnchorSpec(**{"levels": (3, 4, 5), "size_factor": 2.0, **kwargs})
+
+
+def test_anchor_spec_has_no_default_levels_or_size():
+    """No default to decode with by mistake (AnchorSpec() once meant size 4, where the configs train with 2)."""
+    for given in ({}, {"levels": (3, 4, 5)}, {"size_factor": 2.0}):
+        with pytest.raises(TypeError, match="required keyword-only argument"):
+            det.AnchorSpec(**given)
+    spec = det.AnchorSpec(levels=(3, 4), size_factor=3.0, ratios=(1.0,))
+    assert det.AnchorSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="needs levels and size_factor"):
+        det.AnchorSpec.from_dict({"levels": [3]})
 
 
 # -- box coding and IoU ----------------------------------------------------------------------------------------
@@ -106,7 +117,7 @@ def test_assign_thresholds_low_quality_and_padding():
 
 
 def test_assign_empty_image_is_all_background():
-    anchors = det.AnchorSpec().anchors((64, 64))
+    anchors = det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0).anchors((64, 64))
     cls, box = det.assign(anchors, np.zeros((4, 4), np.float32), -np.ones((4,), np.int32))
     assert (cls.numpy() == BACKGROUND).all() and (box.numpy() == 0).all()
 
@@ -213,9 +224,9 @@ def test_detect_bad_inputs():
     with pytest.raises(ValueError, match="score_threshold=1.5"):
         det.detect(outs, anchors, 1, (10, 10), score_threshold=1.5)
     with pytest.raises(ValueError, match="non-empty"):
-        det.predict(None, np.zeros((0, 8, 8, 1)), anchors, 1)
+        det.detect_images(None, np.zeros((0, 8, 8, 1)), anchors, 1)
     with pytest.raises(ValueError, match="images are uint8; the detector takes float32 pixels in \\[0, 1\\]"):
-        det.predict(None, np.zeros((2, 8, 8, 1), np.uint8), anchors, 1)
+        det.detect_images(None, np.zeros((2, 8, 8, 1), np.uint8), anchors, 1)
 
 
 # -- COCO evaluation -------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from agq_keras.layers import AuxAdaptor, QConv2D
 from agq_keras.training.ssp import SSP
 from agq_keras.training.trainer import split_variables
 
-SMALL = dict(input_shape=(64, 64, 1), fpn_width=8, head_depth=1, anchors=det.AnchorSpec(size_factor=2.0))
+SMALL = dict(input_shape=(64, 64, 1), fpn_width=8, head_depth=1,
+             anchors=det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0))
 
 
 def test_f_outputs_bits_and_fragments():
@@ -151,8 +152,8 @@ def test_round_trips(tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(arch="mobilenetv2"), "not a detector backbone; allowed: resnet18"),
-    (dict(anchors=det.AnchorSpec(levels=(1, 2))), "levels \\[1\\] have no backbone stage"),
-    (dict(anchors=det.AnchorSpec(levels=(3, 5))), "without a gap"),
+    (dict(anchors=det.AnchorSpec(levels=(1, 2), size_factor=2.0)), "levels \\[1\\] have no backbone stage"),
+    (dict(anchors=det.AnchorSpec(levels=(3, 5), size_factor=2.0)), "without a gap"),
     (dict(input_shape=(80, 80, 1)), "multiples of 32"),
     (dict(num_classes=0), "num_classes=0"), (dict(fpn_width=0), "fpn_width=0"),
     (dict(aux_placement="stage"), "aux_placement='stage'"), (dict(aux_lambda=-1.0), "aux_lambda=-1.0"),
@@ -201,4 +202,6 @@ def test_tiny_detection_run_writes_outputs(tmp_path):
     assert saved["f"] == metrics["f"] and np.isfinite(saved["f"]["loss"])
     assert len(saved["history"]["loss"]) == 1 and "h_loss" in saved["history"]
     f = agq_keras.load_model(str(tmp_path / "f.keras"))
-    assert len(f.outputs) == 6
+    assert len(f.outputs) == 6  # and F carries the run's anchors and the twin's class names
+    assert f.anchor_spec == det.AnchorSpec(levels=tuple(c.levels), size_factor=c.anchor_size_factor)
+    assert f.class_names == tuple(dt.CLASS_NAMES)

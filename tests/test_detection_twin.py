@@ -94,7 +94,7 @@ def test_pipeline_batches_padding_and_shuffle(twin):
 
 def test_targets_from_the_pipeline(twin):
     images, boxes, labels, counts = twin
-    spec = det.AnchorSpec(size_factor=2.0)
+    spec = det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0)
     anchors = spec.anchors((96, 96))
     ds = det.with_targets(dt.dataset(images[:4], boxes[:4], labels[:4], batch_size=4), anchors)
     _, y = next(iter(ds))

@@ -15,6 +15,7 @@ from agq_keras.quantizers import make_pair  # noqa: E402
 
 RNG = np.random.default_rng(0)
 IMAGES = np.round(RNG.random((40, 64, 64, 1)) * 255).astype("float32") / 255  # on the int8 input grid
+SPEC = det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def tiny_detector():
     from agq_keras.training.callbacks import reestimate_batch_norm
 
     keras.utils.set_random_seed(1)
-    f = det.build_detector("resnet20", num_classes=3, input_shape=(64, 64, 1), fpn_width=8, head_depth=1)
+    f = det.build_detector("resnet20", num_classes=3, input_shape=(64, 64, 1), fpn_width=8, head_depth=1,
+                           anchors=SPEC)
     reestimate_batch_norm(f, tf.data.Dataset.from_tensor_slices(IMAGES[:32]).batch(16), 2)
     data, plan, notes = export.convert(f, IMAGES[:32])
     return f, data, plan, notes
@@ -36,10 +38,14 @@ def test_detector_exports_every_output_in_order(tiny_detector):
     f, data, plan, _ = tiny_detector
     graph = plan.graph
     assert len(plan.outputs) == len(f.outputs) == 6
-    # F's output order (cls_p3..p5, box_p3..p5); each output is a later call of the shared prediction conv
-    assert graph.outputs == ["cls_predict", "cls_predict/call1", "cls_predict/call2", "box_predict",
-                             "box_predict/call1", "box_predict/call2"]
+    # F's output order and names (cls_p3..p5, box_p3..p5), each a call of the shared prediction conv
+    assert graph.outputs == f.output_names == ["cls_p3", "cls_p4", "cls_p5", "box_p3", "box_p4", "box_p5"]
+    assert [graph.producer(n).layer.split("+")[0] for n in graph.outputs] == ["cls_predict"] * 3 + ["box_predict"] * 3
     assert [plan.tensors[i].name for i in plan.outputs] == graph.outputs
+    runner = export.Runner(data, batch_size=2)  # the file's outputs read by those names, F's spec in its metadata
+    assert [d["name"] for d in runner.output_details] == f.output_names
+    assert det.detector.read_metadata(runner.metadata[det.detector.METADATA_NAME]) == (
+        f.anchor_spec, f.class_names, tuple(f.output_names))
     assert [plan.tensors[i].shape for i in plan.outputs] == [tuple(o.shape[1:]) for o in f.outputs]
     # a shared conv lowers once per call: unique tensors, each call its own weights (its own folded BatchNorm)
     convs = [op for op in graph.ops if op.layer.split("+")[0] == "cls_tower1_conv"]
@@ -89,8 +95,7 @@ def test_detector_verifies_per_output_under_reference_kernels(tiny_detector):
 def test_detector_ap_of_the_int8_model_next_to_keras(tiny_detector):
     pytest.importorskip("pycocotools")
     f, data, plan, _ = tiny_detector
-    spec = det.AnchorSpec()
-    anchors = spec.anchors((64, 64))
+    anchors = f.anchor_spec.anchors((64, 64))
     boxes = np.array([[[8, 8, 40, 40], [0, 0, 0, 0]]] * 4, np.float32)
     labels = np.array([[1, -1]] * 4, np.int32)
     report = export.verify_detector(data, f, IMAGES[32:36], boxes, labels, anchors, 3, runtimes=("reference",))

@@ -38,10 +38,12 @@ PAD_LABEL = -1  # a padding row of boxes/labels (no object)
 
 @dataclasses.dataclass(frozen=True)
 class AnchorSpec:
-    """The anchors of each level (see the module docstring)."""
+    """The anchors of each level (see the module docstring). ``levels`` and ``size_factor`` have no default:
+    they must be the ones F was trained with (the detection configs' ``levels`` and ``anchor_size_factor``), and a
+    detector F carries its own (:attr:`agq_keras.detection.Detector.anchor_spec`, saved in ``f.keras``)."""
 
-    levels: tuple = (3, 4, 5)
-    size_factor: float = 4.0
+    levels: tuple = dataclasses.field(kw_only=True)
+    size_factor: float = dataclasses.field(kw_only=True)
     scales: tuple = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     ratios: tuple = (0.5, 1.0, 2.0)
 
@@ -93,7 +95,17 @@ class AnchorSpec:
         return np.concatenate([self.level_anchors(l, g) for l, g in zip(self.levels, self.grid_sizes(image_size))])
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The spec as JSON-ready lists and numbers (:meth:`from_dict` reads it back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, config) -> "AnchorSpec":
+        """The spec of :meth:`to_dict` (e.g. from a saved F's config or a TFLite file's metadata)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(config, dict) or not {"levels", "size_factor"} <= set(config) or set(config) - fields:
+            raise ValueError(f"anchors={config!r} is not an AnchorSpec dict; it needs levels and size_factor "
+                             f"(allowed keys: {', '.join(sorted(fields))}).")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 DEFAULT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)

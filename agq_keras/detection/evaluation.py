@@ -14,7 +14,7 @@ import io
 import numpy as np
 
 from agq_keras.detection.boxes import PAD_LABEL, check_annotations
-from agq_keras.detection.postprocess import detect_outputs, predict
+from agq_keras.detection.postprocess import detect_images, detect_outputs
 
 
 def _coco():
@@ -81,9 +81,9 @@ def coco_ap(gt_boxes, gt_labels, detections, num_classes: int, image_size) -> di
 def evaluate(model, images, gt_boxes, gt_labels, anchors, num_classes: int, *, batch_size: int = 32,
              **detect_kwargs) -> dict:
     """:func:`coco_ap` of a detector (F, H, or anything that maps a batch of images to F's outputs) on
-    images with padded ground truth; decoding and NMS by :func:`~agq_keras.detection.postprocess.predict`."""
+    images with padded ground truth; decoding and NMS by :func:`~agq_keras.detection.postprocess.detect_images`."""
     images = np.asarray(images)
-    detections = predict(model, images, anchors, num_classes, batch_size=batch_size, **detect_kwargs)
+    detections = detect_images(model, images, anchors, num_classes, batch_size=batch_size, **detect_kwargs)
     return coco_ap(gt_boxes, gt_labels, detections, num_classes, images.shape[1:3])
 
 

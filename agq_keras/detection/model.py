@@ -45,6 +45,7 @@ import keras
 from agq_keras import quantizers
 from agq_keras.auxiliary import PLACEMENTS, Aggregator
 from agq_keras.detection.boxes import AnchorSpec
+from agq_keras.detection.detector import Detector, default_class_names
 from agq_keras.layers import AuxAdaptor, BNPersonality, QConv2D
 from agq_keras.models.builder import make_net
 from agq_keras.models.resnet import RESNETS
@@ -167,15 +168,18 @@ class RetinaNet:
 def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: int = 10,
                    input_shape=(128, 128, 1), quantizer: str = DEFAULT_FAMILY, w_bits: int = 4, a_bits: int = 4,
                    first_last_bits: int | None = None, stem: str | None = "imagenet", plain: bool = False,
-                   anchors: AnchorSpec | None = None, fpn_width: int = 64, head_depth: int = 2,
+                   anchors: AnchorSpec, class_names=None, fpn_width: int = 64, head_depth: int = 2,
                    aux_placement: str = "block", aux_lambda: float = 1.0, aux_relu: bool = False,
                    fpn_adaptors: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5):
-    """The detector F (``aux=False``, a functional `keras.Model` with one input and ``2 * len(levels)``
-    outputs) or an :class:`~agq_keras.training.AGTrainer` of F and H (``aux=True``). See the module
-    docstring. ``first_last_bits`` None: 16, or 32 when ``w_bits == a_bits == 32``. ``quantizer``: the family of the
-    k-bit layers; the default ``"lsq"`` (per-channel learned weight steps, activation steps from the data) is the
-    recipe measured in docs/quantize.md (a two-stage 4-bit detector at the level of the float detector trained as
-    long); the detection configs keep ``"dorefa"``, the quantizer of their recorded tables."""
+    """The detector F (``aux=False``, a functional `keras.Model` with one input and ``2 * len(levels)`` outputs, a
+    :class:`~agq_keras.detection.detector.Detector` that carries ``anchors``, ``class_names`` and its input size
+    into ``f.keras`` and the TFLite file) or an :class:`~agq_keras.training.AGTrainer` of F and H (``aux=True``).
+    See the module docstring. ``anchors`` (required): the :class:`~agq_keras.detection.boxes.AnchorSpec` F is
+    trained with; ``class_names``: one string per class (default ``"0", "1", ...``). ``first_last_bits`` None: 16,
+    or 32 when ``w_bits == a_bits == 32``. ``quantizer``: the family of the k-bit layers; the default ``"lsq"``
+    (per-channel learned weight steps, activation steps from the data) is the recipe measured in docs/quantize.md (a
+    two-stage 4-bit detector at the level of the float detector trained as long); the detection configs keep
+    ``"dorefa"``, the quantizer of their recorded tables."""
     if arch not in RESNETS:
         raise ValueError(f"arch={arch!r} is not a detector backbone; allowed: {', '.join(RESNETS)}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -185,7 +189,14 @@ def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: in
     if aux_placement not in PLACEMENTS:
         raise ValueError(f"aux_placement={aux_placement!r} is not supported; allowed: {', '.join(PLACEMENTS)}.")
     aux_lambda = check_lambda(aux_lambda)
-    anchors = anchors or AnchorSpec()
+    if not isinstance(anchors, AnchorSpec):
+        raise ValueError(f"anchors={anchors!r} must be an agq_keras.detection.AnchorSpec (levels and size_factor "
+                         "as the detector is trained and decoded with, e.g. AnchorSpec(levels=(3, 4, 5), "
+                         "size_factor=2.0) as in the detection configs).")
+    class_names = default_class_names(num_classes) if class_names is None else tuple(class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}; give one per "
+                         "class.")
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
         raise ValueError(f"input_shape={input_shape!r} must be (height, width, channels) with positive integers.")
@@ -199,8 +210,8 @@ def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: in
                     a_bits=a_bits, first_last_bits=first_last_bits, input_channels=shape[-1], stem=stem,
                     plain=plain, fpn_width=fpn_width, head_depth=head_depth)
     inputs = keras.Input(shape=shape, name="image")
-    f = keras.Model(inputs, net.forward(inputs, BNPersonality("", bn_momentum, bn_epsilon)),
-                    name=f"retinanet_{arch}")
+    f = Detector(inputs, net.forward(inputs, BNPersonality("", bn_momentum, bn_epsilon)), anchors=anchors,
+                 class_names=class_names, name=f"retinanet_{arch}")
     f.detector = net
     if not aux:
         return f

@@ -55,14 +55,17 @@ def detect_outputs(outputs, anchors, num_classes: int, image_size, *, batch_size
     return results
 
 
-def predict(f, images, anchors, num_classes: int, *, batch_size: int = 32, **kwargs):
-    """:func:`detect` over an array of images, in batches: lists per image of ``(boxes, scores, classes)``."""
+def detect_images(f, images, anchors, num_classes: int, *, batch_size: int = 32, **kwargs):
+    """:func:`detect` of a model (F, H, or anything that maps a batch to F's outputs) over an array of images
+    already at its input size, with the anchors given, in batches: lists per image of ``(boxes, scores,
+    classes)``. For raw images of any size and the anchors F carries: :func:`agq_keras.detection.predict`."""
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"predict(): images must be a non-empty [N, H, W, C] array; got shape {images.shape}.")
+        raise ValueError(f"detect_images(): images must be a non-empty [N, H, W, C] array; got shape "
+                         f"{images.shape}.")
     if images.dtype == np.uint8:
-        raise ValueError("predict(): images are uint8; the detector takes float32 pixels in [0, 1] as in training "
-                         "(pixels / 255: agq_keras.data.detection_twin.as_float).")
+        raise ValueError("detect_images(): images are uint8; the detector takes float32 pixels in [0, 1] as in "
+                         "training (pixels / 255: agq_keras.data.detection_twin.as_float).")
     results = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]

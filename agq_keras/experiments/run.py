@@ -557,7 +557,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     trainer = detection.build_detector(
         config.arch, aux=bool(config.aux), num_classes=num_classes, input_shape=(*image_size, test_x.shape[-1]),
         quantizer=config.quantizer, w_bits=config.w_bits, a_bits=config.a_bits, first_last_bits=first_last,
-        stem=config.stem or None, plain=config.plain, anchors=spec, fpn_width=config.fpn_width,
+        stem=config.stem or None, plain=config.plain, anchors=spec, class_names=names, fpn_width=config.fpn_width,
         head_depth=config.head_depth, aux_placement=config.aux_placement, aux_lambda=config.aux_lambda,
         aux_relu=bool(config.get("aux_relu", False)), fpn_adaptors=config.fpn_adaptors,
         bn_momentum=config.bn_momentum)
@@ -588,7 +588,7 @@ def run_detection(config, workdir: str, extra_callbacks=()) -> dict:
     saving.write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, default=_jsonable))
     n = min(config.plot_images, len(test_x))
     if n:
-        shown = detection.predict(trainer.f, test_x[:n], anchors, num_classes, **kw)
+        shown = detection.detect_images(trainer.f, test_x[:n], anchors, num_classes, **kw)
         detection.draw_detections(test_x[:n], shown, os.path.join(workdir, "detections.png"),
                                   gt_boxes=test_boxes[:n], gt_labels=test_labels[:n], class_names=names,
                                   title=f"{config.arch} {config.w_bits}/{config.a_bits}-bit F "

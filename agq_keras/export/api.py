@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from agq_keras.export import calibrate as calibrate_lib
-from agq_keras.export import flatbuffer, lower, plan as plan_lib
+from agq_keras.export import flatbuffer, lower, metadata, plan as plan_lib
 
 
 def resolve_model(model):
@@ -92,6 +92,10 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
         weights (half the bytes; TFLite's builtin kernels and TensorFlow Lite Micro run them, XNNPACK
         runs those convs on the builtin kernels; no Edge TPU).
 
+    A model that offers ``tflite_metadata()`` (a detector F: its anchors, class names and output names) gets
+    those entries in the file's metadata (:mod:`agq_keras.export.metadata`), where ``export.Runner`` and
+    :func:`agq_keras.detection.predict` read them.
+
     The returned :class:`~agq_keras.export.plan.Plan` holds every decision (``plan.layers``,
     ``plan.tensors``) and the lowered graph (``plan.graph``).
     """
@@ -147,6 +151,8 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
                      "weights only for FULLY_CONNECTED, so these convs run on TFLite's builtin kernels under it "
                      "(slower than int8 under XNNPACK); TFLite Micro and the builtin kernels run them as they are. "
                      "The Edge TPU takes int8 weights only.")
+    offered = getattr(f, "tflite_metadata", None)  # a detector's anchors, class names and output names
+    data = metadata.add(data, offered() if callable(offered) else {})
     return data, frozen, notes + list(frozen.notes) + input_notes(frozen, images)
 
 def input_notes(plan, images) -> list:

@@ -25,9 +25,10 @@ Which Keras layers lower, and with which options, is :mod:`agq_keras.lowerable` 
 the logits it reads (same argmax), and a note says so (:func:`agq_keras.lowerable.softmax_head`).
 
 A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them
-in F's output order (:attr:`Graph.outputs`). A layer called several times (a detector's head convs,
-shared by the pyramid levels) lowers once per call; call ``n > 0`` names its tensor
-``<layer>/call<n>``, and each call holds its own weights (each call folds its own BatchNorm).
+in F's output order (:attr:`Graph.outputs`); an output that is a linear ``Activation`` names the tensor it
+passes on (a detector's outputs are ``cls_p3``, ..., ``box_p5``, as F's ``output_names``). A layer called
+several times (a detector's head convs, shared by the pyramid levels) lowers once per call; call ``n > 0``
+names its tensor ``<layer>/call<n>``, and each call holds its own weights (each call folds its own BatchNorm).
 
 Weights are held as integer ``codes`` and a positive per-output-channel
 ``steps`` vector (real weight = codes * steps). A BatchNorm directly after a
@@ -313,9 +314,27 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
             else:  # a layer lowerable.LAYERS lists without a branch here
                 raise unsupported(layer, "no integer TFLite lowering for this layer")
     graph.outputs = [value[ref] for ref in out_refs]
+    _name_outputs(graph, [ref[0] if type(model.get_layer(ref[0])).__name__ == "Activation" else None
+                          for ref in out_refs])
     graph.notes = list(dict.fromkeys(graph.notes))  # a shared layer's calls repeat its notes: once each
     _resolve_grids(graph)
     return graph
+
+
+def _name_outputs(graph: Graph, names: list) -> None:
+    """Output ``i`` takes ``names[i]`` (a linear ``Activation`` output's own name: a detector's ``cls_p3``, not
+    its shared prediction conv's ``cls_predict/call1``) where one is given and free, so that the file's outputs
+    read as F's ``output_names``."""
+    for i, (old, new) in enumerate(zip(graph.outputs, names)):
+        if new is None or old == new or new in graph.tensors or graph.outputs.count(old) > 1:
+            continue
+        tensor = graph.tensors.pop(old)
+        tensor.name = new
+        graph.tensors[new] = tensor
+        for op in graph.ops:
+            op.inputs = [new if n == old else n for n in op.inputs]
+            op.output = new if op.output == old else op.output
+        graph.outputs[i] = new
 
 
 def _upsampling_factor(layer) -> tuple:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
+from agq_keras.export import metadata
 from agq_keras.export.flatbuffer import schema, unpack_int4  # one home for the schema bindings
 from agq_keras.lowerable import softmax_head
 
@@ -42,8 +44,14 @@ class Runner:
     list of arrays in the model's output order (:meth:`outputs`).
     """
 
-    def __init__(self, model_bytes: bytes, batch_size: int = 250, kernels: str = "builtin", preserve: bool = False):
-        """``preserve=True`` keeps every intermediate tensor readable (:meth:`tensor`), slower."""
+    def __init__(self, model_bytes, batch_size: int = 250, kernels: str = "builtin", preserve: bool = False):
+        """``model_bytes``: the file's bytes or its path. ``preserve=True`` keeps every intermediate tensor
+        readable (:meth:`tensor`), slower. ``metadata``: the file's named metadata entries (a detector's
+        anchors: :func:`agq_keras.detection.predict` reads them)."""
+        if isinstance(model_bytes, (str, os.PathLike)):
+            with open(model_bytes, "rb") as fh:
+                model_bytes = fh.read()
+        self.metadata = metadata.read(model_bytes)
         self.interpreter = _interpreter(model_bytes, kernels, preserve)
         self.tensors = {d["name"]: d["index"] for d in self.interpreter.get_tensor_details()}
         self.batch_size = batch_size
@@ -113,6 +121,7 @@ class MicroRunner(Runner):
             raise ImportError("Running on TensorFlow Lite Micro needs the `tflite-micro` package "
                               "(pip install tflite-micro)") from err
         self.interpreter = runtime.Interpreter.from_bytes(model_bytes, arena_size=arena_size)
+        self.metadata = metadata.read(model_bytes)
         self.batch_size = 1
 
         def details(d):  # LiteRT's layout: dtype and (scale, zero point)
