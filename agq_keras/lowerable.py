@@ -26,11 +26,18 @@ from agq_keras.quantizers import Quantizer
 
 # the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
 FUSABLE = {"relu": None, "relu6": 6.0}
-_WEIGHTED = ("QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense")
-LAYERS = ("InputLayer",) + _WEIGHTED + (
-    "BatchNormalization", "ReLU", "Activation", "Softmax", "Add", "GlobalAveragePooling2D",
-    "QGlobalAveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "UpSampling2D", "Dropout",
-    "Flatten", "Reshape", "FixedStep")
+# The one list of the Keras layers the exporter lowers: class name -> the op kind it lowers to (an entry of
+# agq_keras.export.ops.KINDS) or the role of a layer that writes no op of its own (export.ops.ROLES).
+# agq_keras.export.lower dispatches on it; this module imports nothing of the exporter, so quantize() reads it.
+LAYERS = {
+    "InputLayer": "input",
+    "QConv2D": "conv", "Conv2D": "conv", "QDepthwiseConv2D": "dwconv", "DepthwiseConv2D": "dwconv",
+    "QDense": "dense", "Dense": "dense",
+    "BatchNormalization": "batchnorm", "ReLU": "relu", "Activation": "relu", "Softmax": "softmax", "Add": "add",
+    "GlobalAveragePooling2D": "mean", "QGlobalAveragePooling2D": "exact_mean", "MaxPooling2D": "maxpool",
+    "GlobalMaxPooling2D": "global_maxpool", "ZeroPadding2D": "pad", "UpSampling2D": "resize", "Dropout": "identity",
+    "Flatten": "reshape", "Reshape": "reshape", "FixedStep": "stream"}
+_WEIGHTED = tuple(cls for cls, kind in LAYERS.items() if kind in ("conv", "dwconv", "dense"))
 
 
 def _activation(config: dict) -> str:
@@ -51,7 +58,7 @@ def problem(layer, at_output: bool = False) -> str:
     if isinstance(layer, Quantizer):  # a standalone quantizer (a stream's, the logits'): the exporter reads its grid
         return ""
     if cls not in LAYERS:
-        return f"no integer TFLite lowering for {cls} (lowered: {', '.join(LAYERS[1:])})"
+        return f"no integer TFLite lowering for {cls} (lowered: {', '.join(list(LAYERS)[1:])})"
     cfg = layer.get_config()
     if cfg.get("data_format", "channels_last") != "channels_last":
         return "only channels_last is supported"
