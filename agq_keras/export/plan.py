@@ -112,10 +112,11 @@ def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
     """Per conv/dense op: int codes (F's grid codes, or the closest int8 form of F's weights), the
     input repeats they need and the widened codes (:func:`intmath.widen`). With ``weights="packed"``
     the convs of k <= 4-bit grids that read a grid tensor keep their codes within +-7 (INT4, no input
-    repeats). Returns (forms, notes)."""
-    forms, notes = {}, []
+    repeats). Returns ``{op output: WeightForm}``, computed once per export: calibration runs the graph with
+    these weights and :func:`make_plan` stores them (on copies: its residual-stream decisions re-express them)."""
+    forms = {}
     for op in graph.ops:
-        if op.kind not in ("conv", "dwconv", "dense"):
+        if not ops.KINDS[op.kind].kernel:
             continue
         # Wide (repeated-input) weights only pay where the input itself is exact (the model input or a
         # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing. A
@@ -128,16 +129,21 @@ def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
         packed = (weights == "packed" and op.kind == "conv" and exact and op.weight_bits <= 4 and src.grid is not None
                   and int(np.abs(codes).max(initial=0)) <= intmath.INT4_MAX)
         if not exact or int(np.abs(codes).max(initial=0)) > 127 * replicas:
-            if exact:
+            if exact:  # make_plan notes it (form_notes)
                 exact = False
                 note = f"grid needs codes beyond ±{127 * replicas}; re-quantized to int8 (closest)"
-                notes.append(f"{op.layer}: {note}")
             codes, steps = intmath.fallback_codes(float_weights, replicas)
         used = 1 if packed else max(1, -(-int(np.abs(codes).max(initial=0)) // 127))
         codes, steps = intmath.widen(codes, steps, used, intmath.INT4_MAX if packed else 127)
         forms[op.output] = WeightForm(codes, steps, used, exact, note + ("; packed INT4" if packed else ""),
                                       float_weights, packed)
-    return forms, notes
+    return forms
+
+
+def form_notes(graph: Graph, forms: dict) -> list:
+    """A note per op whose exact grid codes were too wide for its input repeats (:func:`weight_forms`)."""
+    return [f"{op.layer}: {forms[op.output].note}" for op in graph.ops
+            if op.output in forms and op.exact_weights and not forms[op.output].exact]
 
 
 # -- activation scales ---------------------------------------------------------------------------
@@ -318,7 +324,7 @@ def exact_pools(graph: Graph) -> dict:
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits=None,
               head_bits: int = 8, output_bits=None, weights: str = "int8",
-              description: str = "agq_keras export") -> Plan:
+              description: str = "agq_keras export", forms: Optional[dict] = None) -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
@@ -329,7 +335,9 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
     int16 (symmetric, 1.5x the calibrated range): int8 logits cannot order two classes closer than one
     output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU); None (the default) is 8
-    for a graph with one output and 16 for several (a detector's heads, read as values by its decoding)."""
+    for a graph with one output and 16 for several (a detector's heads, read as values by its decoding).
+    ``forms``: the :func:`weight_forms` of ``graph`` for ``max_replicas`` and ``weights`` (int8 mode) that the
+    calibration ran with (computed here when None); they are copied, not changed."""
     check_options(mode, residual_bits, head_bits, max_replicas, output_bits, weights)
     if output_bits is None:
         output_bits = 16 if len(graph.outputs) > 1 else 8
@@ -339,7 +347,10 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     if residual_bits is None:  # F's own stream: the tensors its ADDs read and write
         residual_bits = 8 if any(graph.tensors[n].stream_grid is not None and graph.tensors[n].stream_grid[1] <= 127
                                  for op in graph.ops if op.kind == "add" for n in op.inputs + [op.output]) else 16
-    forms, notes = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
+    if forms is None:
+        forms = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
+    forms = {name: dataclasses.replace(form) for name, form in forms.items()}  # stream_grids re-express them
+    notes = form_notes(graph, forms)
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
     if mode == "int8" and output_bits == 16:
@@ -448,7 +459,7 @@ class _Planner:
         a unit (which put the int16 stream of keras.applications MobileNetV2's project convs off by up to
         ~900 of its steps, docs/export.md). 1: no widening (an exact output, an int16 input, float32)."""
         src = self.acts[op.inputs[0]]
-        if self.mode != "int8" or op.kind not in ("conv", "dwconv", "dense") or not out.int16 or src.int16 \
+        if self.mode != "int8" or not ops.KINDS[op.kind].kernel or not out.int16 or src.int16 \
                 or src.sign or out.grid is not None or out.stream_scale is not None or out.sign:
             return 1
         if src.grid is not None:
