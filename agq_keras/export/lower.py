@@ -1,5 +1,5 @@
 """Lowering of a functional Keras F to a small integer-friendly graph (IR): the first stage of the
-export pipeline (lower -> :mod:`calibrate` -> :mod:`plan` -> :mod:`flatbuffer`).
+export pipeline (lower -> :mod:`calibrate` -> :mod:`plan` -> :mod:`layout` -> :mod:`flatbuffer`).
 
 Lowering reads what F computes and decides nothing about the integer form: weights stay F's codes
 and steps (or F's float weights), BatchNorms are folded, and each tensor records the grid F puts
@@ -20,8 +20,9 @@ The IR's op kinds, each a TFLite builtin with an int8 kernel:
   ``reshape``)
 * ``reshape`` -> RESHAPE (Flatten, Reshape, and GlobalMaxPooling2D's: the input's own scale and zero point)
 
-Which Keras layers lower, and with which options, is :mod:`agq_keras.lowerable` (the list
-:func:`agq_keras.quantize` checks up front). A softmax ending the model is not lowered: the file's output is
+Which Keras layers lower, to which op kind, and with which options, is :data:`agq_keras.lowerable.LAYERS`
+(the list :func:`agq_keras.quantize` checks up front); :func:`lower` dispatches on it (one rule per kind or
+role, ``_RULES``), and :data:`agq_keras.export.ops.KINDS` says how each op kind calibrates and is written. A softmax ending the model is not lowered: the file's output is
 the logits it reads (same argmax), and a note says so (:func:`agq_keras.lowerable.softmax_head`).
 
 A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them

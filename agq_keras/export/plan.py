@@ -1,11 +1,15 @@
 """The quantization plan: every integer decision of the export, frozen before anything is written.
 
-Third stage of the pipeline (lower -> calibrate -> **plan** -> flatbuffer). :func:`make_plan` takes
-the lowered graph (never changed) and the calibrated ranges, and returns a :class:`Plan`: the
-TFLite tensors in order, each with its one quantization record (:class:`QuantParams`: scales, zero
-points, axis) and its constant data, the operators with their options, and a :class:`LayerRecord`
-per weighted op (replicas, threshold ranks and margins, sign gain) for the verify report. The
-serializer (:mod:`agq_keras.export.flatbuffer`) only encodes it.
+Third stage of the pipeline (lower -> calibrate -> **plan** -> layout -> flatbuffer). :func:`make_plan`
+takes the lowered graph (never changed), the calibrated ranges and the weight forms the calibration ran
+with (:func:`weight_forms`), and decides: each tensor's type, scale and zero point, each weighted op's
+codes, steps, bias, multiplier and input repeats, the int16 tensors and their QUANTIZE copies. It writes
+each decision through a :class:`~agq_keras.export.layout.Layout`, which records the TFLite tensors
+(:class:`~agq_keras.export.layout.TensorRecord` with its one
+:class:`~agq_keras.export.layout.QuantParams`) and operators (builtin, version, options, constant operands,
+filter layout, input repeats) and decides nothing; the returned :class:`Plan` holds them, the lowered graph
+and a :class:`LayerRecord` per weighted op (replicas, threshold ranks and margins, sign gain) for the verify
+report. The serializer (:mod:`agq_keras.export.flatbuffer`) only encodes it.
 
 ``int8`` mode: int8 input/output and activations, int8 weights (per output channel, zero point 0),
 int32 biases at scale ``s_in * s_w``. ``float32`` mode plans the same graph in float (the exact
@@ -20,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from agq_keras.export import intmath, ops
-from agq_keras.export.layout import Layout, OpRecord, QuantParams, TensorRecord, filter_layout, frozen  # noqa: F401
+from agq_keras.export.layout import Layout, TensorRecord, filter_layout, frozen
 from agq_keras.export.lower import Graph, Op
 
 MODES = ("int8", "float32")
