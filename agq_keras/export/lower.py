@@ -22,8 +22,9 @@ The IR's op kinds, each a TFLite builtin with an int8 kernel:
 
 Which Keras layers lower, to which op kind, and with which options, is :data:`agq_keras.lowerable.LAYERS`
 (the list :func:`agq_keras.quantize` checks up front); :func:`lower` dispatches on it (one rule per kind or
-role, ``_RULES``), and :data:`agq_keras.export.ops.KINDS` says how each op kind calibrates and is written. A softmax ending the model is not lowered: the file's output is
-the logits it reads (same argmax), and a note says so (:func:`agq_keras.lowerable.softmax_head`).
+role, ``_RULES``), and :data:`agq_keras.export.ops.KINDS` says how each op kind calibrates and is written.
+A softmax ending the model is not lowered: the file's output is the logits it reads (same argmax), and a
+note says so (:func:`agq_keras.lowerable.softmax_head`).
 
 A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them
 in F's output order (:attr:`Graph.outputs`). A layer called several times (a detector's head convs,
@@ -64,9 +65,6 @@ from agq_keras.export import ops
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
 from agq_keras.lowerable import FUSABLE, LAYERS, problem, softmax_head
 from agq_keras.structure import history_refs
-
-# ops whose output keeps the input's scale and zero point (and grid): the values move, none changes
-PASS_THROUGH = ops.kinds(pass_through=True)
 
 
 @dataclasses.dataclass
@@ -214,7 +212,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 raise unsupported(layer, why)
             srcs = [value[r] for r in history_refs(node)]
             src = graph.tensors[srcs[0]]
-            if cls == "Add":
+            if len(srcs) > 1:  # an Add (the one multi-input layer lowerable.problem lets through): its inputs' shape
                 out_shape = src.shape
             else:
                 out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]

@@ -130,8 +130,3 @@ POOL_AS_DWCONV = OpKind("DEPTHWISE_CONV_2D", _affine, _pointwise_options, weight
 _unknown = sorted(set(LAYERS.values()) - set(KINDS) - set(ROLES))
 if _unknown:  # a Keras layer lowerable.LAYERS maps to a kind this registry lacks
     raise ImportError(f"agq_keras.lowerable.LAYERS names op kinds with no entry in export.ops.KINDS: {_unknown}")
-
-
-def kinds(**flags) -> tuple:
-    """The op kinds whose entries have all of ``flags`` (e.g. ``kinds(pass_through=True)``)."""
-    return tuple(name for name, kind in KINDS.items() if all(getattr(kind, f) == v for f, v in flags.items()))
