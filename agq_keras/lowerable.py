@@ -26,11 +26,18 @@ from agq_keras.quantizers import Quantizer
 
 # the activations a conv, dense or BatchNorm can fuse: name -> the ReLU's cap (None: plain ReLU)
 FUSABLE = {"relu": None, "relu6": 6.0}
-_WEIGHTED = ("QConv2D", "Conv2D", "QDepthwiseConv2D", "DepthwiseConv2D", "QDense", "Dense")
-LAYERS = ("InputLayer",) + _WEIGHTED + (
-    "BatchNormalization", "ReLU", "Activation", "Softmax", "Add", "GlobalAveragePooling2D",
-    "QGlobalAveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D", "ZeroPadding2D", "UpSampling2D", "Dropout",
-    "Flatten", "Reshape", "FixedStep")
+# The one list of the Keras layers the exporter lowers: class name -> the op kind it lowers to (an entry of
+# agq_keras.export.ops.KINDS) or the role of a layer that writes no op of its own (export.ops.ROLES).
+# agq_keras.export.lower dispatches on it; this module imports nothing of the exporter, so quantize() reads it.
+LAYERS = {
+    "InputLayer": "input",
+    "QConv2D": "conv", "Conv2D": "conv", "QDepthwiseConv2D": "dwconv", "DepthwiseConv2D": "dwconv",
+    "QDense": "dense", "Dense": "dense",
+    "BatchNormalization": "batchnorm", "ReLU": "relu", "Activation": "relu", "Softmax": "softmax", "Add": "add",
+    "GlobalAveragePooling2D": "mean", "QGlobalAveragePooling2D": "exact_mean", "MaxPooling2D": "maxpool",
+    "GlobalMaxPooling2D": "global_maxpool", "ZeroPadding2D": "pad", "UpSampling2D": "resize", "Dropout": "identity",
+    "Flatten": "reshape", "Reshape": "reshape", "FixedStep": "stream"}
+_WEIGHTED = tuple(cls for cls, kind in LAYERS.items() if kind in ("conv", "dwconv", "dense"))
 
 
 def _activation(config: dict) -> str:
@@ -45,44 +52,58 @@ def is_softmax(layer) -> bool:
     return cls == "Softmax" or (cls == "Activation" and _activation(layer.get_config()) == "softmax")
 
 
+_ALLOWED = f"allowed: linear, {', '.join(FUSABLE)}; softmax only as the model's last layer"
+
+
+def _weighted_problem(layer, cfg: dict, at_output: bool) -> str:
+    act, cls = _activation(cfg), type(layer).__name__
+    if act == "softmax" and at_output and LAYERS[cls] == "dense":
+        return ("a Dense with a fused softmax: give the softmax its own layer, Dense(activation=None) then "
+                "Activation('softmax') (agq_keras.quantize() does this)")
+    if act != "linear" and act not in FUSABLE:
+        return f"activation {act!r} ({_ALLOWED})"
+    if LAYERS[cls] != "dense" and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1):
+        return "dilated or grouped convolutions are not supported"
+    return ""
+
+
+def _activation_problem(layer, cfg: dict, at_output: bool) -> str:
+    act = _activation(cfg)
+    if act == "softmax" and not at_output:
+        return f"activation 'softmax' ({_ALLOWED})"
+    if act not in ("linear", "softmax") and act not in FUSABLE:
+        return f"activation {act!r} ({_ALLOWED})"
+    return ""
+
+
+# per Keras class, what of its config the exporter cannot lower ("" when it can)
+_PROBLEMS = {
+    "Activation": _activation_problem,
+    "Softmax": lambda layer, cfg, at_output: "" if at_output else f"a Softmax layer ({_ALLOWED})",
+    "ReLU": lambda layer, cfg, at_output: "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, "
+    "threshold)" if cfg.get("negative_slope") or cfg.get("threshold") or cfg.get("max_value") not in (None, 6.0)
+    else "",
+    "GlobalAveragePooling2D": lambda layer, cfg, at_output: "only keepdims=False" if cfg.get("keepdims") else "",
+    "UpSampling2D": lambda layer, cfg, at_output: "" if cfg.get("interpolation", "nearest") == "nearest" else
+    f"interpolation={cfg['interpolation']!r} (allowed: 'nearest', which repeats values exactly)",
+    "Add": lambda layer, cfg, at_output: "" if len(_inputs(layer)) in (0, 2) else
+    f"Add of {len(_inputs(layer))} inputs (allowed: 2)",
+    **{cls: _weighted_problem for cls in _WEIGHTED},
+}
+
+
 def problem(layer, at_output: bool = False) -> str:
     """Why the exporter cannot lower ``layer`` (``at_output``: its output is a model output), or ``""``."""
     cls = type(layer).__name__
     if isinstance(layer, Quantizer):  # a standalone quantizer (a stream's, the logits'): the exporter reads its grid
         return ""
     if cls not in LAYERS:
-        return f"no integer TFLite lowering for {cls} (lowered: {', '.join(LAYERS[1:])})"
+        return f"no integer TFLite lowering for {cls} (lowered: {', '.join(list(LAYERS)[1:])})"
     cfg = layer.get_config()
     if cfg.get("data_format", "channels_last") != "channels_last":
         return "only channels_last is supported"
-    allowed = f"allowed: linear, {', '.join(FUSABLE)}; softmax only as the model's last layer"
-    if cls in _WEIGHTED:
-        act = _activation(cfg)
-        if act == "softmax" and at_output and cls in ("Dense", "QDense"):
-            return ("a Dense with a fused softmax: give the softmax its own layer, Dense(activation=None) then "
-                    "Activation('softmax') (agq_keras.quantize() does this)")
-        if act != "linear" and act not in FUSABLE:
-            return f"activation {act!r} ({allowed})"
-        if "Conv" in cls and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1):
-            return "dilated or grouped convolutions are not supported"
-    elif cls == "Activation":
-        act = _activation(cfg)
-        if act == "softmax" and not at_output:
-            return f"activation 'softmax' ({allowed})"
-        if act not in ("linear", "softmax") and act not in FUSABLE:
-            return f"activation {act!r} ({allowed})"
-    elif cls == "Softmax" and not at_output:
-        return f"a Softmax layer ({allowed})"
-    elif cls == "ReLU" and (cfg.get("negative_slope") or cfg.get("threshold") or
-                            cfg.get("max_value") not in (None, 6.0)):
-        return "only ReLU and ReLU(max_value=6) (no other max_value, negative_slope, threshold)"
-    elif cls == "GlobalAveragePooling2D" and cfg.get("keepdims"):
-        return "only keepdims=False"
-    elif cls == "UpSampling2D" and cfg.get("interpolation", "nearest") != "nearest":
-        return f"interpolation={cfg['interpolation']!r} (allowed: 'nearest', which repeats values exactly)"
-    elif cls == "Add" and len(_inputs(layer)) not in (0, 2):
-        return f"Add of {len(_inputs(layer))} inputs (allowed: 2)"
-    return ""
+    check = _PROBLEMS.get(cls)
+    return check(layer, cfg, at_output) if check else ""
 
 
 def _inputs(layer) -> list:

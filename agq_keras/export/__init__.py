@@ -2,7 +2,8 @@
 
 The pipeline: :mod:`lower` (Keras F -> graph) -> :mod:`calibrate` (observed ranges) -> :mod:`plan`
 (every scale, zero point, code, multiplier and bias, frozen; integer arithmetic in :mod:`intmath`)
--> :mod:`flatbuffer` (bytes).
+-> :mod:`layout` (TFLite tensors and operators: versions, options, input repeats) -> :mod:`flatbuffer`
+(bytes). Each op kind of the graph is one entry of :data:`ops.KINDS` (how it calibrates and is written).
 
 >>> from agq_keras import export
 >>> data, plan, notes = export.convert(f, images[:500])            # full-int8 flatbuffer bytes

@@ -114,22 +114,27 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
                      "range is set for those values as they are; an F trained on scaled images (e.g. pixels / 255) "
                      "needs them scaled the same way.")
 
-    def export(replicas, export_mode):
+    def export(replicas):
+        """The pipeline, once: lower, the weight forms, calibrate with them, plan, serialize; returns what
+        the float32 twin reuses too (its weights are F's float ones: no second calibration)."""
         graph = lower.lower(f, max_replicas=replicas)
-        ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, max_replicas=replicas,
-                                         weights=weights)
-        frozen = plan_lib.make_plan(graph, ranges, mode=export_mode, max_replicas=replicas,
-                                    residual_bits=residual_bits, head_bits=head_bits, output_bits=output_bits,
-                                    weights=weights,
-                                    description=f"agq_keras {export_mode} export of {f.name}")
-        return flatbuffer.to_bytes(frozen), frozen
+        forms = plan_lib.weight_forms(graph, replicas, weights if mode == "int8" else "int8")
+        ranges = calibrate_lib.calibrate(graph, images, output_range=output_range, forms=forms)
+        frozen = planned(graph, ranges, forms, replicas, mode)
+        return flatbuffer.to_bytes(frozen), frozen, ranges, forms
+
+    def planned(graph, ranges, forms, replicas, export_mode):
+        return plan_lib.make_plan(graph, ranges, mode=export_mode, max_replicas=replicas, residual_bits=residual_bits,
+                                  head_bits=head_bits, output_bits=output_bits, weights=weights,
+                                  description=f"agq_keras {export_mode} export of {f.name}", forms=forms)
 
     replicas = AUTO_REPLICAS if auto else max_replicas
-    data, frozen = export(replicas, mode)
-    # the float32 file holds at least 4 bytes per weight: only a larger int8 file needs the float32 twin built
+    data, frozen, ranges, forms = export(replicas)
+    # the float32 file holds at least 4 bytes per weight: only a larger int8 file needs the float32 twin planned
     weight_bytes = sum(4 * (op.codes.size + len(op.bias)) for op in frozen.graph.ops if op.codes is not None)
     if mode == "int8" and replicas > 1 and len(data) > weight_bytes:
-        float_size = len(export(1, "float32")[0])
+        # the float32 twin of the same graph (its size does not depend on the input repeats or the ranges)
+        float_size = len(flatbuffer.to_bytes(planned(frozen.graph, ranges, forms, replicas, "float32")))
         if len(data) > float_size:
             wide = sorted(r.layer.split("+")[0] for r in frozen.layers.values() if r.replicas > 1)
             if not auto:
@@ -139,7 +144,8 @@ def convert(model, representative_data, *, mode: str = "int8", max_replicas=None
                                  "input for wide weight codes. Export with max_replicas=1 (the closest int8 form of "
                                  "those layers), or build F with first_last_bits=8 (exact, plain int8).")
             exact_size = len(data)
-            data, frozen = export(1, mode)
+            # the closest int8 weights need their own lowering and calibration (other weights, other ranges)
+            data, frozen = export(1)[:2]
             notes.append(f"max_replicas=1 chosen: the exact form of {wide} (input repeats) would make the file "
                          f"{exact_size / float_size:.2f}x its float32 TFLite; their weights are the closest "
                          "per-channel int8 instead (not exact). Build F with first_last_bits=8 for a small exact "

@@ -1,5 +1,5 @@
 """Lowering of a functional Keras F to a small integer-friendly graph (IR): the first stage of the
-export pipeline (lower -> :mod:`calibrate` -> :mod:`plan` -> :mod:`flatbuffer`).
+export pipeline (lower -> :mod:`calibrate` -> :mod:`plan` -> :mod:`layout` -> :mod:`flatbuffer`).
 
 Lowering reads what F computes and decides nothing about the integer form: weights stay F's codes
 and steps (or F's float weights), BatchNorms are folded, and each tensor records the grid F puts
@@ -20,9 +20,11 @@ The IR's op kinds, each a TFLite builtin with an int8 kernel:
   ``reshape``)
 * ``reshape`` -> RESHAPE (Flatten, Reshape, and GlobalMaxPooling2D's: the input's own scale and zero point)
 
-Which Keras layers lower, and with which options, is :mod:`agq_keras.lowerable` (the list
-:func:`agq_keras.quantize` checks up front). A softmax ending the model is not lowered: the file's output is
-the logits it reads (same argmax), and a note says so (:func:`agq_keras.lowerable.softmax_head`).
+Which Keras layers lower, to which op kind, and with which options, is :data:`agq_keras.lowerable.LAYERS`
+(the list :func:`agq_keras.quantize` checks up front); :func:`lower` dispatches on it (one rule per kind or
+role, ``_RULES``), and :data:`agq_keras.export.ops.KINDS` says how each op kind calibrates and is written.
+A softmax ending the model is not lowered: the file's output is the logits it reads (same argmax), and a
+note says so (:func:`agq_keras.lowerable.softmax_head`).
 
 A model may have several outputs (a detector's per-level class and box tensors): the graph keeps them
 in F's output order (:attr:`Graph.outputs`); an output that is a linear ``Activation`` names the tensor it
@@ -55,18 +57,15 @@ shifted zero).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
 
+from agq_keras.export import ops
 from agq_keras.layers import QConv2D, QDense, QDepthwiseConv2D
-from agq_keras.lowerable import FUSABLE, problem, softmax_head
-from agq_keras.quantizers import Quantizer
+from agq_keras.lowerable import FUSABLE, LAYERS, problem, softmax_head
 from agq_keras.structure import history_refs
-
-# ops whose output keeps the input's scale and zero point (and grid): the values move, none changes
-PASS_THROUGH = ("pad", "resize", "reshape")
 
 
 @dataclasses.dataclass
@@ -203,7 +202,7 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
         cls = type(layer).__name__
         for n, node in enumerate(entry["inbound_nodes"] or [None]):
             ref = (layer.name, n, 0)
-            if cls == "InputLayer":
+            if LAYERS.get(cls) == "input":
                 shape = tuple(layer.batch_shape[1:])
                 if len(shape) != 3 or any(d is None for d in shape):
                     raise unsupported(layer, f"the input must be a fixed (height, width, channels), got {shape}")
@@ -214,105 +213,12 @@ def lower(model: keras.Model, max_replicas: int = 259) -> Graph:
                 raise unsupported(layer, why)
             srcs = [value[r] for r in history_refs(node)]
             src = graph.tensors[srcs[0]]
-            if cls == "Add":
+            if len(srcs) > 1:  # an Add (the one multi-input layer lowerable.problem lets through): its inputs' shape
                 out_shape = src.shape
             else:
                 out_shape = tuple(layer.compute_output_shape((None,) + src.shape))[1:]
-            if isinstance(layer, keras.layers.DepthwiseConv2D) and cls in ("QDepthwiseConv2D", "DepthwiseConv2D"):
-                cfg = layer.get_config()
-                params = _weighted_params(layer, src, graph, max_replicas)
-                graph.ops.append(Op("dwconv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
-                                    strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(),
-                                    depth_multiplier=int(cfg["depth_multiplier"]), **params))
-            elif isinstance(layer, keras.layers.Conv2D) and cls in ("QConv2D", "Conv2D"):
-                cfg = layer.get_config()
-                params = _weighted_params(layer, src, graph, max_replicas)
-                graph.ops.append(Op("conv", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
-                                    strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(), **params))
-            elif isinstance(layer, keras.layers.Dense) and cls in ("QDense", "Dense"):
-                if len(src.shape) != 1:
-                    raise unsupported(layer, f"Dense on a rank-{len(src.shape) + 1} input")
-                params = _weighted_params(layer, src, graph, max_replicas)
-                graph.ops.append(Op("dense", [src.name], new_tensor(layer.name, out_shape, ref), layer.name,
-                                    **params))
-            elif cls == "BatchNormalization":
-                _batchnorm(layer, src, graph, ref, out_shape, new_tensor, value, lambda r: uses.get(r, 0))
-            elif cls in ("ReLU", "Activation"):
-                cap = _relu_cap(layer)
-                if cap == "linear":
-                    value[ref] = src.name
-                    src.consumers += uses.get(ref, 0) - 1
-                    continue
-                prod = graph.producer(src.name)
-                if prod is None or prod.relu or prod.kind in ("mean", "maxpool") + PASS_THROUGH or src.consumers != 1:
-                    raise unsupported(layer, "a ReLU must directly follow a conv, dense, BatchNorm or add "
-                                             "whose output has no other consumer")
-                prod.relu, prod.relu_cap = True, cap
-                prod.layer += f"+{layer.name}"
-                value[ref] = src.name
-                src.consumers = uses.get(ref, 0)
-            elif cls == "Dropout":  # the identity at inference
-                value[ref] = src.name
-                src.consumers += uses.get(ref, 0) - 1
-            elif cls == "ZeroPadding2D":
-                cfg = layer.get_config()
-                out = new_tensor(layer.name, out_shape, ref)
-                graph.tensors[out].stream_grid = src.stream_grid  # zeros are on every stream grid
-                graph.ops.append(Op("pad", [src.name], out, layer.name,
-                                    paddings=tuple(tuple(int(v) for v in p) for p in cfg["padding"])))
-            elif cls == "UpSampling2D":
-                factor = _upsampling_factor(layer)
-                out = new_tensor(layer.name, out_shape, ref)
-                graph.tensors[out].stream_grid = src.stream_grid  # repeated values: the input's grid
-                graph.ops.append(Op("resize", [src.name], out, layer.name, factor=factor))
-            elif isinstance(layer, Quantizer) and (stream := _stream_grid(layer)) is not None:
-                # F's integer residual stream: the producer writes the stream's integers at this step
-                prod = graph.producer(src.name)
-                if prod is None or src.consumers != 1 or src.stream_grid is not None:
-                    raise unsupported(layer, "a stream quantizer must directly follow a conv, add or pooling whose "
-                                             "output has no other consumer")
-                src.stream_grid = stream
-                prod.layer += f"+{layer.name}"
-                value[ref] = src.name
-                src.consumers = uses.get(ref, 0)
-            elif cls == "Add":
-                if len(srcs) != 2:
-                    raise unsupported(layer, f"Add of {len(srcs)} inputs (allowed: 2)")
-                graph.ops.append(Op("add", srcs, new_tensor(layer.name, out_shape, ref), layer.name))
-            elif cls == "GlobalAveragePooling2D":
-                graph.ops.append(Op("mean", [src.name], new_tensor(layer.name, out_shape, ref), layer.name))
-            elif cls == "QGlobalAveragePooling2D":
-                # F rounds the map (the pool's input quantizer) and the mean (a grid tied to the map's)
-                _want_input_grid(layer, src, graph)
-                out = new_tensor(layer.name, out_shape, ref)
-                grid = layer.output_grid()
-                graph.tensors[out].grid = (float(grid.step), float(grid.levels))
-                graph.ops.append(Op("mean", [src.name], out, layer.name))
-            elif cls == "MaxPooling2D":
-                cfg = layer.get_config()
-                out = new_tensor(layer.name, out_shape, ref)
-                graph.tensors[out].stream_grid = src.stream_grid  # max of a stream grid's values: that grid
-                graph.ops.append(Op("maxpool", [src.name], out, layer.name,
-                                    strides=tuple(cfg["strides"]), pool=tuple(cfg["pool_size"]),
-                                    padding=cfg["padding"].upper()))
-            elif cls == "GlobalMaxPooling2D":  # one window over the whole map (then the (C,) vector)
-                window = tuple(src.shape[:2])
-                out = new_tensor(layer.name, out_shape, ref)
-                graph.tensors[out].stream_grid = src.stream_grid  # max of a stream grid's values: that grid
-                pooled = out if len(out_shape) == 3 else f"{out}/pool"
-                if pooled != out:
-                    graph.tensors[pooled] = Tensor(pooled, (1, 1, src.shape[2]), consumers=1,
-                                                   stream_grid=src.stream_grid)
-                graph.ops.append(Op("maxpool", [src.name], pooled, layer.name, strides=window, pool=window,
-                                    padding="VALID"))
-                if pooled != out:
-                    graph.ops.append(Op("reshape", [pooled], out, layer.name))
-            elif cls in ("Flatten", "Reshape"):
-                out = new_tensor(layer.name, out_shape, ref)
-                graph.tensors[out].stream_grid = src.stream_grid  # the same values, in another shape
-                graph.ops.append(Op("reshape", [src.name], out, layer.name))
-            else:  # a layer lowerable.LAYERS lists without a branch here
-                raise unsupported(layer, "no integer TFLite lowering for this layer")
+            rule = LAYERS.get(cls) or "stream"  # problem() let through only LAYERS and standalone quantizers
+            _RULES[rule](_Call(layer, ref, srcs, out_shape, graph, value, uses, new_tensor, max_replicas))
     graph.outputs = [value[ref] for ref in out_refs]
     _name_outputs(graph, [ref[0] if type(model.get_layer(ref[0])).__name__ == "Activation" else None
                           for ref in out_refs])
@@ -335,6 +241,148 @@ def _name_outputs(graph: Graph, names: list) -> None:
             op.inputs = [new if n == old else n for n in op.inputs]
             op.output = new if op.output == old else op.output
         graph.outputs[i] = new
+
+
+@dataclasses.dataclass
+class _Call:
+    """One call of a Keras layer being lowered: what its lowering rule reads and writes."""
+    layer: keras.layers.Layer
+    ref: tuple  # (layer name, call, 0): the Keras tensor it writes
+    srcs: list  # its input tensors (IR names)
+    out_shape: tuple
+    graph: Graph
+    value: dict  # Keras ref -> IR tensor name
+    uses: dict  # Keras ref -> its consumer count
+    new_tensor: Callable
+    max_replicas: int
+
+    @property
+    def src(self) -> Tensor:
+        return self.graph.tensors[self.srcs[0]]
+
+    def output(self, stream_grid=None) -> str:
+        """The IR tensor the call writes (``stream_grid``: the input's, for an op that moves values only)."""
+        out = self.new_tensor(self.layer.name, self.out_shape, self.ref)
+        self.graph.tensors[out].stream_grid = stream_grid
+        return out
+
+    def add(self, kind: str, inputs=None, out=None, **fields):
+        self.graph.ops.append(Op(kind, inputs or [self.src.name], out or self.output(), self.layer.name, **fields))
+
+    def alias(self):
+        """The call writes no tensor: its output is its input (the identity)."""
+        self.value[self.ref] = self.src.name
+        self.src.consumers += self.uses.get(self.ref, 0) - 1
+
+    def fuse(self):
+        """The call is fused into the producer of its input (a ReLU, a stream quantizer)."""
+        self.graph.producer(self.src.name).layer += f"+{self.layer.name}"
+        self.value[self.ref] = self.src.name
+        self.src.consumers = self.uses.get(self.ref, 0)
+
+
+def _lower_weighted(call: _Call, kind: str, **fields):
+    call.add(kind, **_weighted_params(call.layer, call.src, call.graph, call.max_replicas), **fields)
+
+
+def _lower_conv(call: _Call):
+    cfg = call.layer.get_config()
+    _lower_weighted(call, "conv", strides=tuple(cfg["strides"]), padding=cfg["padding"].upper())
+
+
+def _lower_dwconv(call: _Call):
+    cfg = call.layer.get_config()
+    _lower_weighted(call, "dwconv", strides=tuple(cfg["strides"]), padding=cfg["padding"].upper(),
+                    depth_multiplier=int(cfg["depth_multiplier"]))
+
+
+def _lower_dense(call: _Call):
+    if len(call.src.shape) != 1:
+        raise unsupported(call.layer, f"Dense on a rank-{len(call.src.shape) + 1} input")
+    _lower_weighted(call, "dense")
+
+
+def _lower_relu(call: _Call):
+    cap = _relu_cap(call.layer)
+    if cap == "linear":
+        return call.alias()
+    prod = call.graph.producer(call.src.name)
+    if prod is None or prod.relu or not ops.KINDS[prod.kind].fuses_relu or call.src.consumers != 1:
+        raise unsupported(call.layer, "a ReLU must directly follow a conv, dense, BatchNorm or add whose output has "
+                                      "no other consumer")
+    prod.relu, prod.relu_cap = True, cap
+    call.fuse()
+
+
+def _lower_stream(call: _Call):
+    """F's integer residual stream (a standalone quantizer with a stream grid): the producer writes the stream's
+    integers at this step."""
+    stream = _stream_grid(call.layer)
+    if stream is None:
+        raise unsupported(call.layer, "no integer TFLite lowering for this layer")
+    src = call.src
+    if call.graph.producer(src.name) is None or src.consumers != 1 or src.stream_grid is not None:
+        raise unsupported(call.layer, "a stream quantizer must directly follow a conv, add or pooling whose output has "
+                                      "no other consumer")
+    src.stream_grid = stream
+    call.fuse()
+
+
+def _lower_add(call: _Call):
+    if len(call.srcs) != 2:
+        raise unsupported(call.layer, f"Add of {len(call.srcs)} inputs (allowed: 2)")
+    call.add("add", inputs=call.srcs)
+
+
+def _lower_exact_mean(call: _Call):
+    """F rounds the map (the pool's input quantizer) and the mean (a grid tied to the map's)."""
+    _want_input_grid(call.layer, call.src, call.graph)
+    out = call.output()
+    grid = call.layer.output_grid()
+    call.graph.tensors[out].grid = (float(grid.step), float(grid.levels))
+    call.add("mean", out=out)
+
+
+def _lower_maxpool(call: _Call):
+    cfg = call.layer.get_config()
+    call.add("maxpool", out=call.output(call.src.stream_grid),  # max of a stream grid's values: that grid
+             strides=tuple(cfg["strides"]), pool=tuple(cfg["pool_size"]), padding=cfg["padding"].upper())
+
+
+def _lower_global_maxpool(call: _Call):
+    """One window over the whole map, then the (C,) vector."""
+    src, window = call.src, tuple(call.src.shape[:2])
+    out = call.output(src.stream_grid)  # max of a stream grid's values: that grid
+    pooled = out if len(call.out_shape) == 3 else f"{out}/pool"
+    if pooled != out:
+        call.graph.tensors[pooled] = Tensor(pooled, (1, 1, src.shape[2]), consumers=1, stream_grid=src.stream_grid)
+    call.add("maxpool", out=pooled, strides=window, pool=window, padding="VALID")
+    if pooled != out:
+        call.add("reshape", inputs=[pooled], out=out)
+
+
+def _refuse(call: _Call):  # a closing softmax is cut off before lowering (softmax_head); problem() refuses others
+    raise unsupported(call.layer, "no integer TFLite lowering for this layer")
+
+
+# how each role or op kind of lowerable.LAYERS lowers (the op kinds: export.ops.KINDS); ops that move values only
+# (pad, resize, reshape) keep the input's stream grid (zeros and repeated values are on every stream grid)
+_RULES = {
+    "conv": _lower_conv, "dwconv": _lower_dwconv, "dense": _lower_dense, "relu": _lower_relu,
+    "batchnorm": lambda call: _batchnorm(call.layer, call.src, call.graph, call.ref, call.out_shape, call.new_tensor,
+                                         call.value, lambda r: call.uses.get(r, 0)),
+    "identity": lambda call: call.alias(), "stream": _lower_stream, "add": _lower_add, "softmax": _refuse,
+    "mean": lambda call: call.add("mean"), "exact_mean": _lower_exact_mean, "maxpool": _lower_maxpool,
+    "global_maxpool": _lower_global_maxpool,
+    "pad": lambda call: call.add("pad", out=call.output(call.src.stream_grid), paddings=tuple(
+        tuple(int(v) for v in p) for p in call.layer.get_config()["padding"])),
+    "resize": lambda call: call.add("resize", out=call.output(call.src.stream_grid),
+                                    factor=_upsampling_factor(call.layer)),
+    "reshape": lambda call: call.add("reshape", out=call.output(call.src.stream_grid)),
+}
+_missing = sorted(set(LAYERS.values()) - set(_RULES) - {"input"})
+if _missing:  # a role or kind of lowerable.LAYERS with no lowering here
+    raise ImportError(f"agq_keras.lowerable.LAYERS names kinds export.lower cannot lower: {_missing}")
 
 
 def _upsampling_factor(layer) -> tuple:
@@ -398,7 +446,7 @@ def _batchnorm(layer, src: Tensor, graph: Graph, ref, out_shape, new_tensor, val
     g = gamma / np.sqrt(var + layer.epsilon)
     shift = beta - mean * g
     prod = graph.producer(src.name)
-    if prod is not None and prod.kind in ("conv", "dwconv", "dense") and not prod.relu and src.consumers == 1:
+    if prod is not None and ops.KINDS[prod.kind].kernel and not prod.relu and src.consumers == 1:
         # fold: w' = w * g per output channel, keeping codes on the grid
         sign = np.where(g < 0, -1, 1)
         prod.codes = prod.codes * sign.reshape((-1,) + (1,) * (prod.codes.ndim - 1))
@@ -432,7 +480,7 @@ def _mean_of_relu(graph: Graph, op: Op) -> bool:
 def _unshiftable(prod: Optional[Op], readers: list) -> str:
     """Why a signed grid written by ``prod`` and read by ``readers`` cannot be stored shifted (the module
     docstring), or ``""`` when it can."""
-    if prod is None or prod.kind not in ("conv", "dwconv", "dense", "affine") or prod.relu:
+    if prod is None or not ops.KINDS[prod.kind].weighted or prod.relu:
         return "is not written by a conv, dense or BatchNorm with no activation"
     if not all(op.kind == "dense" or (op.kind == "conv" and op.codes.shape[1:3] == (1, 1)) for op in readers):
         return "is read by an op other than a 1x1 conv or dense layer"
@@ -451,7 +499,7 @@ def _shift_signed(prod: Op, readers: list, step: float, offset: int):
 def _resolve_grids(graph: Graph):
     # PAD, RESIZE and RESHAPE keep their input's scale and zero point: the input takes the grids their consumers
     # want; so does MAX_POOL_2D, as rounding onto a grid is monotone (the max of rounded values is the rounded max)
-    pads = [op for op in graph.ops if op.kind in PASS_THROUGH + ("maxpool",)]
+    pads = [op for op in graph.ops if ops.KINDS[op.kind].keeps_scale]
     for op in reversed(pads):
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         src.wanted_grids += out.wanted_grids

@@ -1,11 +1,15 @@
 """The quantization plan: every integer decision of the export, frozen before anything is written.
 
-Third stage of the pipeline (lower -> calibrate -> **plan** -> flatbuffer). :func:`make_plan` takes
-the lowered graph (never changed) and the calibrated ranges, and returns a :class:`Plan`: the
-TFLite tensors in order, each with its one quantization record (:class:`QuantParams`: scales, zero
-points, axis) and its constant data, the operators with their options, and a :class:`LayerRecord`
-per weighted op (replicas, threshold ranks and margins, sign gain) for the verify report. The
-serializer (:mod:`agq_keras.export.flatbuffer`) only encodes it.
+Third stage of the pipeline (lower -> calibrate -> **plan** -> layout -> flatbuffer). :func:`make_plan`
+takes the lowered graph (never changed), the calibrated ranges and the weight forms the calibration ran
+with (:func:`weight_forms`), and decides: each tensor's type, scale and zero point, each weighted op's
+codes, steps, bias, multiplier and input repeats, the int16 tensors and their QUANTIZE copies. It writes
+each decision through a :class:`~agq_keras.export.layout.Layout`, which records the TFLite tensors
+(:class:`~agq_keras.export.layout.TensorRecord` with its one
+:class:`~agq_keras.export.layout.QuantParams`) and operators (builtin, version, options, constant operands,
+filter layout, input repeats) and decides nothing; the returned :class:`Plan` holds them, the lowered graph
+and a :class:`LayerRecord` per weighted op (replicas, threshold ranks and margins, sign gain) for the verify
+report. The serializer (:mod:`agq_keras.export.flatbuffer`) only encodes it.
 
 ``int8`` mode: int8 input/output and activations, int8 weights (per output channel, zero point 0),
 int32 biases at scale ``s_in * s_w``. ``float32`` mode plans the same graph in float (the exact
@@ -19,30 +23,11 @@ from typing import Optional
 
 import numpy as np
 
-from agq_keras.export import intmath
-from agq_keras.export.lower import PASS_THROUGH, Graph, Op
+from agq_keras.export import intmath, ops
+from agq_keras.export.layout import Layout, TensorRecord, filter_layout, frozen
+from agq_keras.export.lower import Graph, Op
 
 MODES = ("int8", "float32")
-# (builtin, version) per op and mode: the versions the TFLite converter gives these kernels.
-_VERSIONS = {
-    "CONV_2D": {"int8": 3, "float32": 1},
-    "DEPTHWISE_CONV_2D": {"int8": 3, "float32": 1},
-    "FULLY_CONNECTED": {"int8": 4, "float32": 1},
-    "ADD": {"int8": 2, "float32": 1},
-    "MEAN": {"int8": 2, "float32": 1},
-    "MAX_POOL_2D": {"int8": 2, "float32": 1},
-    "CONCATENATION": {"int8": 2, "float32": 1},
-    "PAD": {"int8": 2, "float32": 1},
-    "RESIZE_NEAREST_NEIGHBOR": {"int8": 2, "float32": 1},  # align_corners = half_pixel_centers = False
-    "RESHAPE": {"int8": 1, "float32": 1},
-    "MINIMUM": {"float32": 1},
-    "MUL": {"float32": 1},
-    "ROUND": {"float32": 1},
-    "QUANTIZE": {"int8": 2},
-}
-# int16 (16x8) kernel versions, for ops reading/writing the int16 residual stream
-_VERSIONS_INT16 = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "ADD": 3, "MEAN": 3,
-                   "MAX_POOL_2D": 3, "CONCATENATION": 3, "PAD": 4, "RESIZE_NEAREST_NEIGHBOR": 4, "RESHAPE": 1}
 RESIDUAL_BITS = (16, 8)
 WEIGHTS = ("int8", "packed")
 INT16_HEADROOM = 1.5  # int16 range = 1.5 x the calibrated |max| (images beyond the representative set)
@@ -73,34 +58,6 @@ def check_options(mode="int8", residual_bits=None, head_bits=8, max_replicas=259
 
 
 # -- the frozen records --------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class QuantParams:
-    """The one record of a tensor's quantization: real = scale * (code - zero_point), per ``axis``."""
-    scale: tuple
-    zero_point: tuple
-    axis: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorRecord:
-    name: str
-    shape: tuple  # without the batch dimension when ``batch``
-    dtype: str  # "int8", "int16", "int32", "int64", "float32"
-    quant: Optional[QuantParams] = None
-    data: Optional[np.ndarray] = None  # constant contents (read-only), None for activations
-    batch: bool = False  # an activation: shape [1] + shape, signature [-1] + shape
-    shares: Optional[int] = None  # a constant with the same bytes as tensor ``shares``: stored once, in its buffer
-
-
-@dataclasses.dataclass(frozen=True)
-class OpRecord:
-    builtin: str
-    version: int
-    inputs: tuple  # tensor indices
-    outputs: tuple
-    options: Optional[tuple] = None  # (options table, ((field, value), ...)), enum values as names
-
-
 @dataclasses.dataclass(frozen=True)
 class LayerRecord:
     """What the plan decided for one weighted op (conv, dense, BatchNorm as depthwise)."""
@@ -138,12 +95,6 @@ class Plan:
         raise KeyError(f"No tensor {name!r} in the plan.")
 
 
-def _frozen(array, dtype=None) -> np.ndarray:
-    out = np.array(array, dtype=dtype)
-    out.setflags(write=False)
-    return out
-
-
 # -- weight forms: the integer weights before any scale is known --------------------------------
 @dataclasses.dataclass
 class WeightForm:
@@ -165,10 +116,11 @@ def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
     """Per conv/dense op: int codes (F's grid codes, or the closest int8 form of F's weights), the
     input repeats they need and the widened codes (:func:`intmath.widen`). With ``weights="packed"``
     the convs of k <= 4-bit grids that read a grid tensor keep their codes within +-7 (INT4, no input
-    repeats). Returns (forms, notes)."""
-    forms, notes = {}, []
+    repeats). Returns ``{op output: WeightForm}``, computed once per export: calibration runs the graph with
+    these weights and :func:`make_plan` stores them (on copies: its residual-stream decisions re-express them)."""
+    forms = {}
     for op in graph.ops:
-        if op.kind not in ("conv", "dwconv", "dense"):
+        if not ops.KINDS[op.kind].kernel:
             continue
         # Wide (repeated-input) weights only pay where the input itself is exact (the model input or a
         # k-bit grid tensor), and in dense layers, where repeating the input costs next to nothing. A
@@ -181,16 +133,21 @@ def weight_forms(graph: Graph, max_replicas: int, weights: str = "int8"):
         packed = (weights == "packed" and op.kind == "conv" and exact and op.weight_bits <= 4 and src.grid is not None
                   and int(np.abs(codes).max(initial=0)) <= intmath.INT4_MAX)
         if not exact or int(np.abs(codes).max(initial=0)) > 127 * replicas:
-            if exact:
+            if exact:  # make_plan notes it (form_notes)
                 exact = False
                 note = f"grid needs codes beyond ±{127 * replicas}; re-quantized to int8 (closest)"
-                notes.append(f"{op.layer}: {note}")
             codes, steps = intmath.fallback_codes(float_weights, replicas)
         used = 1 if packed else max(1, -(-int(np.abs(codes).max(initial=0)) // 127))
         codes, steps = intmath.widen(codes, steps, used, intmath.INT4_MAX if packed else 127)
         forms[op.output] = WeightForm(codes, steps, used, exact, note + ("; packed INT4" if packed else ""),
                                       float_weights, packed)
-    return forms, notes
+    return forms
+
+
+def form_notes(graph: Graph, forms: dict) -> list:
+    """A note per op whose exact grid codes were too wide for its input repeats (:func:`weight_forms`)."""
+    return [f"{op.layer}: {forms[op.output].note}" for op in graph.ops
+            if op.output in forms and op.exact_weights and not forms[op.output].exact]
 
 
 # -- activation scales ---------------------------------------------------------------------------
@@ -371,7 +328,7 @@ def exact_pools(graph: Graph) -> dict:
 # -- the planner ---------------------------------------------------------------------------------
 def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: int = 259, residual_bits=None,
               head_bits: int = 8, output_bits=None, weights: str = "int8",
-              description: str = "agq_keras export") -> Plan:
+              description: str = "agq_keras export", forms: Optional[dict] = None) -> Plan:
     """The frozen :class:`Plan` of ``graph`` with the calibrated ``ranges`` (:func:`calibrate.calibrate`).
 
     ``residual_bits=16`` stores the residual stream (the operands and results of ADD that are not
@@ -382,7 +339,9 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     and has headroom beyond the calibrated range (no Edge TPU). ``output_bits=16`` writes the logits as
     int16 (symmetric, 1.5x the calibrated range): int8 logits cannot order two classes closer than one
     output step (~1/200 of the logit range), int16 ones ~100x closer (no Edge TPU); None (the default) is 8
-    for a graph with one output and 16 for several (a detector's heads, read as values by its decoding)."""
+    for a graph with one output and 16 for several (a detector's heads, read as values by its decoding).
+    ``forms``: the :func:`weight_forms` of ``graph`` for ``max_replicas`` and ``weights`` (int8 mode) that the
+    calibration ran with (computed here when None); they are copied, not changed."""
     check_options(mode, residual_bits, head_bits, max_replicas, output_bits, weights)
     if output_bits is None:
         output_bits = 16 if len(graph.outputs) > 1 else 8
@@ -392,7 +351,10 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
     if residual_bits is None:  # F's own stream: the tensors its ADDs read and write
         residual_bits = 8 if any(graph.tensors[n].stream_grid is not None and graph.tensors[n].stream_grid[1] <= 127
                                  for op in graph.ops if op.kind == "add" for n in op.inputs + [op.output]) else 16
-    forms, notes = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
+    if forms is None:
+        forms = weight_forms(graph, max_replicas, weights if mode == "int8" else "int8")
+    forms = {name: dataclasses.replace(form) for name, form in forms.items()}  # stream_grids re-express them
+    notes = form_notes(graph, forms)
     acts = {name: _Act(name, t.shape, t.grid, float(ranges[name][0]), float(ranges[name][1]), t.sign, t.stream_grid)
             for name, t in graph.tensors.items()}
     if mode == "int8" and output_bits == 16:
@@ -447,21 +409,11 @@ def make_plan(graph: Graph, ranges: dict, *, mode: str = "int8", max_replicas: i
             packed = " with packed INT4 codes (+-7)" if "packed" in record.note else ""
             notes.append(f"{record.layer}: {int(np.sum(ranks == 2))} of {len(ranks)} channels keep the closest "
                          f"thresholds (not exact){packed}")
-    return Plan(graph=graph, mode=mode, description=description, tensors=tuple(planner.tensors),
-                ops=tuple(planner.ops), inputs=(planner.index[graph.input],),
-                outputs=tuple(planner.index[name] for name in graph.outputs), layers=planner.layers,
+    return Plan(graph=graph, mode=mode, description=description, tensors=tuple(planner.out.tensors),
+                ops=tuple(planner.out.ops), inputs=(planner.out.index[graph.input],),
+                outputs=tuple(planner.out.index[name] for name in graph.outputs), layers=planner.layers,
                 stream_scales={n: a.stream_scale for n, a in acts.items() if a.stream_scale is not None},
                 notes=tuple(graph.notes) + tuple(n for n in notes if n not in graph.notes))
-
-
-def _filter_layout(op: Op, weights: np.ndarray) -> np.ndarray:
-    """Out-channels-first weights in TFLite's filter layout: a conv's (O, H, W, I) as they are, a BatchNorm's
-    (C,) and a depthwise conv's (C*M, kh, kw, 1) as DEPTHWISE_CONV_2D's (1, kh, kw, C*M)."""
-    if op.kind == "affine":
-        return weights.reshape(1, 1, 1, -1)
-    if op.kind == "dwconv":
-        return np.transpose(weights[..., 0], (1, 2, 0))[None]
-    return weights
 
 
 class _Planner:
@@ -470,34 +422,19 @@ class _Planner:
     def __init__(self, graph: Graph, acts: dict, forms: dict, mode: str, max_replicas: int):
         self.graph, self.acts, self.forms, self.mode, self.max_replicas = graph, acts, forms, mode, max_replicas
         self.pools = exact_pools(graph) if mode == "int8" else {}
-        self.tensors: list = []
-        self.ops: list = []
-        self.index: dict = {}
         self.layers: dict = {}
-        self.shared: dict = {}  # (Keras layer, dtype, shape, bytes) -> the first weight tensor holding them
+        self.out = Layout(mode)  # the TFLite tensors and operators, recorded as decided
 
     # -- tensors -------------------------------------------------------
-    def tensor(self, name, shape, dtype, data=None, scale=None, zero_point=None, axis=0, batch=False, shares=None):
-        quant = None
-        if scale is not None:
-            quant = QuantParams(tuple(float(s) for s in np.atleast_1d(scale)),
-                                tuple(int(z) for z in np.atleast_1d(zero_point)), axis)
-        self.tensors.append(TensorRecord(name, tuple(int(d) for d in shape), dtype, quant,
-                                         None if data is None else _frozen(data), batch, shares))
-        return len(self.tensors) - 1
-
     def activation(self, name: str) -> int:
-        if name in self.index:
-            return self.index[name]
+        """The tensor index of activation ``name``, its type and quantization decided here."""
+        if name in self.out.index:
+            return self.out.index[name]
         tensor = self.acts[name]
-        if self.mode == "int8":
-            scale, zp = (int16_params if tensor.int16 else int8_params)(tensor)
-            idx = self.tensor(name, tensor.shape, "int16" if tensor.int16 else "int8", scale=scale, zero_point=zp,
-                              batch=True)
-        else:
-            idx = self.tensor(name, tensor.shape, "float32", batch=True)
-        self.index[name] = idx
-        return idx
+        if self.mode == "float32":
+            return self.out.activation(name, tensor.shape, "float32")
+        scale, zp = (int16_params if tensor.int16 else int8_params)(tensor)
+        return self.out.activation(name, tensor.shape, "int16" if tensor.int16 else "int8", scale, zp)
 
     def scale_of(self, name):
         tensor = self.acts[name]
@@ -511,10 +448,10 @@ class _Planner:
         if self.mode != "int8" or src.int16 == int16:
             return name
         copy = f"{name}/{'as_int16' if int16 else 'as_int8'}" + (f"x{gain}" if gain != 1 else "")
-        if copy not in self.index:
+        if copy not in self.out.index:
             self.acts[copy] = _Act(copy, src.shape, lo=src.lo, hi=src.hi, int16=int16,
                                    int16_like=src if int16 else None, int16_gain=gain)
-            self.op("QUANTIZE", [self.activation(name)], [self.activation(copy)])
+            self.out.quantize(self.activation(name), self.activation(copy))
         return copy
 
     def widening(self, op: Op, out: _Act) -> int:
@@ -526,7 +463,7 @@ class _Planner:
         a unit (which put the int16 stream of keras.applications MobileNetV2's project convs off by up to
         ~900 of its steps, docs/export.md). 1: no widening (an exact output, an int16 input, float32)."""
         src = self.acts[op.inputs[0]]
-        if self.mode != "int8" or op.kind not in ("conv", "dwconv", "dense") or not out.int16 or src.int16 \
+        if self.mode != "int8" or not ops.KINDS[op.kind].kernel or not out.int16 or src.int16 \
                 or src.sign or out.grid is not None or out.stream_scale is not None or out.sign:
             return 1
         if src.grid is not None:
@@ -536,40 +473,21 @@ class _Planner:
             bound = max(abs(-128 - zero_point), abs(127 - zero_point))
         return 2 ** int(np.floor(np.log2(32767 / max(bound, 1))))
 
-    def const(self, name, array, dtype, layer=None, **quant):
-        """A constant tensor. ``layer``: the Keras layer whose weights these are; a later call of the same layer
-        (a detector's head conv at another pyramid level) whose weights have the same bytes shares the first
-        call's buffer (its own scales: each call folds its own BatchNorm)."""
-        shares = None
-        if layer is not None:
-            key = (layer, dtype, array.shape, np.ascontiguousarray(array).tobytes())
-            shares = self.shared.get(key)
-            self.shared.setdefault(key, len(self.tensors))
-        return self.tensor(name, array.shape, dtype, data=array, shares=shares, **quant)
-
-    # -- ops -----------------------------------------------------------
-    def op(self, builtin: str, inputs, outputs, options=None):
-        int16 = any(self.tensors[i].dtype == "int16" for i in list(inputs) + list(outputs))
-        version = _VERSIONS_INT16.get(builtin, 2) if int16 else _VERSIONS[builtin][self.mode]
-        if options is not None:
-            options = (options[0], tuple(sorted(options[1].items())))
-        self.ops.append(OpRecord(builtin, version, tuple(int(i) for i in inputs), tuple(int(o) for o in outputs),
-                                 options))
-
+    # -- weighted ops ----------------------------------------------------
     def weights(self, op: Op, in_name: str, axis: int):
         """(weight tensor, bias tensor) indices; records the op's LayerRecord."""
         form = self.forms.get(op.output)
         real = form.float_weights if form is not None else op.real_weights()
-        layout = _filter_layout(op, real)
         record = dict(layer=op.layer, kind=op.kind, output=op.output, weight_bits=op.weight_bits,
                       replicas=form.replicas if form is not None else 1,
                       exact_weights=form.exact if form is not None else op.exact_weights,
                       note=form.note if form is not None else op.weight_note,
-                      float_weights=None if form is None else _frozen(form.float_weights))
+                      float_weights=None if form is None else frozen(form.float_weights))
         if self.mode == "float32":
             self.layers[op.output] = LayerRecord(**record)
-            w = self.const(f"{op.output}/weights", layout.astype(np.float32), "float32", layer=op.layer.split("+")[0])
-            b = self.const(f"{op.output}/bias", op.bias.astype(np.float32), "float32")
+            w = self.out.const(f"{op.output}/weights", filter_layout(op.kind, real).astype(np.float32), "float32",
+                               layer=op.layer.split("+")[0])
+            b = self.out.const(f"{op.output}/bias", op.bias.astype(np.float32), "float32")
             return w, b
         s_in = self.scale_of(in_name)
         wide_in = self.acts[in_name].int16  # a 16x8 kernel: int64 bias and accumulator
@@ -584,7 +502,7 @@ class _Planner:
                       and np.any(op.bias != 0) and self.acts[in_name].grid is not None)
         if out.sign and not wide_in:
             codes, steps, bias, gain = self._sign_weights(op, codes, steps, s_in, record)
-            record["gain"] = _frozen(gain)
+            record["gain"] = frozen(gain)
         elif stream_out or (grid is not None and (grid[1] <= MAX_SEARCH_LEVELS or op.output in self.pools)
                             and op.kind != "dense"):
             # (the 8-bit map an exact pool reads is searched too, however many levels: one layer; TFLite's
@@ -627,9 +545,9 @@ class _Planner:
             _, replicas, (flat, new_steps, bias, ranks, margins, gains) = best
             record["replicas"] = replicas
             codes, steps = flat.reshape(codes.shape), new_steps
-            record["threshold_ranks"], record["margins"] = _frozen(ranks), _frozen(margins)
+            record["threshold_ranks"], record["margins"] = frozen(ranks), frozen(margins)
             if np.any(gains != 1.0):
-                record["gain"] = _frozen(gains)
+                record["gain"] = frozen(gains)
         else:
             if op.kind == "affine" and wide_in:
                 codes, steps = intmath.affine_codes_16x8(codes, steps, s_in, self.scale_of(self._wide_out(op)))
@@ -637,21 +555,21 @@ class _Planner:
                 steps = intmath.exact_multiplier_steps(s_in, steps, self.scale_of(self._wide_out(op)))
             bias = np.round(op.bias / (s_in * steps))
             if form is not None and form.ranks is not None:  # a conv writing F's int8 stream
-                record["threshold_ranks"], record["margins"] = _frozen(form.ranks), _frozen(form.margins)
+                record["threshold_ranks"], record["margins"] = frozen(form.ranks), frozen(form.margins)
         self.layers[op.output] = LayerRecord(**record)
         if op.kind == "dense" and np.allclose(steps, steps[0], rtol=1e-12):
             steps = steps[:1]  # per-tensor when the grid step is uniform
-        layout = _filter_layout(op, codes) if op.kind in ("affine", "dwconv") else \
-            intmath.split_codes(codes, record["replicas"])
-        packed = form is not None and form.packed and int(np.abs(layout).max(initial=0)) <= intmath.INT4_MAX
-        w = self.const(f"{op.output}/weights", layout.astype(np.int8), "int4" if packed else "int8", scale=steps,
-                       zero_point=np.zeros(len(steps), np.int64), axis=axis, layer=op.layer.split("+")[0])
+        replicas = 1 if ops.KINDS[op.kind].depthwise else record["replicas"]  # a stored part's largest |code|:
+        widest = -(-int(np.abs(codes).max(initial=0)) // replicas)  # ceil(max / replicas) (intmath.split_codes)
+        packed = form is not None and form.packed and widest <= intmath.INT4_MAX
+        w = self.out.weights(op.kind, f"{op.output}/weights", codes, replicas, "int4" if packed else "int8",
+                             op.layer.split("+")[0], steps, axis)
         bias_scale = s_in * np.broadcast_to(steps, op.bias.shape)
         if np.abs(bias).max(initial=0) >= 2**31 - 1 and not wide_in:
             raise ValueError(f"Layer {op.layer!r}: its bias does not fit int32 at scale s_in*s_w; cannot export.")
         bias_type = (np.int64, "int64") if wide_in else (np.int32, "int32")
-        b = self.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
-                       zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
+        b = self.out.const(f"{op.output}/bias", bias.astype(bias_type[0]), bias_type[1], scale=bias_scale,
+                           zero_point=np.zeros(len(bias_scale), np.int64), axis=0)
         return w, b
 
     def pool_weights(self, op: Op, in_name: str):
@@ -669,13 +587,12 @@ class _Planner:
         self.layers[op.output] = LayerRecord(
             layer=op.layer, kind="pool", output=op.output, weight_bits=32, replicas=1, exact_weights=True,
             note="global average pool as a depthwise conv of ones", float_weights=None,
-            gain=_frozen(gains) if np.any(gains != 1.0) else None, threshold_ranks=_frozen(ranks),
-            margins=_frozen(margins))
-        layout = codes.reshape(c, h, w).transpose(1, 2, 0)[None]  # (1, H, W, C)
-        weight = self.const(f"{op.output}/weights", layout.astype(np.int8), "int8", scale=steps,
-                            zero_point=np.zeros(c, np.int64), axis=3)
-        b = self.const(f"{op.output}/bias", bias.astype(np.int32), "int32", scale=s_in * steps,
-                       zero_point=np.zeros(c, np.int64), axis=0)
+            gain=frozen(gains) if np.any(gains != 1.0) else None, threshold_ranks=frozen(ranks),
+            margins=frozen(margins))
+        weight = self.out.weights("dwconv", f"{op.output}/weights", codes.reshape(c, h, w, 1), 1, "int8", None, steps,
+                                  axis=3)  # (1, H, W, C): one whole-map filter per channel
+        b = self.out.const(f"{op.output}/bias", bias.astype(np.int32), "int32", scale=s_in * steps,
+                           zero_point=np.zeros(c, np.int64), axis=0)
         return weight, b
 
     def _sign_weights(self, op: Op, codes, steps, s_in: float, record: dict):
@@ -693,48 +610,20 @@ class _Planner:
         tmp = f"{op.output}/i16"
         return tmp if tmp in self.acts and not self.acts[op.output].int16 else op.output
 
-    def replicate(self, in_name: str, replicas: int) -> int:
-        """The op's input repeated ``replicas`` times on the channel axis (int8 CONCATENATION with
-        equal in/out quantization: exact). Built by doubling (x, x2, x4, ...) and one final
-        concatenation of the powers of two in ``replicas``, so no concatenation has more than
-        10 inputs (TensorFlow Lite Micro's limit)."""
-        x = self.activation(in_name)
-        if self.mode == "float32" or replicas == 1:
-            return x
-        src = self.acts[in_name]
-        axis = len(src.shape)
-
-        def concat(inputs, copies):
-            name = f"{in_name}/x{copies}"
-            if name not in self.index:
-                # the same quantization as the input (CONCATENATION needs it), F's stream step included
-                self.acts[name] = dataclasses.replace(src, name=name, shape=src.shape[:-1] + (src.shape[-1] * copies,))
-                self.op("CONCATENATION", inputs, [self.activation(name)],
-                        ("ConcatenationOptions", {"axis": axis}))
-            return self.index[name]
-
-        powers, copies, t = {1: x}, 1, x
-        while copies * 2 <= replicas:
-            t = concat([t, t], copies * 2)
-            copies *= 2
-            powers[copies] = t
-        parts = [powers[p] for p in sorted(powers, reverse=True) if replicas & p]
-        return parts[0] if len(parts) == 1 else concat(parts, replicas)
-
     def emit(self, op: Op):
+        kind = ops.KINDS[op.kind]
         out_name = op.output
         out = self.acts[out_name]
-        # The input type: an affine (BatchNorm), dense or pad op reads its input as stored, and so does a conv
-        # reading the int16 stream (a post-activation net's linear bottleneck: its 16x8 kernel then writes
+        # The input type: an affine (BatchNorm), dense or pass-through op reads its input as stored, and so does a
+        # conv reading the int16 stream (a post-activation net's linear bottleneck: its 16x8 kernel then writes
         # int16, and QUANTIZE its int8 output); every other op reads its input in its output's type (int16 in
         # and out: the 16x8 kernels; int8 in and out).
-        as_stored = op.kind in ("affine", "dense") + PASS_THROUGH or (op.kind in ("conv", "dwconv") and
-                                                             self.acts[op.inputs[0]].int16)
+        as_stored = kind.reads_as_stored or (kind.kernel and self.acts[op.inputs[0]].int16)
         gain = self.widening(op, out)
         in_name = op.inputs[0] if as_stored and gain == 1 else self.typed(op.inputs[0], out.int16, gain)
-        if op.kind in PASS_THROUGH + ("maxpool",):  # PAD, RESIZE, RESHAPE and MAX_POOL_2D write their input's
-            # scale and zero point (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose
-            # output had its own calibrated int16 scale, an ImageNet stem's pool in a float stream, was wrong)
+        if kind.keeps_scale:  # PAD, RESIZE, RESHAPE and MAX_POOL_2D write their input's scale and zero point
+            # (PAD's padding is the zero point; none of their kernels requantizes: a max-pool whose output had its
+            # own calibrated int16 scale, an ImageNet stem's pool in a float stream, was wrong)
             out = self.acts[out_name] = dataclasses.replace(self.acts[in_name], name=out_name, shape=out.shape)
         if op.kind == "dense" and out.int16 and not self.acts[in_name].int16:
             # int16 logits come from the 16x8 kernel: an int8-input FULLY_CONNECTED with an int16 output
@@ -745,13 +634,15 @@ class _Planner:
             tmp = f"{out_name}/i16"
             self.acts[tmp] = _Act(tmp, out.shape, lo=out.lo, hi=out.hi, int16=True,
                                   int16_like=out if out.grid is not None else None)
-        pool_sum = op.kind == "mean" and op.inputs[0] in self.pools
-        params = self.weights(op, in_name, axis=3 if op.kind in ("affine", "dwconv") else 0) \
-            if op.kind in ("conv", "dwconv", "dense", "affine") else self.pool_weights(op, in_name) if pool_sum else None
-        x = self.replicate(in_name, self.layers[op.output].replicas) if op.kind in ("conv", "dense") \
-            else self.activation(in_name)
+        if op.kind == "mean" and op.inputs[0] in self.pools:  # F rounds both sides: a whole-map depthwise conv
+            kind, params = ops.POOL_AS_DWCONV, self.pool_weights(op, in_name)
+        else:
+            params = self.weights(op, in_name, axis=3 if kind.depthwise else 0) if kind.weighted else ()
+        x = self.activation(in_name)
+        if kind.weighted and not kind.depthwise:  # a conv or dense: its input repeated for wide codes
+            x = self.out.repeat(x, in_name, self.layers[out_name].replicas)
         grid = out.grid
-        rounding = self.mode == "float32" and grid is not None and op.kind not in PASS_THROUGH
+        rounding = self.mode == "float32" and grid is not None and not kind.pass_through
         y_name = f"{out_name}/preround" if rounding else (f"{out_name}/i16" if widened else out_name)
         if rounding:
             self.acts[y_name] = _Act(y_name, out.shape)
@@ -759,72 +650,14 @@ class _Planner:
         act = ("RELU" if op.relu_cap is None else "RELU6") if op.relu else "NONE"
         if out.sign and self.mode == "int8":
             act = "RELU_N1_TO_1"
-        if op.kind == "conv":
-            w, b = params
-            self.op("CONV_2D", [x, w, b], [y], ("Conv2DOptions", dict(
-                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], dilationHFactor=1,
-                dilationWFactor=1, fusedActivationFunction=act)))
-        elif op.kind == "dwconv":
-            w, b = params
-            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
-                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], depthMultiplier=op.depth_multiplier,
-                dilationHFactor=1, dilationWFactor=1, fusedActivationFunction=act)))
-        elif op.kind == "pad":
-            paddings = self.const(f"{out_name}/paddings", np.asarray([(0, 0), *op.paddings, (0, 0)], np.int32), "int32")
-            self.op("PAD", [x, paddings], [y], ("PadOptions", {}))
-        elif op.kind == "resize":  # nearest, integer factors: output pixel i reads input floor(i / factor)
-            size = self.const(f"{out_name}/size", np.asarray(out.shape[:2], np.int32), "int32")
-            self.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [y], ("ResizeNearestNeighborOptions", dict(
-                alignCorners=False, halfPixelCenters=False)))
-        elif op.kind == "reshape":  # Flatten, Reshape: the same values in another shape
-            new_shape = (-1,) + tuple(int(d) for d in out.shape)  # -1: any batch (the runtime may resize it)
-            shape = self.const(f"{out_name}/shape", np.asarray(new_shape, np.int32), "int32")
-            self.op("RESHAPE", [x, shape], [y], ("ReshapeOptions", dict(newShape=new_shape)))
-        elif op.kind == "affine":
-            w, b = params
-            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
-                padding="VALID", strideH=1, strideW=1, depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
-                fusedActivationFunction=act)))
-        elif op.kind == "dense":
-            w, b = params
-            self.op("FULLY_CONNECTED", [x, w, b], [y], ("FullyConnectedOptions", dict(
-                fusedActivationFunction=act, weightsFormat="DEFAULT", keepNumDims=False)))
-        elif op.kind == "add":
-            x2 = self.activation(self.typed(op.inputs[1], out.int16))
-            # potScaleInt16=False: for int16, the general (any scale) kernel
-            self.op("ADD", [x, x2], [y], ("AddOptions", dict(fusedActivationFunction=act, potScaleInt16=False)))
-        elif pool_sum:
-            w, b = params
-            self.op("DEPTHWISE_CONV_2D", [x, w, b], [y], ("DepthwiseConv2DOptions", dict(
-                padding="VALID", strideH=1, strideW=1, depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
-                fusedActivationFunction="NONE")))
-        elif op.kind == "mean":
-            axes = self.const(f"{out_name}/axes", np.asarray([1, 2], np.int32), "int32")
-            self.op("MEAN", [x, axes], [y], ("ReducerOptions", dict(keepDims=False)))
-        elif op.kind == "maxpool":
-            self.op("MAX_POOL_2D", [x], [y], ("Pool2DOptions", dict(
-                padding=op.padding, strideH=op.strides[0], strideW=op.strides[1], filterHeight=op.pool[0],
-                filterWidth=op.pool[1], fusedActivationFunction=act)))
+        inputs = [x, *params]
+        if kind.binary:
+            inputs.append(self.activation(self.typed(op.inputs[1], out.int16)))
+        self.out.emit(kind, op, inputs, y, out.shape, act)
         if rounding:
-            self.float_rounding(y_name, out_name, grid)
+            self.out.float_rounding(y, out_name, grid)
         if widened:
-            self.op("QUANTIZE", [y], [self.activation(out_name)])
-
-    def float_rounding(self, src: str, dst: str, grid):
-        """float32 twin of the exact int8 tensor: step * round(min(x, levels*step) / step)."""
-        step, levels = grid
-        shape = self.acts[dst].shape
-        names = [f"{dst}/clipped", f"{dst}/scaled", f"{dst}/rounded"]
-        for n in names:
-            self.acts[n] = _Act(n, shape)
-        top = self.const(f"{dst}/top", np.asarray([levels * step], np.float32), "float32")
-        inv = self.const(f"{dst}/inv_step", np.asarray([1.0 / step], np.float32), "float32")
-        stp = self.const(f"{dst}/step", np.asarray([step], np.float32), "float32")
-        c, s, r, out = (self.activation(n) for n in names + [dst])
-        self.op("MINIMUM", [self.activation(src), top], [c])
-        self.op("MUL", [c, inv], [s], ("MulOptions", {}))
-        self.op("ROUND", [s], [r])
-        self.op("MUL", [r, stp], [out], ("MulOptions", {}))
+            self.out.quantize(y, self.activation(out_name))
 
     def run(self):
         self.activation(self.graph.input)
