@@ -81,7 +81,7 @@ LAYOUT_CASES = {
                                                  aux_placement="layer", num_classes=4, input_shape=(16, 16, 1)),
     "detector_fpn_adaptors_layer": lambda: det.build_detector(
         "resnet20", aux=True, fpn_adaptors=True, aux_placement="layer", input_shape=(64, 64, 1), fpn_width=8,
-        head_depth=1, anchors=det.AnchorSpec(size_factor=2.0)),
+        head_depth=1, anchors=det.AnchorSpec(levels=(3, 4, 5), size_factor=2.0)),
 }
 
 
