@@ -63,7 +63,7 @@ _import_tensorflow_quietly()
 
 from agq_keras import auxiliary, layers, quantizers, structure  # noqa: E402
 from agq_keras.layers import AuxAdaptor, QConv2D, QDense, QDepthwiseConv2D, QGlobalAveragePooling2D  # noqa: E402
-from agq_keras.models import build  # noqa: E402
+from agq_keras.networks import build  # noqa: E402
 from agq_keras.models.quantize import quantize  # noqa: E402
 from agq_keras.saving import load_model  # noqa: E402
 from agq_keras.training import AGTrainer  # noqa: E402

@@ -1,5 +1,5 @@
 """Quantized layers (`QConv2D`, `QDepthwiseConv2D`, `QDense`, `QGlobalAveragePooling2D`), the AG adaptor (`AuxAdaptor`) and
-the BatchNorm personality of F and H (`BNPersonality`).
+the builders' BatchNorm factory (`BNPersonality`).
 
 `QConv2D`/`QDense` follow larq's convention: ``input_quantizer`` is applied to
 the layer input and ``kernel_quantizer`` to the kernel before the ordinary
@@ -265,12 +265,9 @@ class AuxAdaptor(keras.layers.Layer):
 
 
 class BNPersonality:
-    """Returns the BatchNormalization layer for a role, creating it on first use.
-
-    F and H each have one; the prefix keeps their layer names apart
-    (``stage1_block1_bn1`` in F, ``h_stage1_block1_bn1`` in H). Stateless
-    layers (ReLU, pooling, add) are named with the same prefix.
-    """
+    """Returns the BatchNormalization layer for a role, creating it on first use (the F builders' wiring);
+    stateless layers (ReLU, pooling, add) are named with the same ``prefix``. H owns a copy of each of F's
+    BatchNorms, named ``h_<name>`` by :func:`agq_keras.auxiliary.attach`."""
 
     def __init__(self, prefix: str = "", momentum: float = 0.9, epsilon: float = 1e-5):
         self.prefix = prefix

@@ -91,14 +91,16 @@ def nodes(model: keras.Model, what: str = "this") -> list[Node]:
     return out
 
 
-def rebuild(model: keras.Model, inputs, *, layer_for=None, after=None) -> list:
+def rebuild(model: keras.Model, inputs, *, layer_for=None, after=None, read=None) -> list:
     """Call ``model``'s layers again, in its order, on ``inputs`` (one tensor per model input), and return
     the tensors of its outputs. ``layer_for(layer)`` gives the layer to call in its place (default: the
     layer itself, i.e. shared weights); ``after(node, tensor)`` may replace a node's output tensor for
-    the nodes that read it (default: unchanged). H (:func:`agq_keras.auxiliary.attach`) and
-    :func:`agq_keras.models.quantize` are both such a re-run."""
+    the nodes that read it (default: unchanged); ``read(node, ref, tensor)`` may replace, for ``node``
+    alone, the tensor it reads at input ``ref`` (default: unchanged). H (:func:`agq_keras.auxiliary.attach`)
+    and :func:`agq_keras.models.quantize` are both such a re-run."""
     layer_for = layer_for or (lambda layer: layer)
     after = after or (lambda node, tensor: tensor)
+    read = read or (lambda node, ref, tensor: tensor)
     config = functional_config(model)
     in_refs = config["input_layers"]
     if in_refs and not isinstance(in_refs[0], (list, tuple)):
@@ -107,10 +109,22 @@ def rebuild(model: keras.Model, inputs, *, layer_for=None, after=None) -> list:
     for node in nodes(model):
         if isinstance(node.layer, keras.layers.InputLayer):
             continue
-        args = [values[r] for r in node.inputs]
+        args = [read(node, r, values[r]) for r in node.inputs]
         tensor = layer_for(node.layer)(args if node.listed else args[0], **dict(node.kwargs))
         values[node.ref] = after(node, tensor)
     return [values[r] for r in output_refs(model)]
+
+
+def ancestors(model: keras.Model, refs) -> set:
+    """The refs of the nodes ``refs`` and of every node they read from, directly or not."""
+    reads = {node.ref: node.inputs for node in nodes(model)}
+    found, todo = set(), list(refs)
+    while todo:
+        ref = todo.pop()
+        if ref not in found:
+            found.add(ref)
+            todo += reads.get(ref, ())
+    return found
 
 
 def output_refs(model: keras.Model) -> list:

@@ -5,6 +5,8 @@ import pytest
 import keras
 
 import agq_keras
+from agq_keras import structure
+from agq_keras.models.builder import build_net
 from agq_keras.models.groupnet import BaseSum
 
 SHAPE = (8, 8, 1)
@@ -17,9 +19,8 @@ def layers_of(model, cls):
 
 @pytest.mark.parametrize("plain", [False, True])
 def test_birealnet_has_a_real_shortcut_around_every_conv(plain):
-    f = agq_keras.build("birealnet18", plain=plain, quantizer="bireal", w_bits=1, a_bits=1,
-                        num_classes=4, input_shape=(16, 16, 1), stem="cifar")
-    net = f.agq_net
+    f, net = build_net("birealnet18", plain=plain, quantizer="bireal", w_bits=1, a_bits=1,
+                       num_classes=4, input_shape=(16, 16, 1), stem="cifar")
     convs = [c for b in net.blocks for c in b.convs]
     assert len(net.blocks) == 8 and len(convs) == 16
     adds = layers_of(f, keras.layers.Add)
@@ -50,7 +51,7 @@ def test_plain_birealnet_trains_with_ag_and_round_trips(tmp_path):
     y = RNG.integers(0, 4, 16).astype("int32")
     history = t.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
-    assert len(layers_of(t.h, agq_keras.AuxAdaptor)) >= len(t.agq_net.blocks)  # H taps every block
+    assert len(layers_of(t.h, agq_keras.AuxAdaptor)) >= len(structure.blocks(t.f))  # H taps every block
     path = tmp_path / "f.keras"
     t.f.save(path)
     loaded = keras.models.load_model(path)
@@ -59,9 +60,8 @@ def test_plain_birealnet_trains_with_ag_and_round_trips(tmp_path):
 
 def test_groupnet_blocks_hold_m_bases_summed_with_learnable_scalars():
     m = 3
-    f = agq_keras.build("groupnet20", quantizer="groupnet", w_bits=1, a_bits=1, num_classes=4,
-                        input_shape=SHAPE, num_bases=m)
-    net = f.agq_net
+    f, net = build_net("groupnet20", quantizer="groupnet", w_bits=1, a_bits=1, num_classes=4,
+                       input_shape=SHAPE, num_bases=m)
     assert len(net.blocks) == 9
     for block in net.blocks:  # an SSP fragment (a block) lists every base's convs
         assert len(block.convs) == 2 * m and len({id(c) for c in block.convs}) == 2 * m
@@ -75,10 +75,10 @@ def test_groupnet_blocks_hold_m_bases_summed_with_learnable_scalars():
     bns = layers_of(f, keras.layers.BatchNormalization)
     assert len(bns) == 9 * 2 * m + 1 + 2 + 1
     # M bases cost M times the block parameters of the 1-base net.
-    f1 = agq_keras.build("groupnet20", quantizer="groupnet", w_bits=1, a_bits=1, num_classes=4,
-                         input_shape=SHAPE, num_bases=1)
-    kernels = lambda model: sum(int(np.prod(c.kernel.shape)) for b in model.agq_net.blocks for c in b.convs)
-    assert kernels(f) == m * kernels(f1)
+    _, net1 = build_net("groupnet20", quantizer="groupnet", w_bits=1, a_bits=1, num_classes=4,
+                        input_shape=SHAPE, num_bases=1)
+    kernels = lambda net: sum(int(np.prod(c.kernel.shape)) for b in net.blocks for c in b.convs)
+    assert kernels(net) == m * kernels(net1)
 
 
 def test_groupnet_base_sum_is_the_weighted_sum():
@@ -98,11 +98,16 @@ def test_groupnet_with_ag_shares_bases_and_scalars(placement):
     shared_ids = {id(v) for v in shared}
     for s in layers_of(t.f, BaseSum):
         assert id(s.scales) in shared_ids  # lambda_i are F's weights, used by H too
-    for block in t.agq_net.blocks:
-        assert all(id(c.kernel) in shared_ids for c in block.convs)
-    adaptors = layers_of(t.h, agq_keras.AuxAdaptor)
-    blocks = len(t.agq_net.blocks)
-    assert len([a for a in adaptors if "adaptor" in a.name]) == (blocks if placement == "block" else 2 * blocks)
+    blocks = structure.blocks(t.f)
+    assert len(blocks) == 9 and all(len([c for c in b.layers if "_base" in c.name]) == 2 * 2 for b in blocks)
+    for block in blocks:  # the bases' convs (2 per base) and the real shortcut where there is one
+        assert all(id(c.kernel) in shared_ids for c in block.layers)
+    adaptors = [a.name for a in layers_of(t.h, agq_keras.AuxAdaptor) if "adaptor" in a.name]
+    # "layer": both bases' BNs after the first conv position, the block's output after the second
+    assert len(adaptors) == (9 if placement == "block" else 3 * 9)
+    if placement == "layer":
+        assert {a.split("_", 2)[2] for a in adaptors if "_stage1_block1_" in a} == {
+            "stage1_block1_base1_conv1", "stage1_block1_base2_conv1", "stage1_block1_conv2"}
     # (training with AG: tests/test_quantizer_zoo.py::test_each_family_trains_in_an_ag_trainer)
 
 

@@ -155,7 +155,7 @@ def test_the_graph_sees_every_kind_of_import():
     assert "agq_keras.quantizers" in edges["agq_keras.layers"]  # from a import submodule
     assert "agq_keras.training.baselines" in edges["agq_keras.experiments.run"]  # from a import b, c as d
     assert "agq_keras.export.verify" in edges["agq_keras.export.targets"]  # inside a function
-    assert "agq_keras.models" in edges[PACKAGE]  # the facade's own imports count
+    assert "agq_keras.networks" in edges[PACKAGE]  # the facade's own imports count
     assert not any(PACKAGE in targets for targets in edges.values())
 
 
@@ -176,7 +176,8 @@ def test_no_cycle_among_units():
 def test_training_knows_nothing_above_it():
     """The trainer's package takes F and H as given: it never imports the builders, H or the drivers."""
     units = unit_graph(graph())
-    above = {"agq_keras.models", "agq_keras.auxiliary", "agq_keras.experiments", "agq_keras.configs"}
+    above = {"agq_keras.models", "agq_keras.auxiliary", "agq_keras.networks", "agq_keras.experiments",
+             "agq_keras.configs"}
     assert not above & set(units["agq_keras.training"]), units["agq_keras.training"]
     assert "agq_keras.models" not in units["agq_keras.auxiliary"], units["agq_keras.auxiliary"]
 
@@ -189,3 +190,11 @@ def test_the_library_never_imports_the_study():
     assert up == [], up
     runner = imported("study.runner", os.path.join(ROOT, "study", "runner.py"), known)
     assert any(t.startswith("agq_keras.experiments") for t, _ in runner)  # the other way round is seen
+
+
+def test_the_builders_know_nothing_of_h_or_the_trainer():
+    """F's builders make F alone: H (agq_keras.auxiliary.attach) and the trainer sit above them, and
+    agq_keras.build (agq_keras.networks) composes the three."""
+    units = unit_graph(graph())
+    assert not {"agq_keras.auxiliary", "agq_keras.training", "agq_keras.networks"} & set(units["agq_keras.models"])
+    assert {"agq_keras.models", "agq_keras.auxiliary"} <= set(units["agq_keras.networks"])

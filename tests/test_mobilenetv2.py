@@ -31,8 +31,8 @@ def images(n, shape):
 
 @pytest.mark.parametrize("plain", [False, True])
 def test_blocks_convs_quantizers_and_skips(plain):
-    f = agq_keras.build("mobilenetv2", plain=plain, w_bits=3, a_bits=4, num_classes=10, input_shape=(32, 32, 3))
-    net = f.agq_net
+    f, net = builder.build_net("mobilenetv2", plain=plain, w_bits=3, a_bits=4, num_classes=10,
+                               input_shape=(32, 32, 3))
     assert len(net.blocks) == sum(n for _, _, n, _ in INVERTED_RESIDUALS) + 1 == 18  # + the last 1x1 conv
     assert [b.name for b in net.blocks[:3]] == ["stage1_block1", "stage2_block1", "stage2_block2"]
     assert net.blocks[-1].name == "last" and [c.name for c in net.blocks[-1].convs] == ["last_conv"]
@@ -75,10 +75,10 @@ def test_relu_bottleneck_and_the_paper_quantizers():
     """bottleneck="relu" (the default for families with unsigned activations only: DoReFa) puts BN -> ReLU before
     every conv, the expand conv too; bottleneck="linear" needs a family with a signed grid."""
     for kwargs in ({"quantizer": "dorefa"}, {"bottleneck": "relu"}):
-        f = agq_keras.build("mobilenetv2", w_bits=3, a_bits=4, **SMALL, **kwargs)
+        f, net = builder.build_net("mobilenetv2", w_bits=3, a_bits=4, **SMALL, **kwargs)
         expand = f.get_layer("stage2_block1_expand")
         assert isinstance(expand._inbound_nodes[0].parent_nodes[0].operation, keras.layers.ReLU)
-        assert not getattr(expand.input_quantizer, "signed", False) and f.agq_net.bottleneck == "relu"
+        assert not getattr(expand.input_quantizer, "signed", False) and net.bottleneck == "relu"
     with pytest.raises(ValueError, match="bottleneck='linear'.*quantizer='dorefa'.*lsq.*bottleneck='relu'"):
         agq_keras.build("mobilenetv2", quantizer="dorefa", bottleneck="linear", **SMALL)
     with pytest.raises(ValueError, match="bottleneck='flat' is not supported; allowed: linear, relu"):
@@ -159,13 +159,13 @@ def trainer():
 
 def test_h_taps_every_block_and_shares_fs_convs(trainer):
     t = trainer
-    blocks = t.agq_net.blocks
+    blocks = builder.build_net("mobilenetv2", **SMALL)[1].blocks  # the builder's blocks, by name
     adaptors = [l for l in layers_of(t.h, AuxAdaptor) if "adaptor" in l.name]
     assert sorted(a.name for a in adaptors) == sorted(f"h_adaptor{p}_{b.name}" for p, b in enumerate(blocks, start=1))
     shared, f_only, h_only = split_variables(t.f, t.h)
     # H computes with F's convs and classifier: their kernels and quantizers' learned steps (LSQ, the default) ...
-    kernels = {id(v) for l in t.agq_net.quantized_layers() for v in l.trainable_variables}
-    assert {id(l.kernel) for l in t.agq_net.quantized_layers()} < kernels
+    kernels = {id(v) for l in structure.quantized_layers(t.f) for v in l.trainable_variables}
+    assert {id(l.kernel) for l in structure.quantized_layers(t.f)} < kernels
     assert {id(v) for v in shared} == kernels
     f_bns = {id(v) for l in layers_of(t.f, keras.layers.BatchNormalization) for v in l.trainable_variables}
     assert f_bns == {id(v) for v in f_only}  # ... and its own BatchNorms
@@ -179,7 +179,8 @@ def test_h_taps_every_block_and_shares_fs_convs(trainer):
 
 def test_one_ag_step_with_ssp_block_fragments(trainer):
     t = trainer
-    assert [[l.name for l in g] for g in t.ssp.groups] == [[c.name for c in b.convs] for b in t.agq_net.blocks]
+    blocks = builder.build_net("mobilenetv2", **SMALL)[1].blocks  # the builder's blocks, by name
+    assert [[l.name for l in g] for g in t.ssp.groups] == [[c.name for c in b.convs] for b in blocks]
     t.compile(run_eagerly=True)  # the step itself; tracing it costs a minute for this 52-conv F and its H
     before = {v.path: v.numpy() for v in t.trainable_variables}
     history = t.fit(images(4, SMALL["input_shape"]), RNG.integers(0, 4, 4), batch_size=4, epochs=1, verbose=0)
@@ -190,7 +191,7 @@ def test_one_ag_step_with_ssp_block_fragments(trainer):
 
 
 def test_keras_round_trip_keeps_outputs_fragments_and_blocks(tmp_path):
-    f = agq_keras.build("mobilenetv2", **SMALL)
+    f, net = builder.build_net("mobilenetv2", **SMALL)
     x = images(4, SMALL["input_shape"])
     f(x, training=True)  # BatchNorm statistics away from their initial values
     path = tmp_path / "f.keras"
@@ -202,7 +203,7 @@ def test_keras_round_trip_keeps_outputs_fragments_and_blocks(tmp_path):
     assert len(layers_of(loaded, QDepthwiseConv2D)) == 17
     assert [(b.name, b.output) for b in structure.blocks(loaded)] == [(b.name, b.output) for b in structure.blocks(f)]
     groups = [[l.name for l in g] for g in SSP("block").partition(loaded)]
-    assert groups == [[c.name for c in b.convs] for b in f.agq_net.blocks]  # SSP's block fragments = the blocks
+    assert groups == [[c.name for c in b.convs] for b in net.blocks]  # SSP's block fragments = the blocks
 
 
 def test_fmnist_variants():

@@ -242,7 +242,8 @@ def test_quantize_and_attach_refuse_non_functional_models():
 @pytest.mark.parametrize("taps,match", [
     (["missing"], r"taps \['missing'\] are not layers of F"),
     (["pool"], r"taps \['pool'\] do not output a \(batch, height, width, channels\) tensor"),
-    ([], r"taps=\[\] is not allowed; give 'auto' or a non-empty list of layer names"),
+    ([], r"taps=\[\] is not allowed; give 'auto', a non-empty list of layer names or a dict of them to non-empty "
+         r"labels"),
     ("all", r"taps='all' is not allowed"),
 ])
 def test_attach_bad_taps_are_named(taps, match):

@@ -24,14 +24,14 @@ per position (:class:`~agq_keras.detection.boxes.AnchorSpec`). Box decoding and 
   Every low-bit conv carries ``fragment=`` its block (``fpn_p3``, ``cls_tower1``, ...), so SSP and
   :mod:`agq_keras.structure` see the detector's blocks as they see a classification F's.
 
-**H** (``aux=True``): H calls F's layer objects (every conv shared) with its own BatchNorms
-(:class:`~agq_keras.layers.BNPersonality` ``"h_"``) and adds full-precision adaptors on the backbone block
-(or conv, ``aux_placement="layer"``) outputs, aggregated as in eq. 1 by :class:`agq_keras.auxiliary.Aggregator`.
-H's FPN reads, for each stage it uses, the aggregate ``g`` at that stage's last block (where F's FPN
-reads the stage's output): the aggregated backbone feeds the shared FPN and heads, as in classification
-H's head reads ``g_P``. ``fpn_adaptors=True`` also adds, per level, a full-precision adaptor from the
-level's source (the stage's ``g``, or the level below for an extra level) onto H's FPN output of that
-level. Both F and H are trained with :class:`~agq_keras.detection.losses.DetectionLoss` by the one
+**H** (``aux=True``): :func:`agq_keras.auxiliary.attach` on F: H re-runs F's graph (every conv shared) with
+its own BatchNorms (``h_<name>``) and adds full-precision adaptors on the backbone block (or conv,
+``aux_placement="layer"``) outputs, aggregated as in eq. 1. H's FPN reads, for each stage it uses, the
+aggregate ``g`` at that stage's last block (where F's FPN reads the stage's output; the stages' last blocks
+are attach's ``exits``): the aggregated backbone feeds the shared FPN and heads, as in classification H's
+head reads ``g_P``. ``fpn_adaptors=True`` also adds, per level, a full-precision adaptor (attach's
+``bridges``) from the level's source (the stage's ``g``, or the level below for an extra level) onto H's FPN
+output of that level. Both F and H are trained with :class:`~agq_keras.detection.losses.DetectionLoss` by the one
 :class:`~agq_keras.training.AGTrainer` step.
 """
 
@@ -43,14 +43,14 @@ import numbers
 import keras
 
 from agq_keras import quantizers
-from agq_keras.auxiliary import PLACEMENTS, Aggregator
+from agq_keras.auxiliary import PLACEMENTS, attach
 from agq_keras.detection.boxes import AnchorSpec
 from agq_keras.detection.detector import Detector, default_class_names
-from agq_keras.layers import AuxAdaptor, BNPersonality, QConv2D
-from agq_keras.models.builder import make_net
+from agq_keras.layers import BNPersonality, QConv2D
+from agq_keras.models.builder import aux_taps, block_outputs, make_net
 from agq_keras.models.resnet import RESNETS
 from agq_keras.quantizers.pairs import DEFAULT_FAMILY
-from agq_keras.training.trainer import AGTrainer, check_lambda
+from agq_keras.training.trainer import check_lambda
 
 PRIOR = 0.01
 
@@ -62,7 +62,7 @@ def _positive_int(name, value):
 
 
 class RetinaNet:
-    """F's layer objects (backbone, FPN, heads) and their wiring; :meth:`forward` with F's or H's BNs."""
+    """F's layer objects (backbone, FPN, heads) and their wiring (:meth:`forward`)."""
 
     def __init__(self, arch: str, *, num_classes: int, anchors: AnchorSpec, quantizer: str, w_bits: int,
                  a_bits: int, first_last_bits: int, input_channels: int, stem: str, plain: bool,
@@ -121,20 +121,10 @@ class RetinaNet:
                            name="box_predict"),
         }
 
-    def forward(self, inputs, bn: BNPersonality, aggregator: Aggregator | None = None,
-                fpn_adaptors: bool = False) -> list:
-        """Outputs ``[cls_l for l in levels] + [box_l for l in levels]``. With an ``aggregator`` (H), the
-        FPN reads the aggregate at each stage's end, and ``fpn_adaptors`` adds the level adaptors."""
-        features = {}
-        stage_of = {name: stage for stage, name in self.last_block.items()}
-
-        def tap(kind, x, name):
-            if aggregator is not None:
-                aggregator.tap(kind, x, name)
-            if kind == "block" and name in stage_of:
-                features[stage_of[name]] = aggregator.g if aggregator is not None else x
-
-        self.backbone.body(inputs, bn, tap)
+    def forward(self, inputs, bn: BNPersonality) -> list:
+        """Outputs ``[cls_l for l in levels] + [box_l for l in levels]``."""
+        blocks = self.backbone.features(inputs, bn)
+        features = {stage: blocks[name] for stage, name in self.last_block.items()}  # C_s: stage s's output
         pyramid, merged = {}, None
         for l in reversed(self.backbone_levels):
             c = features[self.stage_levels[l]]
@@ -143,9 +133,9 @@ class RetinaNet:
                 up = keras.layers.UpSampling2D(2, interpolation="nearest", name=bn.name(f"fpn_p{l}_upsample"))(merged)
                 lateral = keras.layers.Add(name=bn.name(f"fpn_p{l}_add"))([lateral, up])
             merged = lateral
-            pyramid[l] = self._level_output(l, merged, c, bn, aggregator, fpn_adaptors, 1)
+            pyramid[l] = self.output[l](bn.bn_relu(merged, f"fpn_p{l}_output_bn"))
         for l in self.extra_levels:
-            pyramid[l] = self._level_output(l, pyramid[l - 1], pyramid[l - 1], bn, aggregator, fpn_adaptors, 2)
+            pyramid[l] = self.output[l](bn.bn_relu(pyramid[l - 1], f"fpn_p{l}_output_bn"))
         outputs = {}
         for kind in ("cls", "box"):
             for l in self.anchors.levels:
@@ -156,13 +146,15 @@ class RetinaNet:
                 outputs[f"{kind}_p{l}"] = keras.layers.Activation("linear", name=bn.name(f"{kind}_p{l}"))(x)
         return [outputs[f"{kind}_p{l}"] for kind in ("cls", "box") for l in self.anchors.levels]
 
-    def _level_output(self, level, merged, source, bn, aggregator, fpn_adaptors, strides):
-        p = self.output[level](bn.bn_relu(merged, f"fpn_p{level}_output_bn"))
-        if aggregator is None or not fpn_adaptors:
-            return p
-        phi = AuxAdaptor(int(p.shape[-1]), strides=strides, name=f"{aggregator.prefix}fpn_adaptor_p{level}",
-                         **aggregator.bn_kwargs)(source)
-        return keras.layers.Add(name=f"{aggregator.prefix}fpn_adaptor_p{level}_add")([p, phi])
+    def aux_points(self, f: keras.Model, placement: str, fpn_adaptors: bool) -> dict:
+        """:func:`agq_keras.auxiliary.attach`'s ``taps``, ``exits`` and ``bridges`` for H on F (which this object
+        built): the backbone's taps, the stages' ends the FPN reads, and with ``fpn_adaptors`` one adaptor per
+        level from what the level reads (a stage's end, or the level below) onto its output conv."""
+        ends = block_outputs(f)
+        reads = {l: f"fpn_p{l}_{'lateral' if l in self.backbone_levels else 'output'}_bn" for l in self.anchors.levels}
+        bridges = {f"fpn_adaptor_p{l}": (reads[l], f"fpn_p{l}_output") for l in self.anchors.levels}
+        return dict(taps=aux_taps(f, self.backbone, placement), bridges=bridges if fpn_adaptors else None,
+                    exits=[ends[self.last_block[self.stage_levels[l]]] for l in self.backbone_levels])
 
 
 def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: int = 10,
@@ -215,9 +207,7 @@ def build_detector(arch: str = "resnet20", *, aux: bool = False, num_classes: in
     f.detector = net
     if not aux:
         return f
-    aggregator = Aggregator(aux_placement, bool(aux_relu), bn_momentum, bn_epsilon)
-    h = keras.Model(inputs, net.forward(inputs, BNPersonality("h_", bn_momentum, bn_epsilon), aggregator,
-                                        bool(fpn_adaptors)), name="H")
-    trainer = AGTrainer(f, h, aux_lambda=aux_lambda, name=f"{f.name}_ag")
+    trainer = attach(f, **net.aux_points(f, aux_placement, bool(fpn_adaptors)), aux_lambda=aux_lambda,
+                     placement=aux_placement, aux_relu=bool(aux_relu), bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
     trainer.detector = net
     return trainer

@@ -51,9 +51,10 @@ import tensorflow as tf
 
 from agq_keras import detection, saving
 from agq_keras.data import detection_twin, pipeline
-from agq_keras.models.builder import ARCHITECTURES, arch_family, build
+from agq_keras.models.builder import ARCHITECTURES, arch_family
 from agq_keras.models.mobilenetv2 import BOTTLENECKS
 from agq_keras.models.resnet import RESNETS
+from agq_keras.networks import build
 from agq_keras.quantizers import families
 from agq_keras.quantizers.pairs import DEFAULT_FAMILY, make_pair
 from agq_keras.training import baselines, callbacks as cb, workdir as workdirs

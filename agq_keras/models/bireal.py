@@ -23,7 +23,7 @@ import keras
 
 from agq_keras import quantizers
 from agq_keras.layers import QConv2D
-from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet, Tap
+from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet
 
 
 def real_projection(filters: int, bits: int, block: str) -> QConv2D:
@@ -72,10 +72,8 @@ class BiRealNet(ResNet):
         if not plain:
             add_projections(self)
 
-    def body(self, x, bn: BNPersonality, tap: Tap = None):
-        """Stem and blocks; ``tap("layer", ...)`` after every conv (+ shortcut),
-        ``tap("block", ...)`` after every block."""
-        tap = tap or (lambda kind, tensor, name: None)
+    def body(self, x, bn: BNPersonality):
+        """Stem and blocks."""
         x = real_stem(self, x, bn)
         for block in self.blocks:
             for i, conv in enumerate(block.convs, start=1):
@@ -84,6 +82,10 @@ class BiRealNet(ResNet):
                     skip = shortcut(x, block, bn) if i == 1 else x
                     y = keras.layers.Add(name=bn.name(f"{block.name}_add{i}"))([y, skip])
                 x = y
-                tap("layer", x, conv.name)
-            tap("block", x, block.name)
         return x
+
+    def layer_taps(self) -> dict:
+        """AG's ``"layer"`` taps: ``{the layer after each conv (its BN, or the sum with its shortcut): the conv's
+        name}``."""
+        return {f"{block.name}_{'bn' if self.plain else 'add'}{i}": conv.name
+                for block in self.blocks for i, conv in enumerate(block.convs, start=1)}

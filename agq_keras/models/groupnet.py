@@ -15,8 +15,9 @@ up to the scale ``sum_i lambda_i`` (= 1 at initialisation) on ``x``.
 :class:`GroupNet` reuses :class:`~agq_keras.models.resnet.ResNet` (stem,
 classifier, block list; each base's convs are clones of ResNet's) and keeps
 the ``body/head/blocks`` protocol: a block's ``convs`` lists all M bases'
-convs, so an SSP fragment (a block) switches the whole group. ``"layer"``
-taps are the mean over bases of each conv position.
+convs, so an SSP fragment (a block) switches the whole group. AG's ``"layer"``
+taps (:meth:`GroupNet.layer_taps`) are every base's BN after an inner conv
+position and the block's output after the last.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import keras
 
 from agq_keras.layers import QConv2D
 from agq_keras.models.bireal import add_projections, real_stem, shortcut
-from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet, Tap
+from agq_keras.models.resnet import ArchSpec, BNPersonality, ResNet
 
 DEFAULT_BASES = 5  # M in the paper's Tables 1 and 4
 
@@ -90,8 +91,7 @@ class GroupNet(ResNet):
         if not plain:
             add_projections(self)
 
-    def body(self, x, bn: BNPersonality, tap: Tap = None):
-        tap = tap or (lambda kind, tensor, name: None)
+    def body(self, x, bn: BNPersonality):
         x = real_stem(self, x, bn)
         for block in self.blocks:
             bases = self.bases[block.name]
@@ -100,14 +100,22 @@ class GroupNet(ResNet):
             for i in range(positions):
                 ys = [bn(f"{block.name}_base{m}_bn{i + 1}")(base[i](y))
                       for m, (base, y) in enumerate(zip(bases, ys), start=1)]
-                if i + 1 < positions:  # inner "layer" tap: the mean over bases
-                    mean = ys[0] if self.num_bases == 1 else keras.layers.Average(
-                        name=bn.name(f"{block.name}_mean{i + 1}"))(ys)
-                    tap("layer", mean, f"{block.name}_conv{i + 1}")
             y = self.base_sums[block.name](ys)
             if not self.plain:
                 y = keras.layers.Add(name=bn.name(f"{block.name}_add"))([y, shortcut(x, block, bn)])
             x = y
-            tap("layer", x, f"{block.name}_conv{positions}")
-            tap("block", x, block.name)
         return x
+
+    def layer_taps(self) -> dict:
+        """AG's ``"layer"`` taps: after each inner conv position every base's BN (labelled
+        ``<block>_base<m>_conv<i>``; ``<block>_conv<i>`` with one base), after the last the block's output
+        (``<block>_conv<last>``)."""
+        taps = {}
+        for block in self.blocks:
+            positions = len(self.bases[block.name][0])
+            for i in range(1, positions):
+                for m in range(1, self.num_bases + 1):
+                    label = f"{block.name}_conv{i}" if self.num_bases == 1 else f"{block.name}_base{m}_conv{i}"
+                    taps[f"{block.name}_base{m}_bn{i}"] = label
+            taps[f"{block.name}_{'sum' if self.plain else 'add'}"] = f"{block.name}_conv{positions}"
+        return taps

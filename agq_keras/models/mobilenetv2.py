@@ -57,7 +57,7 @@ import keras
 
 from agq_keras import quantizers
 from agq_keras.layers import QConv2D, QDepthwiseConv2D
-from agq_keras.models.resnet import Block, BNPersonality, ResNet, Tap
+from agq_keras.models.resnet import Block, BNPersonality, ResNet
 
 # what an expand conv reads: BN alone on a signed grid, or BN -> ReLU (module docstring)
 BOTTLENECKS = ("linear", "relu")
@@ -175,18 +175,18 @@ class MobileNetV2(ResNet):
                                             len(spec.stages) + 1))
         self.make_head(num_classes, first_last_bits)
 
-    def body(self, x, bn: BNPersonality, tap: Tap = None):
-        """Stem, inverted residual blocks and the last 1x1 conv; calls ``tap("layer", ...)`` after every conv
-        and ``tap("block", ...)`` after every block (its sum, where it has a skip)."""
-        tap = tap or (lambda kind, tensor, name: None)
+    def body(self, x, bn: BNPersonality):
+        """Stem, inverted residual blocks and the last 1x1 conv."""
         x = self.stem_conv(x)
         for block in self.blocks:
             inputs = x
             for i, conv in enumerate(block.convs, start=1):
                 role = f"{block.name}_bn{i}"
                 x = conv(bn(role)(x) if i == 1 and block.linear_input else bn.bn_relu(x, role))
-                tap("layer", x, conv.name)
             if block.identity:
                 x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, inputs])
-            tap("block", x, block.name)
         return x
+
+    def layer_taps(self) -> dict:
+        """AG's ``"layer"`` taps: every conv's output, labelled by the conv."""
+        return {conv.name: conv.name for block in self.blocks for conv in block.convs}

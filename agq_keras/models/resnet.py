@@ -3,9 +3,9 @@
 One :class:`ResNet` object creates F's *parameterised* layer objects once
 (quantized convs and the classifier). Its :meth:`body` / :meth:`head` wire
 them into a graph, taking a BatchNorm "personality" (which BN layer to use
-for a given role) and an optional ``tap`` callback. F is ``head(body(x))``
-with F's BN personality; H (see :mod:`agq_keras.auxiliary`) calls the very
-same objects with its own personality and taps the block/layer outputs.
+for a given role). F is ``head(body(x))``; H (:func:`agq_keras.auxiliary.attach`)
+re-runs F's graph with its own BatchNorms and taps F's block outputs, or the
+layers :meth:`ResNet.layer_taps` names.
 
 Block (pre-activation, paper §3.1.1): ``BN -> ReLU -> q(.) -> QConv``; the
 activation quantizer lives in the QConv's ``input_quantizer``.
@@ -14,15 +14,13 @@ activation quantizer lives in the QConv's ``input_quantizer``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import keras
 import numpy as np
 
 from agq_keras import quantizers
 from agq_keras.layers import BNPersonality, QConv2D, QDense, QGlobalAveragePooling2D
-
-Tap = Optional[Callable[[str, "keras.KerasTensor", str], None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +103,11 @@ def stream_grid(residual_stream: str, quantizer: str, w_bits: int, a_bits: int, 
     return unit / multiple, 2**15 - 1, 16
 
 
+def stream_name(where: str) -> str:
+    """The name of the residual stream's rounding after ``where`` (the stem, a block or a conv)."""
+    return f"{where}_stream_q"
+
+
 class ResNet:
     """F's layer objects for a pre-activation ResNet and the wiring of them."""
 
@@ -172,10 +175,13 @@ class ResNet:
         self.classifier = QDense(num_classes, kernel_quantizer=head_q[0],
                                  input_quantizer=None if self.int8_head else head_q[1], name="classifier")
 
-    def body(self, x, bn: BNPersonality, tap: Tap = None):
-        """Stem and blocks; calls ``tap(kind, tensor, name)`` with kind
-        ``"layer"`` after every main-path conv and ``"block"`` after every block."""
-        tap = tap or (lambda kind, tensor, name: None)
+    def body(self, x, bn: BNPersonality):
+        """Stem and blocks: the last block's output."""
+        return self.features(x, bn)[self.blocks[-1].name]
+
+    def features(self, x, bn: BNPersonality) -> dict:
+        """Stem and blocks: ``{block name: the block's output}``, in order (a detector's FPN reads the stages')."""
+        outputs = {}
         x = self.stem_conv(x)
         if self.spec.stem == "imagenet":
             x = bn.bn_relu(x, "stem_bn")
@@ -190,7 +196,6 @@ class ResNet:
                 x = conv(act)
                 if i == len(block.convs) and self.int8_stream:
                     x = self.stream(x, bn, conv.name, block.stage)
-                tap("layer", x, conv.name)
             if not self.plain:
                 skip = inputs
                 if block.shortcut is not None:
@@ -198,8 +203,18 @@ class ResNet:
                     skip = self.stream(skip, bn, block.shortcut.name, block.stage) if self.int8_stream else skip
                 x = keras.layers.Add(name=bn.name(f"{block.name}_add"))([x, skip])
                 x = self.stream(x, bn, block.name, block.stage)
-            tap("block", x, block.name)
-        return x
+            outputs[block.name] = x
+        return outputs
+
+    def layer_taps(self) -> dict:
+        """AG's ``"layer"`` taps (:func:`agq_keras.auxiliary.attach`): ``{F's layer after each main-path conv:
+        the conv's name}`` (that layer is the conv, or the int8 stream's rounding of a block's last conv)."""
+        taps = {}
+        for block in self.blocks:
+            for i, conv in enumerate(block.convs, start=1):
+                rounded = i == len(block.convs) and self.int8_stream
+                taps[stream_name(conv.name) if rounded else conv.name] = conv.name
+        return taps
 
     @property
     def int16_stream(self) -> bool:
@@ -216,7 +231,7 @@ class ResNet:
             return x
         step, limit, bits = self.stream_grids[stage]
         step *= STEM_STEP_MULTIPLE if where == "stem" and bits == 16 else 1
-        return quantizers.FixedStep(step, limit, bits=bits, name=bn.name(f"{where}_stream_q"))(x)
+        return quantizers.FixedStep(step, limit, bits=bits, name=bn.name(stream_name(where)))(x)
 
     def head(self, x, bn: BNPersonality):
         """Final BN -> ReLU -> global average pool -> classifier (logits).
