@@ -64,7 +64,7 @@ def test_ag_gradients_compare_by_hand():
 
 
 def test_ag_gradients_bad_arch_is_a_usage_error(tmp_path):
-    res = subprocess.run([sys.executable, "benchmarks/ag_gradients.py", "--archs=resnet99", f"--out={tmp_path}"],
+    res = subprocess.run([sys.executable, "-m", "benchmarks.ag_gradients", "--archs=resnet99", f"--out={tmp_path}"],
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT)
     assert res.returncode == 2 and "--archs='resnet99': unknown ['resnet99']" in res.stderr
     assert "Traceback" not in res.stderr
