@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +50,6 @@ def test_bad_flag_is_a_usage_error(tmp_path):
 def test_ag_gradients_compare_by_hand():
     """benchmarks/ag_gradients.py's figures on vectors worked out by hand: the update (g1 + lam g2)/(1 + lam)
     and F's share of it (its cosine with g1)."""
-    import numpy as np
-
     from benchmarks.ag_gradients import compare, group_of
 
     r = compare(np.array([3.0, 0.0]), np.array([0.0, 4.0]), 1.0)  # orthogonal: the update is (1.5, 2)
@@ -75,7 +74,6 @@ def test_bn_swing_ema_evaluation_against_numpy():
     step (the first step's weights, then m * avg + (1 - m) * w) and BN statistics re-estimated for them; F's own
     variables are put back exactly, so the run goes on from the live weights."""
     import keras
-    import numpy as np
     import pytest
     import tensorflow as tf
 
@@ -151,3 +149,23 @@ def test_bn_swing_bad_flags_are_usage_errors(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_table6_time_estimate_sums_epochs_times_steps_times_step_time():
+    """benchmarks.table6_time: T = sum over runs of epochs * ceil(images / batch) * the run kind's step time."""
+    from types import SimpleNamespace
+
+    from benchmarks.table6_time import cost_key, estimate
+    from study import runner
+
+    runs = runner.plan("table6", 1)
+    configs = [runner.make_config(r, "unused", verbose=0) for r in runs]
+    step_s = {cost_key(c): 1.0 + c.aux + 0.5 * c.ssp + (c.w_bits == 32) for c in configs}
+    result = estimate(runs, configs, step_s, 1000)
+    assert [row["run"] for row in result["runs"]] == [r.name for r in runs]
+    want = sum(c.epochs * -(-1000 // c.batch_size) * step_s[cost_key(c)] for c in configs)
+    assert np.isclose(result["total_s"], want) and result["total_s"] > 0
+    doubled = {row["run"]: row["epochs"] for row in result["runs"]}
+    assert doubled["resnet18_plain_2x_s0"] == 2 * doubled["resnet18_plain_s0"]
+    one = SimpleNamespace(epochs=3, batch_size=128, arch="a", plain=True, aux=False, ssp=False, w_bits=2, a_bits=2)
+    assert estimate([SimpleNamespace(name="x")], [one], {cost_key(one): 2.0}, 50000)["total_s"] == 3 * 391 * 2.0
