@@ -52,6 +52,13 @@ def test_spec_survives_a_keras_round_trip(tmp_path):
     trainer = det.build_detector("resnet20", aux=True, num_classes=2, class_names=["shirt", "bag"], **SMALL)
     assert isinstance(trainer.f, det.Detector) and trainer.f.class_names == ("shirt", "bag")
     assert not isinstance(trainer.h, det.Detector)
+    trainer.save(tmp_path / "trainer.keras")  # and a loaded trainer.keras's F is a Detector again, over H's layers
+    loaded = agq_keras.load_model(str(tmp_path / "trainer.keras"))
+    assert isinstance(loaded.f, det.Detector) and not isinstance(loaded.h, det.Detector)
+    assert (loaded.f.anchor_spec, loaded.f.class_names) == (trainer.f.anchor_spec, ("shirt", "bag"))
+    assert loaded.f.get_layer("cls_predict") is loaded.h.get_layer("cls_predict")
+    for a, b in zip(trainer.f(x), loaded.f(x)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     # an F saved before it carried its spec: a plain functional model, wrapped over the same layers
     plain = keras.Model(f.inputs, f.outputs, name="old_f")
     with pytest.raises(ValueError, match="'old_f' carries no anchors.*with_spec"):

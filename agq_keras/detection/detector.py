@@ -75,19 +75,29 @@ class Detector(keras.Model):
         """``(height, width, channels)`` of the images F takes."""
         return tuple(int(d) for d in self.input_shape[1:])
 
+    def spec_config(self) -> dict:
+        """What this F adds to its functional graph (JSON-ready): read back by :meth:`rewrap`. An AGTrainer saves it
+        next to the graph it shares with H, so a loaded ``trainer.keras``'s F is a Detector again."""
+        return {"anchors": self._anchor_spec.to_dict(), "class_names": list(self._class_names)}
+
+    @classmethod
+    def rewrap(cls, graph: keras.Model, spec: dict) -> "Detector":
+        """A Detector over the layers of the functional ``graph`` (the same layer objects), with ``spec`` of
+        :meth:`spec_config`."""
+        return cls(_single(graph.inputs), list(graph.outputs), anchors=AnchorSpec.from_dict(spec.get("anchors")),
+                   class_names=spec.get("class_names"), name=graph.name, trainable=graph.trainable)
+
     def get_config(self):
         config = super().get_config()
-        config.update(anchors=self._anchor_spec.to_dict(), class_names=list(self._class_names))
+        config.update(self.spec_config())
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        anchors = AnchorSpec.from_dict(config.pop("anchors", None))
-        names = config.pop("class_names", None)
+        spec = {key: config.pop(key, None) for key in ("anchors", "class_names")}
         graph = keras.Model.from_config(config, custom_objects=custom_objects)  # the plain functional graph
-        return cls(_single(graph.inputs), list(graph.outputs), anchors=anchors, class_names=names, name=graph.name,
-                   trainable=graph.trainable)
+        return cls.rewrap(graph, spec)
 
     def tflite_metadata(self) -> dict:
         """``{METADATA_NAME: JSON bytes}``: what ``export.convert`` writes into the TFLite file's metadata, so that

@@ -275,7 +275,7 @@ class AGTrainer(keras.Model):
                 "f_name": self.f.name, "h_name": self.h.name if self.h is not None else None,
                 "name": self.name, "num_aux": len(aux), "num_outputs": n, "has_h": self.h is not None,
                 "aux_alpha": self.aux_alpha, "kd_weight": self.kd_weight,
-                "ssp": self.ssp.get_config() if self.ssp is not None else None}
+                "ssp": self.ssp.get_config() if self.ssp is not None else None, "f_spec": _f_spec(self.f)}
 
     @classmethod
     def from_config(cls, config):
@@ -283,6 +283,8 @@ class AGTrainer(keras.Model):
         outs = list(joint.outputs) if isinstance(joint.outputs, (list, tuple)) else [joint.outputs]
         num_aux, has_h, n = config.get("num_aux", 0), config.get("has_h", True), config.get("num_outputs", 1)
         f = keras.Model(joint.inputs, outs[0] if n == 1 else outs[:n], name=config.get("f_name", "F"))
+        if config.get("f_spec"):  # F is a functional subclass that carries more (a detector's anchors)
+            f = _spec_class(config["f_spec"]).rewrap(f, config["f_spec"]["config"])
         h = keras.Model(joint.inputs, outs[-1] if n == 1 else outs[-n:], name=config.get("h_name") or "H") if (
             has_h) else None
         f_train = keras.Model(joint.inputs, outs[:1 + num_aux], name="f_train") if num_aux else None
@@ -294,6 +296,27 @@ class AGTrainer(keras.Model):
         return cls(f, h, aux_lambda=config["aux_lambda"], f_train=f_train,
                    aux_alpha=config.get("aux_alpha", 0.01), kd_weight=config.get("kd_weight", 0.0),
                    ssp=ssp, name=config.get("name"))
+
+
+def _f_spec(f) -> dict | None:
+    """``{"module", "class_name", "config"}`` of an F whose class adds a spec to its functional graph (it has
+    ``spec_config()`` and ``rewrap(graph, spec)``, e.g. :class:`agq_keras.detection.Detector`), else None."""
+    if not (callable(getattr(f, "spec_config", None)) and callable(getattr(type(f), "rewrap", None))):
+        return None
+    return {"module": type(f).__module__, "class_name": type(f).__name__, "config": f.spec_config()}
+
+
+def _spec_class(spec: dict):
+    """The class an ``f_spec`` names, imported by name (the trainer sits below the packages that define such
+    classes); only this library's modules are imported from a saved file."""
+    import importlib
+
+    module, name = spec.get("module", ""), spec.get("class_name", "")
+    cls = getattr(importlib.import_module(module), name, None) if module.startswith("agq_keras.") else None
+    if cls is None or not callable(getattr(cls, "rewrap", None)):
+        raise ValueError(f"the saved trainer's F is a {module}.{name}, which is not a class of agq_keras with "
+                         "rewrap(); allowed: agq_keras.detection.Detector.")
+    return cls
 
 
 def check_sparse_labels(y, num_classes: int) -> None:
