@@ -278,7 +278,8 @@ SMOKE = {
 
 
 # LSQ (quantize()'s default) trains in the default tier; the other families, real training runs, in the slow tier.
-@pytest.mark.parametrize("family", [f if f == "lsq" else pytest.param(f, marks=pytest.mark.slow) for f in sorted(SMOKE)])
+@pytest.mark.parametrize("family", [f if f == "lsq" else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in sorted(SMOKE)])
 def test_each_family_trains_in_an_ag_trainer(family):
     arch, bits, kw = SMOKE[family]
     t = agq_keras.build(arch, aux=True, quantizer=family, w_bits=bits, a_bits=bits, num_classes=4,

@@ -76,4 +76,5 @@ def test_defaults():
     assert default.get_config().bn_reestimation_batches == 0  # the README's default job is unchanged
     assert fmnist.get_config("resnet20_plain_ag").bn_reestimation_batches == 20  # the CPU recipe
     assert base.cpu_recipe(base.get_base_config()).bn_reestimation_batches == 20
-    assert paper.get_config("table2/resnet18_residual_base").bn_reestimation_batches == 0  # the paper's (ImageNet) recipe
+    # the paper's (ImageNet) recipe
+    assert paper.get_config("table2/resnet18_residual_base").bn_reestimation_batches == 0
