@@ -10,7 +10,6 @@ and of the export with int16 outputs (``output_bits=16``); and per output the me
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,9 +29,9 @@ def main(argv):
     from agq_keras import detection, export, saving
     from agq_keras.experiments import run
 
-    with open(os.path.join(FLAGS.workdir, "metrics.json")) as fh:
-        config = json.load(fh)["config"]
-    f = saving.load_model(os.path.join(FLAGS.workdir, "f.keras"))
+    run_files = export.export_source(FLAGS.workdir)  # the run's config, f.keras and f.tflite (checked)
+    config = run_files["config"]
+    f = saving.load_model(run_files["model"])
     calib = run.detection_split(config, "train", FLAGS.calibration_images)[0]
     x, boxes, labels, classes = run.detection_split(config, "test", config["test_canvases"])
     anchors = run.detection_anchors(config, x.shape[1:3])

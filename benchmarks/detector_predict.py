@@ -13,7 +13,6 @@ resized images' own pixels.
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,10 +33,10 @@ def main(argv):
     from agq_keras import detection, export, saving
     from agq_keras.experiments import run
 
-    with open(os.path.join(FLAGS.workdir, "metrics.json")) as fh:
-        config = json.load(fh)["config"]
-    f = saving.load_model(os.path.join(FLAGS.workdir, "f.keras"))
-    runner = export.Runner(os.path.join(FLAGS.workdir, "f.tflite"), batch_size=FLAGS.batch_size)
+    run_files = export.export_source(FLAGS.workdir)  # the run's config, f.keras and f.tflite (checked)
+    config = run_files["config"]
+    f = saving.load_model(run_files["model"])
+    runner = export.Runner(run_files["output"], batch_size=FLAGS.batch_size)
     x, boxes, labels, classes = run.detection_split(config, "test", config["test_canvases"])
     canvases = np.round(x * 255).astype(np.uint8)  # the twin's raw canvases (F saw pixels / 255)
     print(f"F {f.name}: input {f.input_size}, anchors {f.anchor_spec}, {len(f.class_names)} classes; "
